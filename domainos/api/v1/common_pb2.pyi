@@ -1,0 +1,328 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATUS_UNSPECIFIED: _ClassVar[HealthStatus]
+    HEALTH_STATUS_HEALTHY: _ClassVar[HealthStatus]
+    HEALTH_STATUS_DEGRADED: _ClassVar[HealthStatus]
+    HEALTH_STATUS_UNHEALTHY: _ClassVar[HealthStatus]
+
+class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_STATE_UNSPECIFIED: _ClassVar[TaskState]
+    TASK_STATE_PENDING: _ClassVar[TaskState]
+    TASK_STATE_ASSIGNED: _ClassVar[TaskState]
+    TASK_STATE_RUNNING: _ClassVar[TaskState]
+    TASK_STATE_SUCCEEDED: _ClassVar[TaskState]
+    TASK_STATE_FAILED: _ClassVar[TaskState]
+    TASK_STATE_CANCELLED: _ClassVar[TaskState]
+    TASK_STATE_LOST: _ClassVar[TaskState]
+    TASK_STATE_REJECTED: _ClassVar[TaskState]
+HEALTH_STATUS_UNSPECIFIED: HealthStatus
+HEALTH_STATUS_HEALTHY: HealthStatus
+HEALTH_STATUS_DEGRADED: HealthStatus
+HEALTH_STATUS_UNHEALTHY: HealthStatus
+TASK_STATE_UNSPECIFIED: TaskState
+TASK_STATE_PENDING: TaskState
+TASK_STATE_ASSIGNED: TaskState
+TASK_STATE_RUNNING: TaskState
+TASK_STATE_SUCCEEDED: TaskState
+TASK_STATE_FAILED: TaskState
+TASK_STATE_CANCELLED: TaskState
+TASK_STATE_LOST: TaskState
+TASK_STATE_REJECTED: TaskState
+
+class Resources(_message.Message):
+    __slots__ = ("cpu_millis", "memory_bytes", "gpus", "gpu_model")
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    cpu_millis: int
+    memory_bytes: int
+    gpus: int
+    gpu_model: str
+    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_model: _Optional[str] = ...) -> None: ...
+
+class GpuDevice(_message.Message):
+    __slots__ = ("index", "uuid", "model", "memory_bytes", "nvlink_peers")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NVLINK_PEERS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    model: str
+    memory_bytes: int
+    nvlink_peers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., nvlink_peers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class NodeInventory(_message.Message):
+    __slots__ = ("node_id", "hostname", "simulated", "cpu_cores", "memory_bytes", "gpus", "labels", "agent_version", "os", "allocatable")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    hostname: str
+    simulated: bool
+    cpu_cores: int
+    memory_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuDevice]
+    labels: _containers.ScalarMap[str, str]
+    agent_version: str
+    os: str
+    allocatable: Resources
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., simulated: _Optional[bool] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+
+class GpuUsage(_message.Message):
+    __slots__ = ("index", "utilization_percent", "memory_used_bytes", "temperature_c", "power_w")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    utilization_percent: float
+    memory_used_bytes: int
+    temperature_c: float
+    power_w: float
+    def __init__(self, index: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
+
+class NodeUsage(_message.Message):
+    __slots__ = ("cpu_percent", "memory_used_bytes", "gpus", "load1")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    LOAD1_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_used_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuUsage]
+    load1: float
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuUsage, _Mapping]]] = ..., load1: _Optional[float] = ...) -> None: ...
+
+class NodeHealth(_message.Message):
+    __slots__ = ("status", "conditions")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    status: HealthStatus
+    conditions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[HealthStatus, str]] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    task_index: int
+    attempt: int
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    resources: Resources
+    tenant: str
+    master_address: str
+    job_name: str
+    replicas: int
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class TaskStatus(_message.Message):
+    __slots__ = ("job_id", "task_index", "attempt", "state", "exit_code", "message", "node_id", "subdomain_id", "started_at", "finished_at", "pid", "gpu_indexes", "cpu_set")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    task_index: int
+    attempt: int
+    state: TaskState
+    exit_code: int
+    message: str
+    node_id: str
+    subdomain_id: str
+    started_at: float
+    finished_at: float
+    pid: int
+    gpu_indexes: _containers.RepeatedScalarFieldContainer[int]
+    cpu_set: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., pid: _Optional[int] = ..., gpu_indexes: _Optional[_Iterable[int]] = ..., cpu_set: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TaskRef(_message.Message):
+    __slots__ = ("job_id", "task_index", "attempt")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    task_index: int
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class CommandAck(_message.Message):
+    __slots__ = ("command_id", "ok", "error")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    ok: bool
+    error: str
+    def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class NodeView(_message.Message):
+    __slots__ = ("inventory", "usage", "health", "state", "free", "running_tasks", "subdomain_id", "region", "last_report_at", "incarnation")
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_AT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    inventory: NodeInventory
+    usage: NodeUsage
+    health: NodeHealth
+    state: str
+    free: Resources
+    running_tasks: int
+    subdomain_id: str
+    region: str
+    last_report_at: float
+    incarnation: str
+    def __init__(self, inventory: _Optional[_Union[NodeInventory, _Mapping]] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ..., state: _Optional[str] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., last_report_at: _Optional[float] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class LogRequest(_message.Message):
+    __slots__ = ("task", "stream", "offset", "max_bytes")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    stream: str
+    offset: int
+    max_bytes: int
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., stream: _Optional[str] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("data", "offset", "size", "eof", "error")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    size: int
+    eof: bool
+    error: str
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., eof: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class LogReply(_message.Message):
+    __slots__ = ("request_id", "chunk")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    chunk: LogChunk
+    def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[_Union[LogChunk, _Mapping]] = ...) -> None: ...
+
+class SubDomainSummary(_message.Message):
+    __slots__ = ("nodes_total", "nodes_ready", "nodes_suspect", "nodes_dead", "nodes_simulated", "capacity", "free", "shapes", "running_tasks", "max_nodes", "gpus_by_model", "free_gpus_by_model", "largest_node", "power_draw_w")
+    class GpusByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FreeGpusByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NODES_READY_FIELD_NUMBER: _ClassVar[int]
+    NODES_SUSPECT_FIELD_NUMBER: _ClassVar[int]
+    NODES_DEAD_FIELD_NUMBER: _ClassVar[int]
+    NODES_SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FREE_GPUS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_NODE_FIELD_NUMBER: _ClassVar[int]
+    POWER_DRAW_W_FIELD_NUMBER: _ClassVar[int]
+    nodes_total: int
+    nodes_ready: int
+    nodes_suspect: int
+    nodes_dead: int
+    nodes_simulated: int
+    capacity: Resources
+    free: Resources
+    shapes: _containers.RepeatedCompositeFieldContainer[NodeShape]
+    running_tasks: int
+    max_nodes: int
+    gpus_by_model: _containers.ScalarMap[str, int]
+    free_gpus_by_model: _containers.ScalarMap[str, int]
+    largest_node: Resources
+    power_draw_w: float
+    def __init__(self, nodes_total: _Optional[int] = ..., nodes_ready: _Optional[int] = ..., nodes_suspect: _Optional[int] = ..., nodes_dead: _Optional[int] = ..., nodes_simulated: _Optional[int] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[NodeShape, _Mapping]]] = ..., running_tasks: _Optional[int] = ..., max_nodes: _Optional[int] = ..., gpus_by_model: _Optional[_Mapping[str, int]] = ..., free_gpus_by_model: _Optional[_Mapping[str, int]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., power_draw_w: _Optional[float] = ...) -> None: ...
+
+class NodeShape(_message.Message):
+    __slots__ = ("gpu_model", "free_gpus", "count", "best")
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FREE_GPUS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    gpu_model: str
+    free_gpus: int
+    count: int
+    best: Resources
+    def __init__(self, gpu_model: _Optional[str] = ..., free_gpus: _Optional[int] = ..., count: _Optional[int] = ..., best: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,99 @@
+"""What every DomainOS daemon shares: structured logging, signals, ready files, metrics endpoint.
+
+A daemon is an object with ``async start() -> dict`` (returns facts such as bound ports, written
+to the ready file) and an idempotent ``async shutdown()``. :func:`run` drives it until SIGTERM
+or SIGINT and exits 0 after a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Protocol
+
+
+class Daemon(Protocol):
+    async def start(self) -> dict[str, Any]: ...
+    async def shutdown(self) -> None: ...
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, plus any ``extra=`` fields."""
+
+    _SKIP = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "component": self.component,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in self._SKIP:
+                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(component: str, level: str = "info", fmt: str = "json") -> None:
+    """Configure the root logger; only entry points call this."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(component))
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def write_ready_file(path: str, info: dict[str, Any]) -> None:
+    """Atomically write the daemon's facts (ports, ids, pid) for launchers to read."""
+    data = {**info, "pid": os.getpid(), "ready_at": time.time()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+async def serve(daemon: Daemon, ready_file: str | None = None) -> None:
+    """Start ``daemon``, write the ready file, wait for SIGTERM/SIGINT, shut down gracefully."""
+    log = logging.getLogger("domainos.daemon")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        info = await daemon.start()
+        if ready_file:
+            write_ready_file(ready_file, info)
+        log.info("ready", extra={k: v for k, v in info.items() if isinstance(v, (str, int))})
+        await stop.wait()
+        log.info("shutting down on signal")
+    finally:
+        await daemon.shutdown()
+        log.info("stopped")
+
+
+def run(daemon: Daemon, ready_file: str | None = None) -> int:
+    """Entry-point helper: run the daemon in a fresh event loop; returns the exit status."""
+    try:
+        asyncio.run(serve(daemon, ready_file))
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,108 @@
+"""One exception tree for the whole of DomainOS.
+
+Every package raises subclasses of :class:`DomainOSError`. Each error class
+names the gRPC status code it maps to, so servers translate domain errors to
+status codes in exactly one place (:func:`domainos.rpc.abort_with`) and
+clients translate status codes back in exactly one place
+(:func:`error_from_status`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DomainOSError(Exception):
+    """Root of every error DomainOS raises on purpose."""
+
+    #: Name of the gRPC status code (``grpc.StatusCode`` member) this maps to.
+    code: ClassVar[str] = "INTERNAL"
+    #: Process exit status the CLI uses for this error.
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class InvalidArgument(DomainOSError):
+    """Bad input: which field, why, what is allowed."""
+
+    code = "INVALID_ARGUMENT"
+    exit_code = 2
+
+
+class NotFound(DomainOSError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(DomainOSError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainOSError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(DomainOSError):
+    """A cap or quota was hit (e.g. a sub-domain's ``max_nodes``)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(DomainOSError):
+    """The peer (master, sub-domain, store) cannot be reached right now."""
+
+    code = "UNAVAILABLE"
+    exit_code = 3
+
+
+class DeadlineExceeded(DomainOSError):
+    code = "DEADLINE_EXCEEDED"
+    exit_code = 3
+
+
+class Unauthenticated(DomainOSError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainOSError):
+    code = "PERMISSION_DENIED"
+
+
+class Internal(DomainOSError):
+    code = "INTERNAL"
+
+
+class ConfigError(InvalidArgument):
+    """A configuration or topology file is wrong."""
+
+
+class StoreError(DomainOSError):
+    """Root of store errors (both backends raise only these)."""
+
+    code = "UNAVAILABLE"
+
+
+_BY_CODE: dict[str, type[DomainOSError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Unauthenticated,
+        PermissionDenied,
+        Internal,
+    )
+}
+
+
+def error_from_status(code_name: str, message: str) -> DomainOSError:
+    """Build the DomainOS error for a gRPC status code name and details."""
+    cls = _BY_CODE.get(code_name, DomainOSError)
+    return cls(message)

@@ -1,0 +1,135 @@
+"""gRPC plumbing shared by every tier: options, servers, channels, TLS, and error mapping.
+
+Domain errors become gRPC status codes in exactly one place (:func:`rpc_method` /
+:func:`abort_with`) and gRPC errors become domain errors in exactly one place
+(:func:`translate_rpc_error`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import grpc.aio
+
+from domainos.errors import DeadlineExceeded, DomainOSError, Unavailable, error_from_status
+
+log = logging.getLogger(__name__)
+
+#: Largest message any DomainOS service accepts or sends. Larger requests get RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# Liveness of long-lived streams is carried by HTTP/2 keepalive pings, handled in C core
+# with no Python work per ping: a dead peer is noticed within time + timeout.
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+
+_COMMON_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *_COMMON_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.so_reuseport", 0),
+]
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *_COMMON_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 0),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files for mutual TLS: the cluster CA, this component's certificate and key."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def create_server(interceptors: list[grpc.aio.ServerInterceptor] | None = None) -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
+
+
+def bind(server: grpc.aio.Server, address: str, tls: TLSFiles | None = None) -> int:
+    """Listen on ``address`` (port 0 picks one); returns the bound port."""
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        creds = grpc.ssl_server_credentials(
+            [(_read(tls.key), _read(tls.cert))],
+            root_certificates=_read(tls.ca),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise Unavailable(f"cannot listen on {address}: address in use or not local")
+    return port
+
+
+def create_channel(address: str, tls: TLSFiles | None = None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca),
+        private_key=_read(tls.key),
+        certificate_chain=_read(tls.cert),
+    )
+    return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+
+
+def translate_rpc_error(exc: grpc.RpcError, target: str = "") -> DomainOSError:
+    """The one client-side choke point from gRPC errors to DomainOS errors."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        where = f" at {target}" if target else ""
+        return Unavailable(f"cannot reach the DomainOS master{where}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"no answer from {target or 'the server'} in time")
+    name = code.name if code is not None else "UNKNOWN"
+    return error_from_status(name, details)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, err: DomainOSError) -> NoReturn:
+    """The one server-side choke point from DomainOS errors to gRPC status codes."""
+    await context.abort(grpc.StatusCode[err.code], str(err))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def rpc_method(fn: F) -> F:
+    """Wrap a unary servicer method: domain errors -> status codes; bugs -> INTERNAL, logged."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except DomainOSError as err:
+            await abort_with(context, err)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", fn.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
+
+    return wrapper  # type: ignore[return-value]
