@@ -1,0 +1,86 @@
+"""Sub-domain manager configuration: one frozen dataclass, loaded once from YAML plus flags."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from domainos.config import check_address
+from domainos.errors import ConfigError
+from domainos.topology import check_name
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True)
+class SubDomainConfig:
+    """Everything a sub-domain manager needs; see ``docs/protocol.md`` for the intervals."""
+
+    #: Sub-domain id (a name: lower-case letters, digits and '-').
+    id: str
+    #: Region the sub-domain belongs to.
+    region: str
+    #: gRPC listen address for agents (``host:port``, port 0 picks one).
+    listen: str = "127.0.0.1:7100"
+    #: Address told to the master in ``Hello``; empty = the bound listen address.
+    advertise: str = ""
+    #: Master address ``host:port``; empty = run standalone (no upstream stream).
+    master: str = ""
+    #: Store URL for durable transitions (``memory://``, ``sqlite:///abs/path.db``, ``etcd://h:p``).
+    store: str = "memory://"
+    #: Prometheus ``/metrics`` listen address; empty disables it.
+    metrics_listen: str = "127.0.0.1:0"
+    #: Most nodes that may be registered (ready or suspect) at once.
+    max_nodes: int = 10_000
+    #: Told to agents: send a usage delta at most this often.
+    report_interval_s: float = 1.0
+    #: Told to agents: send a full report at least this often.
+    full_sync_interval_s: float = 5.0
+    #: A ready node with no report for this long becomes suspect.
+    silent_after_s: float = 15.0
+    #: A suspect node with no reconnect/report for this long becomes dead.
+    dead_after_s: float = 5.0
+    #: Send a changed summary to the master at most this often.
+    summary_interval_s: float = 1.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field on any bad value."""
+        check_name(self.id, "id")
+        check_name(self.region, "region")
+        check_address(self.listen, "listen")
+        check_address(self.advertise, "advertise", allow_empty=True)
+        check_address(self.master, "master", allow_empty=True)
+        check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
+        if not self.store:
+            raise ConfigError(
+                "a store URL is required (e.g. memory:// or sqlite:///abs/path.db)", field="store"
+            )
+        if not 1 <= self.max_nodes <= 100_000:
+            raise ConfigError(f"must be between 1 and 100000, got {self.max_nodes}", field="max_nodes")
+        for name in (
+            "report_interval_s",
+            "full_sync_interval_s",
+            "silent_after_s",
+            "dead_after_s",
+            "summary_interval_s",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"must be a positive number of seconds, got {value!r}", field=name)
+        if self.silent_after_s <= self.full_sync_interval_s:
+            raise ConfigError(
+                f"must be greater than full_sync_interval_s ({self.full_sync_interval_s}), got "
+                f"{self.silent_after_s}: a healthy node would be declared silent between full reports",
+                field="silent_after_s",
+            )
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}", field="log_level"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"expected one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}", field="log_format"
+            )

@@ -1,0 +1,454 @@
+"""The task table: a pure state machine. Transitions in, effects out.
+
+Keyed by ``(job_id, task_index, attempt)``; each entry knows its node, spec, GPU indexes and last
+:class:`TaskStatus`. The table charges and releases allocations in the :class:`NodeRegistry` it is
+given, so the two stay consistent and :meth:`TaskTable.validate` can cross-check them.
+
+Effects are returned in the order they must run: :class:`Persist` before the :class:`AckAgent`
+that lets an agent forget a terminal state (the protocol's "ack once durable" rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from domainos.errors import DomainOSError
+from domainos.ids import new_command_id
+
+from ._placement import Placement
+from ._registry import NodeRegistry
+from ._types import TaskKey, TaskSpec, TaskState, TaskStatus
+
+#: Default grace for stops the sub-domain decides on its own (reconciliation).
+RECONCILE_STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartOnAgent:
+    """Send ``StartTask`` to the node's stream."""
+
+    node_id: str
+    command_id: str
+    spec: TaskSpec
+    gpu_indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopOnAgent:
+    """Send ``StopTask`` to the node's stream."""
+
+    node_id: str
+    command_id: str
+    key: TaskKey
+    grace_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckAgent:
+    """Send ``AckTasks``: these terminal states are durable; the agent may forget them."""
+
+    node_id: str
+    keys: tuple[TaskKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Report this status up to the master (batched in ``TaskUpdates``)."""
+
+    status: TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write (or, when ``record`` is None, delete) the store key of one task slot."""
+
+    job_id: str
+    task_index: int
+    record: dict[str, Any] | None
+
+
+Effect = StartOnAgent | StopOnAgent | AckAgent | Forward | Persist
+
+
+@dataclass(slots=True)
+class TaskEntry:
+    spec: TaskSpec
+    node_id: str
+    gpu_indexes: tuple[int, ...]
+    status: TaskStatus
+    #: Id of the StartTask not yet acknowledged by the agent ("" when none).
+    start_command: str = ""
+
+    @property
+    def key(self) -> TaskKey:
+        return self.spec.key
+
+    @property
+    def active(self) -> bool:
+        return not self.status.state.terminal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "gpu_indexes": list(self.gpu_indexes),
+            "spec": self.spec.to_json(),
+            "status": self.status.to_json(),
+        }
+
+
+class TaskTable:
+    """Tasks placed in this sub-domain and not yet acknowledged as terminal by the master."""
+
+    def __init__(
+        self,
+        subdomain_id: str,
+        registry: NodeRegistry,
+        *,
+        new_id: Callable[[], str] = new_command_id,
+    ) -> None:
+        self.subdomain_id = subdomain_id
+        self.registry = registry
+        self._new_id = new_id
+        self._entries: dict[TaskKey, TaskEntry] = {}
+        self._active_by_node: dict[str, set[TaskKey]] = {}
+        self._slots: dict[tuple[str, int], set[int]] = {}
+        self._pending_starts: dict[str, TaskKey] = {}
+        self._by_state: Counter[TaskState] = Counter()
+        #: Placements made (PlaceTask answered ASSIGNED).
+        self.placements = 0
+        #: PlaceTask commands answered REJECTED (nothing fits).
+        self.rejections = 0
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: TaskKey) -> TaskEntry | None:
+        return self._entries.get(key)
+
+    def count(self, state: TaskState) -> int:
+        return self._by_state[state]
+
+    def counts(self) -> dict[TaskState, int]:
+        return {s: n for s, n in self._by_state.items() if n}
+
+    def active_on(self, node_id: str) -> list[TaskKey]:
+        return sorted(self._active_by_node.get(node_id, ()))
+
+    def hello_tasks(self) -> list[TaskStatus]:
+        """Every task held (running and unacknowledged terminal), for ``Hello``."""
+        return [self._entries[k].status for k in sorted(self._entries)]
+
+    def node_of(self, key: TaskKey) -> str | None:
+        entry = self._entries.get(key)
+        return entry.node_id if entry else None
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _status(self, spec: TaskSpec, state: TaskState, **kw: Any) -> TaskStatus:
+        return TaskStatus(
+            job_id=spec.job_id,
+            task_index=spec.task_index,
+            attempt=spec.attempt,
+            state=state,
+            subdomain_id=self.subdomain_id,
+            **kw,
+        )
+
+    def _persist(self, job_id: str, task_index: int) -> Persist:
+        attempts = self._slots.get((job_id, task_index))
+        if not attempts:
+            return Persist(job_id, task_index, None)
+        record = {
+            "attempts": {
+                str(a): self._entries[TaskKey(job_id, task_index, a)].to_json() for a in sorted(attempts)
+            }
+        }
+        return Persist(job_id, task_index, record)
+
+    def _add(self, entry: TaskEntry) -> None:
+        key = entry.key
+        self._entries[key] = entry
+        self._slots.setdefault((key.job_id, key.task_index), set()).add(key.attempt)
+        self._by_state[entry.status.state] += 1
+        if entry.active:
+            self._active_by_node.setdefault(entry.node_id, set()).add(key)
+
+    def _remove(self, key: TaskKey) -> TaskEntry:
+        entry = self._entries.pop(key)
+        slot = self._slots[(key.job_id, key.task_index)]
+        slot.discard(key.attempt)
+        if not slot:
+            del self._slots[(key.job_id, key.task_index)]
+        self._by_state[entry.status.state] -= 1
+        self._deactivate(entry)
+        return entry
+
+    def _deactivate(self, entry: TaskEntry) -> None:
+        keys = self._active_by_node.get(entry.node_id)
+        if keys is not None:
+            keys.discard(entry.key)
+            if not keys:
+                del self._active_by_node[entry.node_id]
+        if entry.start_command:
+            self._pending_starts.pop(entry.start_command, None)
+            entry.start_command = ""
+
+    def _set_status(self, entry: TaskEntry, status: TaskStatus) -> None:
+        self._by_state[entry.status.state] -= 1
+        self._by_state[status.state] += 1
+        entry.status = status
+        if status.state.terminal:
+            self.registry.release(entry.node_id, entry.key)
+            self._deactivate(entry)
+
+    def _finish(self, entry: TaskEntry, state: TaskState, message: str, now: float) -> list[Effect]:
+        """Move an active entry to a terminal state the sub-domain decided on."""
+        status = dataclasses.replace(entry.status, state=state, message=message, finished_at=now)
+        self._set_status(entry, status)
+        return [self._persist(entry.key.job_id, entry.key.task_index), Forward(status)]
+
+    def _start(self, entry: TaskEntry) -> StartOnAgent:
+        if entry.start_command:
+            self._pending_starts.pop(entry.start_command, None)
+        entry.start_command = self._new_id()
+        self._pending_starts[entry.start_command] = entry.key
+        return StartOnAgent(entry.node_id, entry.start_command, entry.spec, entry.gpu_indexes)
+
+    def _stop(
+        self, node_id: str, key: TaskKey, reason: str, grace_s: float = RECONCILE_STOP_GRACE_S
+    ) -> StopOnAgent:
+        return StopOnAgent(node_id, self._new_id(), key, grace_s, reason)
+
+    def _connected(self, node_id: str) -> bool:
+        node = self.registry.get(node_id)
+        return node is not None and node.conn_token is not None
+
+    # -- commands from the master ----------------------------------------------------------------
+
+    def place(self, spec: TaskSpec, now: float) -> list[Effect]:
+        """``PlaceTask``: choose a node, charge it, start the task there; or answer REJECTED.
+
+        Idempotent: a task already known is re-reported, not placed twice.
+        """
+        entry = self._entries.get(spec.key)
+        if entry is not None:
+            return [Forward(entry.status)]
+        choice = self.registry.place(spec.resources)
+        if not isinstance(choice, Placement):
+            self.rejections += 1
+            return [Forward(self._status(spec, TaskState.REJECTED, message=choice, finished_at=now))]
+        self.registry.allocate(choice.node_id, spec.key, spec.resources, choice.gpu_indexes)
+        status = self._status(
+            spec, TaskState.ASSIGNED, node_id=choice.node_id, gpu_indexes=choice.gpu_indexes
+        )
+        entry = TaskEntry(spec, choice.node_id, choice.gpu_indexes, status)
+        self._add(entry)
+        self.placements += 1
+        return [self._persist(spec.job_id, spec.task_index), self._start(entry), Forward(status)]
+
+    def stop(self, key: TaskKey, *, grace_s: float, reason: str, now: float) -> list[Effect]:
+        """``StopTaskCommand``: forward to the node; answer CANCELLED at once when it cannot be reached."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return [
+                Forward(
+                    TaskStatus(
+                        job_id=key.job_id,
+                        task_index=key.task_index,
+                        attempt=key.attempt,
+                        state=TaskState.CANCELLED,
+                        message=f"unknown task in sub-domain {self.subdomain_id}: nothing to stop",
+                        subdomain_id=self.subdomain_id,
+                        finished_at=now,
+                    )
+                )
+            ]
+        if not entry.active:
+            return [Forward(entry.status)]
+        if self._connected(entry.node_id):
+            return [self._stop(entry.node_id, key, reason, grace_s)]
+        why = f"cancelled ({reason})" if reason else "cancelled"
+        return self._finish(entry, TaskState.CANCELLED, f"{why}; node {entry.node_id} is not connected", now)
+
+    def master_ack(self, keys: Iterable[TaskKey]) -> list[Effect]:
+        """``AckTaskStates``: forget acknowledged terminal tasks and delete their store records."""
+        slots: set[tuple[str, int]] = set()
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None or entry.active:
+                continue
+            self._remove(key)
+            slots.add((key.job_id, key.task_index))
+        return [self._persist(j, i) for j, i in sorted(slots)]
+
+    # -- events from agents ----------------------------------------------------------------------
+
+    def agent_status(self, node_id: str, reported: TaskStatus, now: float) -> list[Effect]:
+        """A task status in an agent's report (or ``Register``)."""
+        key = reported.key
+        entry = self._entries.get(key)
+        if entry is None or entry.node_id != node_id:
+            if reported.state.terminal:
+                return [AckAgent(node_id, (key,))]
+            if reported.state in (TaskState.UNSPECIFIED, TaskState.PENDING):
+                return []
+            return [self._stop(node_id, key, f"task {key} is not expected on node {node_id}")]
+        if not entry.active:
+            if reported.state.terminal:
+                return [AckAgent(node_id, (key,))]
+            return [
+                self._stop(
+                    node_id, key, f"task {key} is already {entry.status.state.label}: {entry.status.message}"
+                )
+            ]
+        if reported.state <= entry.status.state or reported.state in (
+            TaskState.UNSPECIFIED,
+            TaskState.PENDING,
+        ):
+            return []  # a repeat (full report) or a step back: nothing new
+        merged = dataclasses.replace(
+            reported,
+            node_id=node_id,
+            subdomain_id=self.subdomain_id,
+            gpu_indexes=reported.gpu_indexes or entry.gpu_indexes,
+        )
+        self._set_status(entry, merged)
+        if entry.start_command:
+            self._pending_starts.pop(entry.start_command, None)
+            entry.start_command = ""
+        if merged.state.terminal:
+            return [self._persist(key.job_id, key.task_index), Forward(merged), AckAgent(node_id, (key,))]
+        return [Forward(merged)]
+
+    def agent_ack(self, node_id: str, command_id: str, ok: bool, error: str, now: float) -> list[Effect]:
+        """``CommandAck`` from an agent: a refused ``StartTask`` fails its task."""
+        key = self._pending_starts.pop(command_id, None)
+        if key is None:
+            return []
+        entry = self._entries[key]
+        entry.start_command = ""
+        if ok or not entry.active or entry.node_id != node_id:
+            return []
+        return self._finish(entry, TaskState.FAILED, f"node {node_id} could not start it: {error}", now)
+
+    def reconcile(
+        self,
+        node_id: str,
+        reported: Iterable[TaskStatus],
+        now: float,
+        *,
+        incarnation: str = "",
+        evicted: Iterable[TaskKey] = (),
+    ) -> list[Effect]:
+        """An agent (re-)registered with ``reported`` tasks: level-triggered reconciliation.
+
+        A reported task not expected on this node is stopped (a terminal one is acked). An
+        expected task not reported is started again if it never started (the StartTask may have
+        been lost with the old stream), and is ``LOST`` if it was running.
+        """
+        effects: list[Effect] = []
+        for key in evicted:
+            entry = self._entries.get(key)
+            if entry is not None and entry.active:
+                effects += self._finish(
+                    entry,
+                    TaskState.LOST,
+                    f"node {node_id} re-registered with less capacity; the task no longer fits",
+                    now,
+                )
+                effects.append(self._stop(node_id, key, "the node no longer has room for it"))
+        seen: set[TaskKey] = set()
+        for status in reported:
+            seen.add(status.key)
+            effects += self.agent_status(node_id, status, now)
+        for key in self.active_on(node_id):
+            if key in seen:
+                continue
+            entry = self._entries[key]
+            if entry.status.state == TaskState.ASSIGNED:
+                effects.append(self._start(entry))
+            else:
+                why = f" (agent incarnation {incarnation})" if incarnation else ""
+                effects += self._finish(entry, TaskState.LOST, f"node {node_id} no longer runs it{why}", now)
+        return effects
+
+    def node_dead(self, node_id: str, why: str, now: float) -> list[Effect]:
+        """Every non-terminal task on a dead node becomes ``LOST``."""
+        effects: list[Effect] = []
+        for key in self.active_on(node_id):
+            effects += self._finish(self._entries[key], TaskState.LOST, f"node {node_id} died: {why}", now)
+        return effects
+
+    # -- restart ---------------------------------------------------------------------------------
+
+    def restore(self, record: dict[str, Any], now: float) -> list[Effect]:
+        """Reload one stored slot after a restart; re-charges allocations on restored nodes.
+
+        A task whose node is unknown or cannot hold it any more becomes ``LOST``.
+        """
+        effects: list[Effect] = []
+        for data in record.get("attempts", {}).values():
+            spec = TaskSpec.from_json(data["spec"])
+            if spec.key in self._entries:
+                continue
+            status = TaskStatus.from_json(data["status"])
+            gpus = tuple(int(g) for g in data.get("gpu_indexes", ()))
+            entry = TaskEntry(spec, str(data["node_id"]), gpus, status)
+            problem = ""
+            if entry.active:
+                node = self.registry.get(entry.node_id)
+                if node is None or node.state == "dead":
+                    problem = f"node {entry.node_id} was lost while sub-domain {self.subdomain_id} restarted"
+                else:
+                    try:
+                        self.registry.allocate(entry.node_id, spec.key, spec.resources, gpus)
+                    except DomainOSError as exc:  # a conflicting record
+                        problem = f"cannot re-adopt after restart: {exc}"
+            self._add(entry)
+            if problem:
+                effects += self._finish(entry, TaskState.LOST, problem, now)
+        return effects
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check the table against itself and against the registry's allocations."""
+        counts: Counter[TaskState] = Counter()
+        by_node: dict[str, set[TaskKey]] = {}
+        for key, entry in self._entries.items():
+            assert key == entry.key == entry.status.key, f"{key}: key mismatch"
+            counts[entry.status.state] += 1
+            assert (key.job_id, key.task_index) in self._slots and key.attempt in self._slots[
+                (key.job_id, key.task_index)
+            ]
+            node = self.registry.get(entry.node_id)
+            if entry.active:
+                by_node.setdefault(entry.node_id, set()).add(key)
+                assert node is not None, f"{key}: active on unknown node {entry.node_id}"
+                alloc = node.allocations.get(key)
+                assert alloc is not None, f"{key}: active but holds no allocation on {entry.node_id}"
+                assert alloc.gpu_indexes == entry.gpu_indexes, f"{key}: GPU indexes differ from the registry"
+            else:
+                assert node is None or key not in node.allocations, f"{key}: terminal but still allocated"
+                assert not entry.start_command, f"{key}: terminal with a pending start"
+            if entry.start_command:
+                assert self._pending_starts.get(entry.start_command) == key
+        assert +counts == +self._by_state, f"state counts drifted: {self._by_state} != {counts}"
+        assert by_node == self._active_by_node, "per-node index drifted"
+        assert sum(len(v) for v in self._slots.values()) == len(self._entries)
+        for command, key in self._pending_starts.items():
+            assert self._entries[key].start_command == command
+        for node in self.registry:
+            for key in node.allocations:
+                e = self._entries.get(key)
+                assert e is not None and e.active and e.node_id == node.node_id, (
+                    f"node {node.node_id} holds an allocation for {key} that no active task owns"
+                )
+        self.registry.validate()

@@ -1,0 +1,244 @@
+"""The stream up to the master: ``SubDomainGateway.Connect``, opened and kept open by the sub-domain.
+
+Each session sends ``Hello`` (identity, every task held, the summary) and waits for ``Welcome``; then
+a writer drains one bounded outbound queue, a flusher batches task transitions into ``TaskUpdates``
+(every 50 ms or 500 statuses, latest state per task), a timer sends ``SummaryReport`` only when the
+summary changed (at most every ``summary_interval_s``), and the reader hands each ``MasterCommand`` to
+the manager. A broken session is retried with backoff 0.2 s doubling to 5 s, with jitter; the next
+``Hello`` carries the full task table, so nothing queued for a dead session needs to survive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from domainos.api.v1 import subdomain_pb2, subdomain_pb2_grpc
+from domainos.errors import DomainOSError, Unavailable
+from domainos.rpc import create_channel, translate_rpc_error
+
+from ._registry import Summary
+from ._types import TaskKey, TaskStatus
+
+log = logging.getLogger(__name__)
+
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+FLUSH_INTERVAL_S = 0.05
+FLUSH_MAX_ITEMS = 500
+OUTBOUND_QUEUE_SIZE = 10_000
+#: How long to wait for ``Welcome`` after ``Hello``.
+WELCOME_TIMEOUT_S = 30.0
+
+
+class UpstreamOwner(Protocol):
+    """What the upstream needs from the manager."""
+
+    def summary(self) -> Summary: ...
+
+    def build_hello(self, summary: Summary) -> Any: ...
+
+    async def handle_master_command(self, command: Any) -> None: ...
+
+
+class Upstream:
+    """One logical connection to the master, reconnected forever until cancelled."""
+
+    def __init__(
+        self,
+        owner: UpstreamOwner,
+        address: str,
+        *,
+        incarnation: str,
+        summary_interval_s: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._owner = owner
+        self.address = address
+        self._incarnation = incarnation
+        self._summary_interval_s = summary_interval_s
+        self._sleep = sleep
+        self._jitter = jitter
+        self._connected = False
+        self._accepting = False
+        self._pending: dict[TaskKey, TaskStatus] = {}
+        self._flush = asyncio.Event()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
+        self._task_seq = 0
+        self._summary_seq = 0
+        self._last_summary: Summary | None = None
+        #: Id of the master that welcomed the current session ("" when none).
+        self.master_id = ""
+        #: Sessions that reached Welcome.
+        self.sessions = 0
+
+    @property
+    def connected(self) -> bool:
+        """True between ``Welcome`` and the end of the session."""
+        return self._connected
+
+    # -- producers -------------------------------------------------------------------------------
+
+    def forward(self, status: TaskStatus) -> None:
+        """Queue a task transition for the next ``TaskUpdates`` (dropped when no session: Hello resyncs)."""
+        if not self._accepting:
+            return
+        self._pending[status.key] = status
+        self._flush.set()
+
+    async def send(self, message: Any) -> bool:
+        """Queue a ``SubDomainMessage`` for the current session; False when there is none."""
+        if not self._connected:
+            return False
+        await self._queue.put(message)
+        return True
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _delay(self, backoff: float) -> float:
+        return backoff * (0.5 + self._jitter())  # 0.5x .. 1.5x
+
+    async def run(self) -> None:
+        """Connect, serve the session, back off, repeat -- until cancelled."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            welcomed_before = self.sessions
+            try:
+                await self._session()
+                log.warning("master %s ended the stream", self.address)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                err = translate_rpc_error(exc, self.address)
+                log.warning("stream to master %s failed (%s): %s", self.address, exc.code().name, err)
+            except DomainOSError as err:
+                log.warning("stream to master %s failed: %s", self.address, err)
+            except Exception:
+                log.exception("stream to master %s failed", self.address)
+            if self.sessions != welcomed_before:
+                backoff = BACKOFF_MIN_S
+            delay = self._delay(backoff)
+            log.debug("reconnecting to master %s in %.2fs", self.address, delay)
+            await self._sleep(delay)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self) -> None:
+        channel = create_channel(self.address)
+        workers: list[asyncio.Task[None]] = []
+        call: Any = None
+        try:
+            call = subdomain_pb2_grpc.SubDomainGatewayStub(channel).Connect()
+            # From here to the write, nothing awaits: statuses produced after the Hello snapshot
+            # land in _pending and go out after Welcome.
+            self._queue = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
+            self._pending.clear()
+            self._flush.clear()
+            self._task_seq = self._summary_seq = 0
+            summary = self._owner.summary()
+            hello = self._owner.build_hello(summary)
+            self._last_summary = summary
+            self._accepting = True
+            await call.write(subdomain_pb2.SubDomainMessage(hello=hello))
+            try:
+                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable(
+                    f"master {self.address} sent no Welcome within {WELCOME_TIMEOUT_S:.0f}s"
+                ) from None
+            if first is EOF:
+                raise Unavailable(f"master {self.address} closed the stream before Welcome")
+            kind = first.WhichOneof("body")
+            if kind != "welcome":
+                raise Unavailable(f"master {self.address} answered Hello with {kind!r}, expected Welcome")
+            self.master_id = first.welcome.master_id
+            interval = first.welcome.summary_interval_s or self._summary_interval_s
+            interval = max(interval, self._summary_interval_s)
+            self._connected = True
+            self.sessions += 1
+            log.info(
+                "connected to master %s (%s); sent %d tasks in Hello",
+                self.address,
+                self.master_id or "?",
+                len(hello.tasks),
+            )
+            if self._pending:
+                self._flush.set()
+            workers = [
+                asyncio.create_task(self._writer(call), name="upstream-writer"),
+                asyncio.create_task(self._flusher(), name="upstream-flusher"),
+                asyncio.create_task(self._summaries(interval), name="upstream-summaries"),
+                asyncio.create_task(self._reader(call), name="upstream-reader"),
+            ]
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            self._connected = False
+            self._accepting = False
+            self._pending.clear()
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if call is not None:
+                call.cancel()
+            await channel.close(grace=None)
+
+    async def _reader(self, call: Any) -> None:
+        while True:
+            msg = await call.read()
+            if msg is EOF:
+                return
+            await self._owner.handle_master_command(msg)
+
+    async def _writer(self, call: Any) -> None:
+        while True:
+            msg = await self._queue.get()
+            await call.write(msg)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush.wait()
+            if len(self._pending) < FLUSH_MAX_ITEMS:
+                await asyncio.sleep(FLUSH_INTERVAL_S)
+            self._flush.clear()
+            batch = list(self._pending.values())
+            self._pending.clear()
+            for i in range(0, len(batch), FLUSH_MAX_ITEMS):
+                chunk = batch[i : i + FLUSH_MAX_ITEMS]
+                self._task_seq += 1
+                msg = subdomain_pb2.SubDomainMessage(
+                    task_updates=subdomain_pb2.TaskUpdates(
+                        incarnation=self._incarnation,
+                        seq=self._task_seq,
+                        tasks=[s.to_proto() for s in chunk],
+                    )
+                )
+                await self._queue.put(msg)
+
+    async def _summaries(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            summary = self._owner.summary()
+            if summary == self._last_summary:
+                continue
+            self._last_summary = summary
+            self._summary_seq += 1
+            await self._queue.put(
+                subdomain_pb2.SubDomainMessage(
+                    summary=subdomain_pb2.SummaryReport(
+                        incarnation=self._incarnation, seq=self._summary_seq, summary=summary.to_proto()
+                    )
+                )
+            )
