@@ -20,7 +20,6 @@ T = TypeVar("T")
 
 def load_yaml(path: str | pathlib.Path) -> Any:
     """Parse a YAML file; errors name the file and the line."""
-    import yaml
 
     p = pathlib.Path(path)
     try:
@@ -89,9 +88,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"expected a mapping, got {value!r}", field=path)
         kt, vt = typing.get_args(tp) or (Any, Any)
-        return {
-            _convert(kt, k, f"{path}.{k}"): _convert(vt, v, f"{path}.{k}") for k, v in value.items()
-        }
+        return {_convert(kt, k, f"{path}.{k}"): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -66,8 +66,8 @@ class JobSpec:
     name: str = ""
     replicas: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
-    resources: Resources = Resources(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY, 0, "")
-    retry: RetryPolicy = RetryPolicy()
+    resources: Resources = field(default_factory=lambda: Resources(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY, 0, ""))
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     labels: Mapping[str, str] = field(default_factory=dict)
     tenant: str = ""
 
@@ -114,7 +114,9 @@ class JobSpec:
         if msg.has_retry:
             data["retry"] = {"on_exit": msg.retry.on_exit, "on_lost": msg.retry.on_lost}
         if msg.replicas < 0:
-            raise InvalidArgument(f"must be between 1 and {MAX_REPLICAS}, got {msg.replicas}", field="replicas")
+            raise InvalidArgument(
+                f"must be between 1 and {MAX_REPLICAS}, got {msg.replicas}", field="replicas"
+            )
         return parse_spec(data)
 
 
@@ -166,7 +168,9 @@ def parse_spec(data: Any) -> JobSpec:
     replicas = _int_field(data.get("replicas", 1), "replicas", 1, MAX_REPLICAS)
 
     if "command" not in data or data["command"] in (None, "", []):
-        raise InvalidArgument("is required: the program and its arguments, e.g. [python3, train.py]", field="command")
+        raise InvalidArgument(
+            "is required: the program and its arguments, e.g. [python3, train.py]", field="command"
+        )
     raw_cmd = data["command"]
     if isinstance(raw_cmd, str):
         command: tuple[str, ...] = ("/bin/sh", "-c", raw_cmd)
@@ -180,10 +184,13 @@ def parse_spec(data: Any) -> JobSpec:
         if not command[0].strip():
             raise InvalidArgument("the program name must not be empty", field="command[0]")
     else:
-        raise InvalidArgument(f"expected a list of strings or one shell string, got {raw_cmd!r}", field="command")
+        raise InvalidArgument(
+            f"expected a list of strings or one shell string, got {raw_cmd!r}", field="command"
+        )
     if len(command) > MAX_COMMAND_ARGS or sum(len(a) for a in command) > MAX_COMMAND_BYTES:
         raise InvalidArgument(
-            f"too large: at most {MAX_COMMAND_ARGS} arguments and {MAX_COMMAND_BYTES // 1024} KiB", field="command"
+            f"too large: at most {MAX_COMMAND_ARGS} arguments and {MAX_COMMAND_BYTES // 1024} KiB",
+            field="command",
         )
 
     env = _str_map(data.get("env"), "env", _ENV_RE, "environment variable name")
@@ -191,10 +198,14 @@ def parse_spec(data: Any) -> JobSpec:
 
     res_data = data.get("resources") or {}
     if not isinstance(res_data, Mapping):
-        raise InvalidArgument(f"expected a mapping with {', '.join(_RES_FIELDS)}, got {res_data!r}", field="resources")
+        raise InvalidArgument(
+            f"expected a mapping with {', '.join(_RES_FIELDS)}, got {res_data!r}", field="resources"
+        )
     unknown = sorted(str(k) for k in res_data if k not in _RES_FIELDS)
     if unknown:
-        raise InvalidArgument(f"unknown field; allowed: {', '.join(_RES_FIELDS)}", field=f"resources.{unknown[0]}")
+        raise InvalidArgument(
+            f"unknown field; allowed: {', '.join(_RES_FIELDS)}", field=f"resources.{unknown[0]}"
+        )
     cpu = parse_cpus(res_data["cpus"], "resources.cpus") if "cpus" in res_data else DEFAULT_CPU_MILLIS
     mem = parse_memory(res_data["memory"], "resources.memory") if "memory" in res_data else DEFAULT_MEMORY
     gpus = parse_gpus(res_data.get("gpus", 0), "resources.gpus")
@@ -207,7 +218,9 @@ def parse_spec(data: Any) -> JobSpec:
         raise InvalidArgument(f"expected a mapping with {', '.join(_RETRY_FIELDS)}", field="retry")
     unknown = sorted(str(k) for k in retry_data if k not in _RETRY_FIELDS)
     if unknown:
-        raise InvalidArgument(f"unknown field; allowed: {', '.join(_RETRY_FIELDS)}", field=f"retry.{unknown[0]}")
+        raise InvalidArgument(
+            f"unknown field; allowed: {', '.join(_RETRY_FIELDS)}", field=f"retry.{unknown[0]}"
+        )
     retry = RetryPolicy(
         on_exit=_int_field(retry_data.get("on_exit", DEFAULT_RETRY_ON_EXIT), "retry.on_exit", 0, MAX_RETRIES),
         on_lost=_int_field(retry_data.get("on_lost", DEFAULT_RETRY_ON_LOST), "retry.on_lost", 0, MAX_RETRIES),

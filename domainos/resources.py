@@ -153,7 +153,7 @@ class Resources:
             parts.append(f"gpus={self.gpus}" + (f" ({self.gpu_model})" if self.gpu_model else ""))
         return " ".join(parts)
 
-    def to_proto(self) -> "common_pb2.Resources":
+    def to_proto(self) -> common_pb2.Resources:
         from domainos.api.v1 import common_pb2
 
         return common_pb2.Resources(
@@ -164,6 +164,5 @@ class Resources:
         )
 
     @classmethod
-    def from_proto(cls, msg: "common_pb2.Resources") -> Resources:
+    def from_proto(cls, msg: common_pb2.Resources) -> Resources:
         return cls(msg.cpu_millis, msg.memory_bytes, msg.gpus, msg.gpu_model)
-

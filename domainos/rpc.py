@@ -64,7 +64,7 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def create_server(interceptors: list[grpc.aio.ServerInterceptor] | None = None) -> grpc.aio.Server:
+def create_server(interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] | None = None) -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
 
 
@@ -108,7 +108,7 @@ def translate_rpc_error(exc: grpc.RpcError, target: str = "") -> DomainOSError:
     return error_from_status(name, details)
 
 
-async def abort_with(context: grpc.aio.ServicerContext, err: DomainOSError) -> NoReturn:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DomainOSError) -> NoReturn:
     """The one server-side choke point from DomainOS errors to gRPC status codes."""
     await context.abort(grpc.StatusCode[err.code], str(err))
     raise AssertionError("unreachable")  # context.abort raises
@@ -121,7 +121,7 @@ def rpc_method(fn: F) -> F:
     """Wrap a unary servicer method: domain errors -> status codes; bugs -> INTERNAL, logged."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await fn(self, request, context)
         except DomainOSError as err:

@@ -33,13 +33,15 @@ def test_topology_malformed_yaml_names_line(tmp_path: pathlib.Path) -> None:
 
 
 def test_topology_duplicate_subdomain() -> None:
-    data = {"regions": [{"name": "a", "subdomains": [{"id": "x"}]}, {"name": "b", "subdomains": [{"id": "x"}]}]}
+    data = {
+        "regions": [{"name": "a", "subdomains": [{"id": "x"}]}, {"name": "b", "subdomains": [{"id": "x"}]}]
+    }
     with pytest.raises(ConfigError, match="duplicate sub-domain id 'x'"):
         build(Topology, data)
 
 
 def test_sim_inventory_needs_model_for_gpus() -> None:
-    with pytest.raises(ConfigError, match="inventory.gpu_model: is required"):
+    with pytest.raises(ConfigError, match=r"inventory\.gpu_model: is required"):
         build(SimInventory, {"gpus": 8})
 
 
@@ -65,7 +67,9 @@ def test_missing_file() -> None:
         load(Topology, "/nonexistent/x.yaml")
 
 
-@pytest.mark.parametrize(("text", "expected"), [("512Mi", 512 * 2**20), ("2G", 2 * 10**9), ("1.5GiB", 3 * 2**29), (1024, 1024)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("512Mi", 512 * 2**20), ("2G", 2 * 10**9), ("1.5GiB", 3 * 2**29), (1024, 1024)]
+)
 def test_parse_memory(text: object, expected: int) -> None:
     assert parse_memory(text) == expected
 

@@ -73,12 +73,18 @@ def test_negative_resources_over_the_wire() -> None:
     cpus=st.integers(1, 64_000),
     mem=st.integers(1, 2**40),
     gpus=st.integers(0, 16),
-    args=st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1), min_size=1, max_size=5),
+    args=st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1), min_size=1, max_size=5
+    ),
 )
 def test_any_valid_spec_round_trips(replicas: int, cpus: int, mem: int, gpus: int, args: list[str]) -> None:
     if not args[0].strip():
         args[0] = "prog"
     spec = parse_spec(
-        {"command": args, "replicas": replicas, "resources": {"cpus": f"{cpus}m", "memory": mem, "gpus": gpus}}
+        {
+            "command": args,
+            "replicas": replicas,
+            "resources": {"cpus": f"{cpus}m", "memory": mem, "gpus": gpus},
+        }
     )
     assert JobSpec.from_proto(spec.to_proto()) == spec

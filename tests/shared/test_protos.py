@@ -10,7 +10,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_has_not_drifted(tmp_path: pathlib.Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True
+    )
     fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / "domainos").rglob("*_pb2*.py*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "domainos").rglob("*_pb2*.py*"))
     assert fresh == committed, "the set of generated files differs: run `make gen-protos`"
