@@ -1,0 +1,245 @@
+"""``domainctl``: the command line of DomainOS.
+
+Startup is kept short on purpose: this module imports only the standard library and the
+exception tree; gRPC, YAML and the generated code are imported by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from domainos.errors import DomainOSError
+
+PROG = "domainctl"
+#: ``domainctl master|subdomain|agent ARGS`` run the daemon module with the same arguments.
+DAEMONS = {"master": "master_domain", "subdomain": "sub_domain", "agent": "node_agent"}
+
+# command -> "module:function"; the module is imported only when its command runs.
+_HANDLERS = {
+    "domains": "domainctl._commands:cmd_domains",
+    "nodes": "domainctl._commands:cmd_nodes",
+    "run": "domainctl._commands:cmd_run",
+    "submit": "domainctl._commands:cmd_submit",
+    "jobs": "domainctl._commands:cmd_jobs",
+    "job": "domainctl._commands:cmd_job",
+    "logs": "domainctl._commands:cmd_logs",
+    "cancel": "domainctl._commands:cmd_cancel",
+    "wait": "domainctl._commands:cmd_wait",
+    "info": "domainctl._commands:cmd_info",
+    "up": "domainctl._local:cmd_up",
+    "down": "domainctl._local:cmd_down",
+    "status": "domainctl._local:cmd_status",
+    "demo": "domainctl._demo:cmd_demo",
+    "compose": "domainctl._local:cmd_compose",
+}
+
+_EPILOG = """\
+examples:
+  domainctl up --detach                     start a local federation (2 regions, 4 agents)
+  domainctl domains                         regions, sub-domains, capacity
+  domainctl run --replicas 2 --cpus 0.5 --wait -- python3 -c "print(42)"
+  domainctl jobs --state running
+  domainctl logs JOB_ID
+  domainctl down
+
+The master is found from --master, then $DOMAINOS_MASTER, then the local federation
+started by `domainctl up` ($DOMAINOS_HOME or ~/.domainos).
+exit status: 0 ok, 1 error, 2 bad usage or invalid input, 3 master unreachable.
+"""
+
+
+def _common() -> argparse.ArgumentParser:
+    """--master and -o on every command (SUPPRESS: a value given before the command survives)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection and output")
+    g.add_argument(
+        "--master",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help="master address HOST:PORT (default: $DOMAINOS_MASTER, then the local federation)",
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=argparse.SUPPRESS,
+        help="output format (default: table)",
+    )
+    return p
+
+
+def _home_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", metavar="DIR", help="DomainOS home (default: $DOMAINOS_HOME or ~/.domainos)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render ``--help``)."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Control a DomainOS federation: jobs, domains, nodes, and a local federation.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, *, parents: bool = True) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, parents=[common] if parents else []
+        )
+
+    add("domains", "regions and their sub-domains: connection, nodes, capacity, free resources")
+    p = add("nodes", "nodes with state, capacity, usage and tasks")
+    p.add_argument("--subdomain", metavar="ID", help="only the nodes of this sub-domain")
+
+    p = add("run", "run a command as a job: domainctl run [options] -- CMD ARGS...")
+    p.add_argument("--name", help="job name")
+    p.add_argument("--cpus", metavar="N", help="CPUs per task (e.g. 2, 0.5, 500m; default 1)")
+    p.add_argument("--gpus", metavar="N", help="GPUs per task (default 0)")
+    p.add_argument("--gpu-model", metavar="MODEL", help="required GPU model")
+    p.add_argument(
+        "--mem", "--memory", dest="mem", metavar="SIZE", help="memory per task (e.g. 512Mi; default 256Mi)"
+    )
+    p.add_argument("--replicas", metavar="N", help="number of tasks (default 1)")
+    p.add_argument(
+        "--env", metavar="K=V", action="append", default=[], help="environment variable (repeatable)"
+    )
+    p.add_argument("--retries", metavar="N", help="retries of a task that exits non-zero (default 0)")
+    p.add_argument("--wait", action="store_true", help="wait for the job, print its state and output")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD ARGS", help="the program and its arguments")
+
+    p = add("submit", "submit a job file (YAML; - for standard input)")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--wait", action="store_true", help="wait for the job, print its state and output")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
+
+    p = add("jobs", "list jobs, newest first")
+    p.add_argument(
+        "--state", action="append", default=[], metavar="S", help="only jobs in state S (repeatable, or a,b)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="at most N jobs")
+
+    p = add("job", "one job and its tasks")
+    p.add_argument("job_id", metavar="ID")
+
+    p = add("logs", "the output of a job's tasks")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--task", type=int, metavar="N", help="only task N")
+    p.add_argument("--stderr", action="store_true", help="standard error instead of standard output")
+
+    p = add("cancel", "cancel a job")
+    p.add_argument("job_id", metavar="ID")
+
+    p = add("wait", "wait until a job finishes (exit 0 if it succeeded, 1 otherwise)")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+
+    add("info", "the master's identity, store and federation-wide counts")
+
+    p = add("up", "start a local federation (master, sub-domains, agents) as processes on this machine")
+    p.add_argument(
+        "--topology", metavar="FILE", help="topology file (default: 2 regions x 1 sub-domain x 2 agents)"
+    )
+    p.add_argument("--store", metavar="URL", help="etcd://HOST:PORT instead of the embedded SQLite files")
+    p.add_argument("--detach", action="store_true", help="return once everything is ready")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="readiness deadline (default 60)")
+    _home_arg(p)
+
+    p = add("down", "stop the local federation")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="grace per tier before SIGKILL (default 10)"
+    )
+    _home_arg(p)
+
+    p = add("status", "the local federation's processes")
+    _home_arg(p)
+
+    p = add("demo", "start a local federation, run sample jobs, show the results, stop it")
+    p.add_argument("--keep", action="store_true", help="leave the federation running afterwards")
+    _home_arg(p)
+
+    p = add("compose", "write a docker-compose deployment (compose file, daemon configs) for a topology")
+    p.add_argument(
+        "--topology", metavar="FILE", help="topology file (default: 2 regions x 1 sub-domain x 2 agents)"
+    )
+    p.add_argument("--out", metavar="DIR", default="deploy", help="output directory (default: deploy)")
+    p.add_argument("--image", default="domainos:latest", help="container image (default: domainos:latest)")
+
+    for name, module in DAEMONS.items():
+        sub.add_parser(
+            name, help=f"run the {module} daemon (same arguments as python -m {module})", add_help=False
+        )
+    return parser
+
+
+def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``run [opts] -- CMD...``: everything after the first ``--`` following ``run`` is the command."""
+    if "run" not in argv or "--" not in argv:
+        return argv, None
+    sep = argv.index("--")
+    if argv.index("run") > sep:
+        return argv, None
+    return argv[:sep], argv[sep + 1 :]
+
+
+def _exec_daemon(name: str, args: list[str]) -> int:
+    module = DAEMONS[name]
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *args], env)
+    return 0  # not reached
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    module, _, func = _HANDLERS[command].partition(":")
+    fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), func)
+    return fn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``domainctl`` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DAEMONS:
+        return _exec_daemon(args[0], args[1:])
+    args, run_cmd = _split_run_command(args)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return exc.code if isinstance(exc.code, int) else 2
+    if run_cmd is not None:
+        if ns.command != "run" or ns.cmd:
+            print(f"{PROG}: error: '--' only separates the command of `domainctl run`", file=sys.stderr)
+            return 2
+        ns.cmd = run_cmd
+    if not hasattr(ns, "output"):
+        ns.output = "table"
+    if not hasattr(ns, "master"):
+        ns.master = None
+    try:
+        return _handler(ns.command)(ns)
+    except DomainOSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The synchronous DomainOS client: one blocking gRPC channel to the master's ``DomainControl``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from domainos.clock import Clock, SystemClock
+from domainos.errors import InvalidArgument
+from domainos.ids import new_request_id
+from domainos.jobspec import JobSpec
+from domainos.rpc import CHANNEL_OPTIONS, TLSFiles, translate_rpc_error
+
+from ._address import resolve_address
+from ._retry import Retry, call_with_retry
+from ._spec import SpecLike, as_spec
+from ._types import ClusterInfo, Job, JobState, Node, NodeList, Region, TaskLog
+from .errors import WaitTimeout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Largest log chunk asked for per task and request (the server caps at 1 MiB).
+LOG_PAGE_BYTES = 1024 * 1024
+#: Stop collecting one task's log past this many bytes (the rest stays on the node).
+MAX_LOG_BYTES = 64 * 1024 * 1024
+_LIST_PAGE = 500
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Client:
+    """A connection to a DomainOS master.
+
+    Every gRPC error is translated to a :class:`~domainos.errors.DomainOSError` subclass in one
+    place. Calls the master could not take (UNAVAILABLE) are retried per ``retry`` with the
+    injectable ``sleep``; a submit or cancel is retried with the same request id, so a retry can
+    never run a job twice.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 5.0,
+        tls: TLSFiles | None = None,
+        retry: Retry | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock | None = None,
+    ) -> None:
+        from domainos.api.v1 import master_pb2_grpc
+
+        self.address = address
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self._sleep = sleep
+        self._clock: Clock = clock or SystemClock()
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+            )
+            self._channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+        self._stub: Any = master_pb2_grpc.DomainControlStub(self._channel)
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """One RPC, retried on UNAVAILABLE; the single place gRPC errors become DomainOS errors."""
+        rpc = getattr(self._stub, method)
+        deadline = self.timeout if timeout is None else timeout
+
+        def once() -> Any:
+            try:
+                return rpc(request, timeout=deadline)
+            except grpc.RpcError as exc:
+                raise translate_rpc_error(exc, self.address) from exc
+
+        return call_with_retry(once, self.retry, self._sleep, what=f"{method} to {self.address}")
+
+    def close(self) -> None:
+        """Close the channel (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(self, spec: SpecLike, *, request_id: str | None = None) -> Job:
+        """Validate ``spec`` locally and submit it; returns the accepted job.
+
+        ``spec`` is a :class:`JobSpec`, a mapping, or YAML text (see :mod:`domainos.jobspec`).
+        A retry (here or by the caller with the same ``request_id``) returns the first job.
+        """
+        from domainos.api.v1 import master_pb2
+
+        job_spec: JobSpec = as_spec(spec)
+        rid = request_id or new_request_id()
+        request = master_pb2.SubmitJobRequest(spec=job_spec.to_proto(), request_id=rid)
+        reply = self._call("SubmitJob", request)
+        job = Job.from_proto(reply.job)
+        log.info("submitted job %s (request %s, duplicate=%s)", job.job_id, rid, reply.duplicate)
+        return job
+
+    def job(self, job_id: str) -> Job:
+        """The job with its tasks; :class:`~domainos.errors.NotFound` if the master does not know it."""
+        from domainos.api.v1 import master_pb2
+
+        return Job.from_proto(self._call("GetJob", master_pb2.GetJobRequest(job_id=_job_id(job_id))))
+
+    def jobs(self, states: Iterable[JobState | str] | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs, newest first (tasks omitted), optionally filtered by state; follows pages."""
+        from domainos.api.v1 import master_pb2
+
+        if limit is not None and limit < 1:
+            raise InvalidArgument(f"must be at least 1, got {limit}", field="limit")
+        wanted = [s if isinstance(s, JobState) else JobState.parse(s) for s in states or ()]
+        names = [f"JOB_STATE_{s.value}" for s in wanted]
+        out: list[Job] = []
+        token = ""
+        while True:
+            page = _LIST_PAGE if limit is None else min(_LIST_PAGE, limit - len(out))
+            reply = self._call(
+                "ListJobs", master_pb2.ListJobsRequest(states=names, limit=page, page_token=token)
+            )
+            out.extend(Job.from_proto(j) for j in reply.jobs)
+            token = reply.next_page_token
+            if not token or not reply.jobs or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+
+    def cancel(self, job_id: str, *, reason: str = "", request_id: str | None = None) -> Job:
+        """Ask the master to cancel a job (idempotent); returns the job as it is now."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.CancelJobRequest(
+            job_id=_job_id(job_id), request_id=request_id or new_request_id(), reason=reason
+        )
+        return Job.from_proto(self._call("CancelJob", request))
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 0.2,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll until the job is terminal and return it.
+
+        ``on_update`` is called with the job whenever its state or a task's state changed.
+        Raises :class:`WaitTimeout` (carrying the last seen job) after ``timeout`` seconds.
+        """
+        if poll <= 0:
+            raise InvalidArgument(f"must be greater than 0, got {poll}", field="poll")
+        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        last_key: object = None
+        while True:
+            job = self.job(job_id)
+            key = (job.state, job.message, tuple((t.index, t.attempt, t.state) for t in job.tasks))
+            if key != last_key:
+                last_key = key
+                if on_update is not None:
+                    on_update(job)
+            if job.terminal:
+                return job
+            if deadline is not None:
+                left = deadline - self._clock.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(
+                        f"job {job.job_id} did not finish within {timeout:g}s (state {job.state.value}); it keeps running",
+                        job,
+                    )
+                self._sleep(min(poll, left))
+            else:
+                self._sleep(poll)
+
+    def logs(self, job_id: str, task: int | None = None, stream: str = "stdout") -> list[TaskLog]:
+        """Every task's output (or task ``task``'s), read page by page until the end of each file."""
+        from domainos.api.v1 import master_pb2
+
+        if stream not in ("stdout", "stderr"):
+            raise InvalidArgument(f"expected stdout or stderr, got {stream!r}", field="stream")
+        if task is not None and task < 0:
+            raise InvalidArgument(f"must be 0 or more, got {task}", field="task")
+        jid = _job_id(job_id)
+
+        def read(index: int, offset: int) -> list[Any]:
+            request = master_pb2.ReadLogsRequest(
+                job_id=jid, task_index=index, stream=stream, offset=offset, max_bytes=LOG_PAGE_BYTES
+            )
+            return list(self._call("ReadLogs", request, timeout=max(self.timeout, 15.0)).logs)
+
+        out: list[TaskLog] = []
+        for first in read(-1 if task is None else task, 0):
+            out.append(self._follow(first, read))
+        out.sort(key=lambda t: t.task_index)
+        return out
+
+    def _follow(self, first: Any, read: Callable[[int, int], Sequence[Any]]) -> TaskLog:
+        """Collect one task's pages until eof, an error, no progress, or MAX_LOG_BYTES."""
+        chunks = [bytes(first.chunk.data)]
+        chunk = first.chunk
+        got = len(chunk.data)
+        while not chunk.eof and not chunk.error and chunk.data and got < MAX_LOG_BYTES:
+            nxt = [
+                t
+                for t in read(first.task_index, chunk.offset + len(chunk.data))
+                if t.task_index == first.task_index
+            ]
+            if not nxt:
+                break
+            chunk = nxt[0].chunk
+            chunks.append(bytes(chunk.data))
+            got += len(chunk.data)
+        return TaskLog(
+            task_index=first.task_index,
+            attempt=first.attempt,
+            node_id=first.node_id,
+            data=b"".join(chunks),
+            size=chunk.size,
+            eof=chunk.eof,
+            error=chunk.error,
+        )
+
+    # -- the federation ---------------------------------------------------------------------
+
+    def domains(self) -> list[Region]:
+        """Regions and their sub-domains with the master's summary of each."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call("ListDomains", master_pb2.ListDomainsRequest())
+        return sorted((Region.from_proto(r) for r in reply.regions), key=lambda r: r.name)
+
+    def list_nodes(self, subdomain: str | None = None) -> NodeList:
+        """Nodes of every connected sub-domain (or one), plus the sub-domains that did not answer."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call(
+            "ListNodes",
+            master_pb2.ListNodesRequest(subdomain_id=subdomain or ""),
+            timeout=max(self.timeout, 10.0),
+        )
+        nodes = sorted(
+            (Node.from_proto(n) for n in reply.nodes), key=lambda n: (n.region, n.subdomain_id, n.node_id)
+        )
+        return NodeList(nodes=tuple(nodes), unreachable=tuple(reply.unreachable))
+
+    def nodes(self, subdomain: str | None = None) -> list[Node]:
+        """Nodes of every connected sub-domain, or only of ``subdomain``."""
+        return list(self.list_nodes(subdomain).nodes)
+
+    def info(self) -> ClusterInfo:
+        """The master's identity, version, store, and federation-wide counts."""
+        from domainos.api.v1 import master_pb2
+
+        return ClusterInfo.from_proto(
+            self._call("GetClusterInfo", master_pb2.GetClusterInfoRequest()), self.address
+        )
+
+
+def _job_id(job_id: str) -> str:
+    job_id = job_id.strip() if isinstance(job_id, str) else ""
+    if not job_id:
+        raise InvalidArgument("a job id is required", field="job_id")
+    return job_id
+
+
+def connect(
+    address: str | None = None,
+    *,
+    timeout: float = 5.0,
+    tls: TLSFiles | None = None,
+    retry: Retry | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Client:
+    """Open a client to the master at ``address``.
+
+    Without an address: ``$DOMAINOS_MASTER``, then the local federation started by
+    ``domainctl up`` (``$DOMAINOS_HOME``/``~/.domainos`` ``local/cluster.json``); raises
+    :class:`~domainos.errors.Unavailable` when none is found. The channel connects lazily:
+    an unreachable master surfaces on the first call.
+    """
+    return Client(resolve_address(address), timeout=timeout, tls=tls, retry=retry, sleep=sleep)
