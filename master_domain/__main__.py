@@ -1,0 +1,62 @@
+"""Entry point: ``python -m master_domain --config FILE [flags]`` (flags override the file)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from domainos.config import load, parse_set_flags
+from domainos.daemon import run, setup_logging
+from domainos.errors import DomainOSError, InvalidArgument
+from master_domain._config import MasterConfig
+from master_domain._master import MasterDomain
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m master_domain", description="Run a DomainOS master domain.")
+    p.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--id", help="master id (default master-1)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="gRPC listen address (port 0 picks one)")
+    p.add_argument("--advertise", metavar="HOST:PORT", help="address given to tasks as DOMAINOS_MASTER")
+    p.add_argument("--store", metavar="URL", help="sqlite:///abs/path.db | memory:// | etcd://host:port")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
+    p.add_argument("--log-level", help="debug | info | warning | error")
+    p.add_argument("--log-format", help="json | text")
+    p.add_argument("--ready-file", metavar="PATH", help="write bound addresses here (JSON) once serving")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", default=[], help="override any config field"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, load the config, run the master until SIGTERM/SIGINT; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        overrides = parse_set_flags(args.set)
+        overrides.update(
+            {
+                "id": args.id,
+                "listen": args.listen,
+                "advertise": args.advertise,
+                "store": args.store,
+                "metrics_listen": args.metrics_listen,
+                "log_level": args.log_level,
+                "log_format": args.log_format,
+            }
+        )
+        config = load(MasterConfig, args.config, overrides)
+    except InvalidArgument as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("master", config.log_level, config.log_format)
+    try:
+        return run(MasterDomain(config), args.ready_file)
+    except DomainOSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

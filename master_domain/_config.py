@@ -1,0 +1,79 @@
+"""The master's configuration: one frozen dataclass, loaded once from YAML plus flags."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from domainos.config import check_address
+from domainos.errors import ConfigError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_STORE_SCHEMES = ("sqlite:///", "memory://", "etcd://")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    """Settings of one master domain process (``python -m master_domain --config FILE``)."""
+
+    #: Name of this master; sent to sub-domains in ``Welcome`` and shown by ``GetClusterInfo``.
+    id: str = "master-1"
+    #: ``host:port`` the gRPC server listens on (port 0 picks a free port).
+    listen: str = "127.0.0.1:7070"
+    #: Address given to tasks as ``DOMAINOS_MASTER``; empty = the bound listen address.
+    advertise: str = ""
+    #: Store URL: ``sqlite:///abs/path.db``, ``memory://`` or ``etcd://host:port``.
+    store: str = "memory://"
+    #: ``host:port`` of the Prometheus endpoint; empty disables it.
+    metrics_listen: str = "127.0.0.1:0"
+    log_level: str = "info"
+    log_format: str = "json"
+    #: How often sub-domains may send summaries (told to them in ``Welcome``).
+    summary_interval_s: float = 1.0
+    #: A placement not confirmed (ASSIGNED) by its sub-domain within this time is re-placed.
+    place_timeout_s: float = 10.0
+    #: A disconnected sub-domain's tasks are kept this long; after it they become LOST and are
+    #: retried by policy (no mass eviction on a short partition).
+    subdomain_lost_grace_s: float = 30.0
+    #: Largest page ``ListJobs`` returns (and its default).
+    max_jobs_listed: int = 500
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        if not _ID_RE.match(self.id):
+            raise ConfigError(
+                f"{self.id!r} is not a valid id: 1-63 letters, digits, '-', '_' or '.'", field="id"
+            )
+        check_address(self.listen, "listen")
+        check_address(self.advertise, "advertise", allow_empty=True)
+        check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
+        if not self.store.startswith(_STORE_SCHEMES):
+            raise ConfigError(
+                f"unsupported store URL {self.store!r}; allowed: sqlite:///ABS/PATH.db, memory://, "
+                "etcd://HOST:PORT",
+                field="store",
+            )
+        if self.log_level.lower() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"unknown level {self.log_level!r}; allowed: {', '.join(_LOG_LEVELS)}", field="log_level"
+            )
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigError(
+                f"unknown format {self.log_format!r}; allowed: {', '.join(_LOG_FORMATS)}",
+                field="log_format",
+            )
+        for name in ("summary_interval_s", "place_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ConfigError(f"must be greater than 0 and at most 3600, got {value}", field=name)
+        if not 0 <= self.subdomain_lost_grace_s <= 86400:
+            raise ConfigError(
+                f"must be between 0 and 86400, got {self.subdomain_lost_grace_s}",
+                field="subdomain_lost_grace_s",
+            )
+        if not 1 <= self.max_jobs_listed <= 100_000:
+            raise ConfigError(
+                f"must be between 1 and 100000, got {self.max_jobs_listed}", field="max_jobs_listed"
+            )

@@ -1,0 +1,151 @@
+"""Protobuf <-> domain types, in one place (the service boundary)."""
+
+from __future__ import annotations
+
+import logging
+
+from domainos.api.v1 import common_pb2, master_pb2, subdomain_pb2
+from domainos.jobspec import JobSpec
+from master_domain._jobs import Job, JobState, Task, TaskRef, TaskReport, TaskState
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stopped task gets between SIGTERM and SIGKILL.
+STOP_GRACE_S = 10.0
+
+
+def task_state_from_proto(value: int) -> TaskState | None:
+    """None for UNSPECIFIED or a state this master does not know."""
+    try:
+        name = common_pb2.TaskState.Name(value).removeprefix("TASK_STATE_")
+    except ValueError:
+        return None
+    return TaskState.__members__.get(name)
+
+
+def task_state_to_proto(state: TaskState) -> str:
+    """The enum value's name (protobuf constructors accept names)."""
+    return f"TASK_STATE_{state.value}"
+
+
+def job_state_to_proto(state: JobState) -> str:
+    """The enum value's name (protobuf constructors accept names)."""
+    return f"JOB_STATE_{state.value}"
+
+
+def job_state_from_proto(value: int) -> JobState | None:
+    try:
+        name = master_pb2.JobState.Name(value).removeprefix("JOB_STATE_")
+    except ValueError:
+        return None
+    return JobState.__members__.get(name)
+
+
+def task_report_from_proto(msg: common_pb2.TaskStatus) -> TaskReport | None:
+    """A ``TaskStatus`` from a sub-domain; None (logged) when it cannot be used."""
+    state = task_state_from_proto(msg.state)
+    if state is None or not msg.job_id or msg.task_index < 0 or msg.attempt < 0:
+        log.warning(
+            "ignoring malformed task status %s/%s#%s state=%s",
+            msg.job_id,
+            msg.task_index,
+            msg.attempt,
+            msg.state,
+        )
+        return None
+    return TaskReport(
+        job_id=msg.job_id,
+        index=msg.task_index,
+        attempt=msg.attempt,
+        state=state,
+        exit_code=msg.exit_code,
+        message=msg.message,
+        node_id=msg.node_id,
+        started_at=msg.started_at,
+        finished_at=msg.finished_at,
+    )
+
+
+def task_to_proto(task: Task) -> master_pb2.TaskInfo:
+    return master_pb2.TaskInfo(
+        index=task.index,
+        attempt=task.attempt,
+        state=task_state_to_proto(task.state),
+        node_id=task.node_id,
+        subdomain_id=task.subdomain_id,
+        region=task.region,
+        exit_code=task.exit_code,
+        message=task.message,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        exit_retries=task.exit_retries,
+        lost_retries=task.lost_retries,
+    )
+
+
+def job_to_proto(job: Job, *, with_tasks: bool = True) -> master_pb2.Job:
+    return master_pb2.Job(
+        job_id=job.job_id,
+        spec=job.spec.to_proto(),
+        state=job_state_to_proto(job.state),
+        message=job.message,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        tasks=[task_to_proto(t) for t in job.tasks] if with_tasks else [],
+        request_id=job.request_id,
+    )
+
+
+def task_ref_to_proto(ref: TaskRef) -> common_pb2.TaskRef:
+    return common_pb2.TaskRef(job_id=ref.job_id, task_index=ref.index, attempt=ref.attempt)
+
+
+def place_command_id(ref: TaskRef) -> str:
+    """Deterministic, so a resent command has the same id and its ack names the task."""
+    return f"place/{ref.job_id}/{ref.index}/{ref.attempt}"
+
+
+def parse_place_command_id(command_id: str) -> TaskRef | None:
+    kind, _, rest = command_id.partition("/")
+    parts = rest.split("/")
+    if kind != "place" or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return TaskRef(parts[0], int(parts[1]), int(parts[2]))
+
+
+def place_task_command(ref: TaskRef, spec: JobSpec, master_address: str) -> subdomain_pb2.MasterCommand:
+    return subdomain_pb2.MasterCommand(
+        place_task=subdomain_pb2.PlaceTask(
+            command_id=place_command_id(ref),
+            spec=common_pb2.TaskSpec(
+                job_id=ref.job_id,
+                task_index=ref.index,
+                attempt=ref.attempt,
+                command=list(spec.command),
+                env=dict(spec.env),
+                resources=spec.resources.to_proto(),
+                tenant=spec.tenant,
+                master_address=master_address,
+                job_name=spec.name,
+                replicas=spec.replicas,
+            ),
+        )
+    )
+
+
+def stop_task_command(ref: TaskRef, reason: str) -> subdomain_pb2.MasterCommand:
+    return subdomain_pb2.MasterCommand(
+        stop_task=subdomain_pb2.StopTaskCommand(
+            command_id=f"stop/{ref.job_id}/{ref.index}/{ref.attempt}",
+            task=task_ref_to_proto(ref),
+            grace_s=STOP_GRACE_S,
+            reason=reason,
+        )
+    )
+
+
+def ack_tasks_command(refs: tuple[TaskRef, ...]) -> subdomain_pb2.MasterCommand:
+    return subdomain_pb2.MasterCommand(
+        ack_tasks=subdomain_pb2.AckTaskStates(tasks=[task_ref_to_proto(r) for r in refs])
+    )

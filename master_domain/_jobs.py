@@ -1,0 +1,921 @@
+"""The job state machine: pure decisions, no I/O, time from an injected clock.
+
+:class:`JobTable` holds every *active* job (not yet finished, or finished with tasks still being
+stopped). Callers feed it events with :meth:`JobTable.handle` and carry out the effects it
+returns, in order: persist the listed jobs, *then* send the commands and the acks (an ack tells a
+sub-domain it may forget a terminal state, so it must follow the durable write).
+
+Task identity is ``(job_id, index, attempt)``. Every new placement of a task index gets a fresh
+attempt number, so a late message about an older placement can never be mistaken for the current
+one: updates for an old attempt are ignored (a still-running old attempt is told to stop).
+
+Retry policy: a FAILED attempt is retried while ``exit_retries < spec.retry.on_exit``, a LOST one
+while ``lost_retries < spec.retry.on_lost``; otherwise the job FAILS and its other tasks are
+stopped. A REJECTED attempt (the sub-domain had no room: a mis-dispatch) and a placement not
+confirmed in time go back to PENDING without spending a retry.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from domainos.clock import Clock, SystemClock
+from domainos.jobspec import JobSpec, RetryPolicy
+from domainos.resources import Resources
+
+log = logging.getLogger(__name__)
+
+
+class TaskState(enum.StrEnum):
+    """State of a task's current attempt (``common.proto`` ``TaskState`` without the prefix)."""
+
+    PENDING = "PENDING"
+    ASSIGNED = "ASSIGNED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"
+    REJECTED = "REJECTED"
+
+
+class JobState(enum.StrEnum):
+    """State of a job (``master.proto`` ``JobState`` without the prefix)."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+#: Task states the master keeps as final for an attempt.
+TERMINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.LOST})
+#: Reported states a sub-domain keeps until acknowledged (REJECTED is final for its attempt).
+ACKED_TASK_STATES = TERMINAL_TASK_STATES | {TaskState.REJECTED}
+LIVE_TASK_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+#: Longest task message kept from a report (records of big jobs must fit in one store value).
+MAX_MESSAGE = 300
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TaskRef:
+    """One attempt of one task."""
+
+    job_id: str
+    index: int
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.index}#{self.attempt}"
+
+
+@dataclass(slots=True)
+class Task:
+    """One replica of a job at its current attempt."""
+
+    index: int
+    attempt: int = 0
+    state: TaskState = TaskState.PENDING
+    node_id: str = ""
+    subdomain_id: str = ""
+    region: str = ""
+    exit_code: int = 0
+    message: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_retries: int = 0
+    lost_retries: int = 0
+    #: The sub-domain has reported this attempt (ASSIGNED or later).
+    confirmed: bool = False
+    #: A stop was sent for this attempt; whatever it ends in is final.
+    stopping: bool = False
+    # Not persisted: where the previous attempt ran (for its logs) and which sub-domains
+    # rejected this task, with the monotonic time (skip them until a newer summary).
+    last_run: tuple[int, str, str] | None = None
+    rejected_by: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        """Placed and not finished."""
+        return self.state in LIVE_TASK_STATES
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_TASK_STATES
+
+    def to_list(self, *, with_message: bool = True) -> list[Any]:
+        return [
+            self.index,
+            self.attempt,
+            self.state.value,
+            self.node_id,
+            self.subdomain_id,
+            self.region,
+            self.exit_code,
+            self.message if with_message else "",
+            round(self.started_at, 3),
+            round(self.finished_at, 3),
+            self.exit_retries,
+            self.lost_retries,
+            int(self.confirmed) | (int(self.stopping) << 1),
+        ]
+
+    @classmethod
+    def from_list(cls, row: list[Any]) -> Task:
+        flags = int(row[12])
+        return cls(
+            index=int(row[0]),
+            attempt=int(row[1]),
+            state=TaskState(row[2]),
+            node_id=str(row[3]),
+            subdomain_id=str(row[4]),
+            region=str(row[5]),
+            exit_code=int(row[6]),
+            message=str(row[7]),
+            started_at=float(row[8]),
+            finished_at=float(row[9]),
+            exit_retries=int(row[10]),
+            lost_retries=int(row[11]),
+            confirmed=bool(flags & 1),
+            stopping=bool(flags & 2),
+        )
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """A validated spec as plain JSON-able data (the store form)."""
+    r = spec.resources
+    return {
+        "name": spec.name,
+        "replicas": spec.replicas,
+        "command": list(spec.command),
+        "env": dict(spec.env),
+        "resources": {
+            "cpu_millis": r.cpu_millis,
+            "memory_bytes": r.memory_bytes,
+            "gpus": r.gpus,
+            "gpu_model": r.gpu_model,
+        },
+        "retry": {"on_exit": spec.retry.on_exit, "on_lost": spec.retry.on_lost},
+        "labels": dict(spec.labels),
+        "tenant": spec.tenant,
+    }
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
+    """Inverse of :func:`spec_to_dict` (trusted input: it was validated before it was stored)."""
+    r = data["resources"]
+    return JobSpec(
+        command=tuple(data["command"]),
+        name=data.get("name", ""),
+        replicas=int(data["replicas"]),
+        env=dict(data.get("env", {})),
+        resources=Resources(
+            int(r["cpu_millis"]), int(r["memory_bytes"]), int(r["gpus"]), r.get("gpu_model", "")
+        ),
+        retry=RetryPolicy(int(data["retry"]["on_exit"]), int(data["retry"]["on_lost"])),
+        labels=dict(data.get("labels", {})),
+        tenant=data.get("tenant", ""),
+    )
+
+
+@dataclass(slots=True)
+class Job:
+    """A job: its spec, its state and one :class:`Task` per replica."""
+
+    job_id: str
+    spec: JobSpec
+    request_id: str = ""
+    state: JobState = JobState.PENDING
+    message: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float = 0.0
+    tasks: list[Task] = field(default_factory=list)
+    cancel_requested: bool = False
+    misdispatches: int = 0
+    #: Bumped on every change that must be persisted (not stored).
+    version: int = 0
+    #: Number of tasks in each state, kept in step with ``tasks`` (not stored).
+    counts: Counter[TaskState] = field(default_factory=Counter)
+    done: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+    @property
+    def live_tasks(self) -> int:
+        return self.counts[TaskState.ASSIGNED] + self.counts[TaskState.RUNNING]
+
+    def to_dict(self, *, task_messages: bool = True) -> dict[str, Any]:
+        """The JSON form stored at ``/domainos/master/jobs/<job_id>``.
+
+        Tasks are stored as positional rows to keep a 10,000-replica job under the store's
+        value limit: ``[index, attempt, state, node, subdomain, region, exit_code, message,
+        started_at, finished_at, exit_retries, lost_retries, flags]``. ``task_messages=False``
+        leaves out the per-task messages (the fallback when a record would be too large).
+        """
+        return {
+            "job_id": self.job_id,
+            "request_id": self.request_id,
+            "spec": spec_to_dict(self.spec),
+            "state": self.state.value,
+            "message": self.message,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "cancel_requested": self.cancel_requested,
+            "misdispatches": self.misdispatches,
+            "tasks": [t.to_list(with_message=task_messages) for t in self.tasks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        tasks = [Task.from_list(row) for row in data["tasks"]]
+        job = cls(
+            job_id=data["job_id"],
+            spec=spec_from_dict(data["spec"]),
+            request_id=data.get("request_id", ""),
+            state=JobState(data["state"]),
+            message=data.get("message", ""),
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+            finished_at=float(data.get("finished_at", 0.0)),
+            tasks=tasks,
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            misdispatches=int(data.get("misdispatches", 0)),
+        )
+        job.counts = Counter(t.state for t in tasks)
+        return job
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """A sub-domain's report of one task attempt (from ``TaskStatus``)."""
+
+    job_id: str
+    index: int
+    attempt: int
+    state: TaskState
+    exit_code: int = 0
+    message: str = ""
+    node_id: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE:  # a report's text is kept, but bounded
+            object.__setattr__(self, "message", self.message[: MAX_MESSAGE - 3] + "...")
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.job_id, self.index, self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdates:
+    """A batch of reports from one sub-domain."""
+
+    subdomain_id: str
+    reports: tuple[TaskReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubdomainHello:
+    """A sub-domain (re)connected and listed every task it holds: reconcile against it."""
+
+    subdomain_id: str
+    reports: tuple[TaskReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubdomainLost:
+    """A sub-domain stayed away past the grace period: its tasks are LOST."""
+
+    subdomain_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """The placement policy chose ``subdomain_id`` for a PENDING task."""
+
+    job_id: str
+    index: int
+    subdomain_id: str
+    region: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A user asked to cancel a job."""
+
+    job_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: re-place placements that were not confirmed in time."""
+
+
+Event = TaskUpdates | SubdomainHello | SubdomainLost | Place | Cancel | Tick
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects
+
+
+@dataclass(frozen=True, slots=True)
+class PersistJob:
+    """Write the job's current record to the store (before any command that follows)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTask:
+    """Send ``PlaceTask`` for ``ref`` to ``subdomain_id``."""
+
+    subdomain_id: str
+    ref: TaskRef
+    spec: JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StopTask:
+    """Send ``StopTaskCommand`` for ``ref`` to ``subdomain_id``."""
+
+    subdomain_id: str
+    ref: TaskRef
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckTasks:
+    """Tell ``subdomain_id`` these terminal states are stored (send after persisting)."""
+
+    subdomain_id: str
+    refs: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """The job is finished and has no task left running: it may leave the active table."""
+
+    job_id: str
+
+
+Effect = PersistJob | PlaceTask | StopTask | AckTasks | JobDone
+
+
+class _Out:
+    """Collects the effects of one event, deduplicated and in a safe order."""
+
+    def __init__(self) -> None:
+        self.persist: dict[str, None] = {}
+        self.commands: list[PlaceTask | StopTask] = []
+        self.acks: dict[str, list[TaskRef]] = {}
+        self.done: list[str] = []
+
+    def ack(self, subdomain_id: str, ref: TaskRef) -> None:
+        self.acks.setdefault(subdomain_id, []).append(ref)
+
+    def effects(self) -> list[Effect]:
+        out: list[Effect] = [PersistJob(j) for j in self.persist]
+        out.extend(self.commands)
+        out.extend(AckTasks(sd, tuple(refs)) for sd, refs in self.acks.items())
+        out.extend(JobDone(j) for j in self.done)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class JobTable:
+    """Every active job, the indexes the master needs, and the rules that move them."""
+
+    def __init__(self, *, clock: Clock | None = None, place_timeout_s: float = 10.0) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._place_timeout_s = place_timeout_s
+        self._jobs: dict[str, Job] = {}
+        # job id -> pending task indexes, jobs in the order they (re)entered the queue.
+        self._pending: dict[str, dict[int, None]] = {}
+        # sub-domain id -> live tasks (job id, index) placed there.
+        self._by_subdomain: dict[str, dict[tuple[str, int], None]] = {}
+        # (job id, index) -> monotonic deadline; insertion order is deadline order.
+        self._unconfirmed: dict[tuple[str, int], float] = {}
+        # Filled by validate() only: the attempt of every task at the previous check.
+        self._seen_attempts: dict[tuple[str, int], int] = {}
+        #: Tasks placed since this table was created.
+        self.placed_total = 0
+        #: Placements that did not land (REJECTED, or not confirmed in time).
+        self.misdispatch_total = 0
+        #: Active jobs per state (kept in step, read by metrics at scrape time).
+        self.state_counts: Counter[JobState] = Counter()
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def jobs(self) -> Iterator[Job]:
+        return iter(self._jobs.values())
+
+    def pending(self) -> list[tuple[Job, list[int]]]:
+        """A snapshot of the PENDING tasks, oldest job first."""
+        return [(self._jobs[j], sorted(idx)) for j, idx in self._pending.items() if idx]
+
+    def subdomains_with_tasks(self) -> list[str]:
+        """Sub-domains that hold at least one live task."""
+        return [sd for sd, tasks in self._by_subdomain.items() if tasks]
+
+    def tasks_on(self, subdomain_id: str) -> int:
+        return len(self._by_subdomain.get(subdomain_id, ()))
+
+    # -- jobs in and out -------------------------------------------------------------------------
+
+    def new_job(self, job_id: str, spec: JobSpec, request_id: str) -> Job:
+        """A fresh PENDING job (not yet in the table: the caller stores it, then :meth:`add`)."""
+        now = self._clock.time()
+        job = Job(
+            job_id=job_id,
+            spec=spec,
+            request_id=request_id,
+            created_at=now,
+            updated_at=now,
+            tasks=[Task(index=i) for i in range(spec.replicas)],
+        )
+        job.counts[TaskState.PENDING] = spec.replicas
+        return job
+
+    def add(self, job: Job) -> None:
+        """Admit a job (new, or loaded from the store by a restarted master)."""
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id} is already in the table")
+        job.counts = Counter(t.state for t in job.tasks)
+        self._jobs[job.job_id] = job
+        self.state_counts[job.state] += 1
+        deadline = self._clock.monotonic() + self._place_timeout_s
+        for task in job.tasks:
+            key = (job.job_id, task.index)
+            if task.state is TaskState.PENDING:
+                self._pending.setdefault(job.job_id, {})[task.index] = None
+            elif task.live:
+                self._by_subdomain.setdefault(task.subdomain_id, {})[key] = None
+                if not task.confirmed:
+                    self._unconfirmed[key] = deadline
+
+    def retire(self, job_id: str) -> Job | None:
+        """Remove a finished job with no live task; returns it (None if it is not retirable)."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.terminal or job.live_tasks:
+            return None
+        del self._jobs[job_id]
+        self._pending.pop(job_id, None)
+        self.state_counts[job.state] -= 1
+        for task in job.tasks:
+            self._seen_attempts.pop((job_id, task.index), None)
+        return job
+
+    def set_waiting(self, job_id: str, reason: str) -> None:
+        """Say why a job's tasks stay PENDING (in memory only: not a transition)."""
+        job = self._jobs.get(job_id)
+        if job is not None and not job.terminal and not job.cancel_requested:
+            job.message = f"waiting: {reason}"
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Apply one event; returns the effects to carry out, in order."""
+        out = _Out()
+        match event:
+            case TaskUpdates(subdomain_id=sd, reports=reports):
+                for report in reports:
+                    self._report(sd, report, out)
+            case SubdomainHello():
+                self._hello(event, out)
+            case SubdomainLost(subdomain_id=sd, reason=reason):
+                self._subdomain_lost(sd, reason, out)
+            case Place():
+                self._place(event, out)
+            case Cancel(job_id=job_id, reason=reason):
+                self._cancel(job_id, reason, out)
+            case Tick():
+                self._tick(out)
+        return out.effects()
+
+    # -- event handlers --------------------------------------------------------------------------
+
+    def _place(self, ev: Place, out: _Out) -> None:
+        job = self._jobs.get(ev.job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            raise ValueError(f"cannot place a task of job {ev.job_id}: it is not active")
+        task = job.tasks[ev.index]
+        if task.state is not TaskState.PENDING:
+            raise ValueError(f"cannot place task {ev.job_id}/{ev.index}: it is {task.state}")
+        key = (job.job_id, task.index)
+        self._pending[job.job_id].pop(task.index, None)
+        if not self._pending[job.job_id]:
+            del self._pending[job.job_id]
+        self._set_state(job, task, TaskState.ASSIGNED)
+        task.subdomain_id = ev.subdomain_id
+        task.region = ev.region
+        task.confirmed = False
+        task.stopping = False
+        task.message = ""
+        self._by_subdomain.setdefault(ev.subdomain_id, {})[key] = None
+        self._unconfirmed[key] = self._clock.monotonic() + self._place_timeout_s
+        self.placed_total += 1
+        if job.message.startswith("waiting:"):
+            job.message = ""
+        ref = TaskRef(job.job_id, task.index, task.attempt)
+        log.debug("placing task %s on sub-domain %s", ref, ev.subdomain_id)
+        out.commands.append(PlaceTask(ev.subdomain_id, ref, job.spec))
+        self._changed(job, out)
+
+    def _cancel(self, job_id: str, reason: str, out: _Out) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            return  # idempotent: unknown here, finished, or already being cancelled
+        job.cancel_requested = True
+        why = reason or "requested by user"
+        job.message = f"cancelling: {why}"
+        log.info("cancelling job %s: %s", job_id, why)
+        self._stop_all(job, f"job cancelled: {why}", out)
+        self._changed(job, out)
+
+    def _tick(self, out: _Out) -> None:
+        now = self._clock.monotonic()
+        expired: list[tuple[str, int]] = []
+        for key, deadline in self._unconfirmed.items():
+            if deadline > now:
+                break
+            expired.append(key)
+        for job_id, index in expired:
+            job = self._jobs[job_id]
+            task = job.tasks[index]
+            sd = task.subdomain_id
+            ref = TaskRef(job_id, index, task.attempt)
+            log.warning(
+                "placement of task %s on sub-domain %s not confirmed in %.0fs; placing it again",
+                ref,
+                sd,
+                self._place_timeout_s,
+            )
+            out.commands.append(StopTask(sd, ref, "placement not confirmed in time"))
+            if task.stopping:
+                self._finish(job, task, TaskState.CANCELLED, message="stopped before it was confirmed")
+            else:
+                self.misdispatch_total += 1
+                job.misdispatches += 1
+                task.rejected_by[sd] = now
+                self._repend(job, task, f"placement on {sd} not confirmed in time")
+            self._changed(job, out)
+
+    def _subdomain_lost(self, sd: str, reason: str, out: _Out) -> None:
+        for job_id, index in list(self._by_subdomain.get(sd, {})):
+            job = self._jobs[job_id]
+            task = job.tasks[index]
+            if task.confirmed or task.stopping:
+                self._lost(job, task, reason, out)
+            else:
+                self._repend(job, task, f"placement on {sd} not confirmed: {reason}")
+            self._changed(job, out)
+        self._by_subdomain.pop(sd, None)
+
+    def _hello(self, ev: SubdomainHello, out: _Out) -> None:
+        sd = ev.subdomain_id
+        reported: set[tuple[str, int]] = set()
+        for report in ev.reports:
+            job = self._jobs.get(report.job_id)
+            if job is not None and 0 <= report.index < len(job.tasks):
+                task = job.tasks[report.index]
+                if task.attempt == report.attempt and task.subdomain_id == sd:
+                    reported.add((report.job_id, report.index))
+            self._report(sd, report, out)
+        for key in list(self._by_subdomain.get(sd, {})):
+            if key in reported:
+                task = self._jobs[key[0]].tasks[key[1]]
+                if task.stopping:  # the stop may have been lost with the old stream: say it again
+                    ref = TaskRef(key[0], key[1], task.attempt)
+                    out.commands.append(StopTask(sd, ref, "stop requested before the reconnect"))
+                continue
+            job = self._jobs[key[0]]
+            task = job.tasks[key[1]]
+            if task.confirmed or task.stopping:
+                self._lost(job, task, f"sub-domain {sd} no longer knows it (reconnected without it)", out)
+            else:
+                self._repend(job, task, f"placement on {sd} was not received")
+            self._changed(job, out)
+
+    def _report(self, sd: str, r: TaskReport, out: _Out) -> None:
+        ref = r.ref
+        final = r.state in ACKED_TASK_STATES
+        job = self._jobs.get(r.job_id)
+        task = job.tasks[r.index] if job is not None and 0 <= r.index < len(job.tasks) else None
+        if job is None or task is None or task.attempt != r.attempt or task.subdomain_id != sd:
+            # Not the current attempt here: an unknown or finished job, an older attempt, or
+            # a placement this master does not know. Forget it if final, else stop it.
+            if final:
+                out.ack(sd, ref)
+            elif r.state in LIVE_TASK_STATES:
+                why = "unknown or finished job" if job is None else "not the current attempt"
+                log.info("stopping task %s on sub-domain %s: %s", ref, sd, why)
+                out.commands.append(StopTask(sd, ref, why))
+            return
+        if not task.live:
+            if final:
+                out.ack(sd, ref)
+            elif r.state in LIVE_TASK_STATES:
+                out.commands.append(StopTask(sd, ref, f"task already {task.state.value.lower()}"))
+            return
+        if final:
+            out.ack(sd, ref)
+        if r.node_id:
+            task.node_id = r.node_id
+        state = r.state
+        if state is TaskState.ASSIGNED:
+            if task.confirmed:
+                return
+            self._confirm(job, task)
+        elif state is TaskState.RUNNING:
+            if task.state is TaskState.RUNNING:
+                return
+            self._confirm(job, task)
+            self._set_state(job, task, TaskState.RUNNING)
+            task.started_at = r.started_at or self._clock.time()
+        elif state is TaskState.SUCCEEDED:
+            self._finish(job, task, TaskState.SUCCEEDED, exit_code=0, message=r.message, report=r)
+        elif state is TaskState.FAILED:
+            self._failed(job, task, r, out)
+        elif state is TaskState.CANCELLED:
+            if task.stopping or job.cancel_requested or job.terminal:
+                self._finish(
+                    job, task, TaskState.CANCELLED, exit_code=r.exit_code, message=r.message, report=r
+                )
+            else:  # stopped by someone else (its node, an operator): like a lost task
+                self._lost(job, task, f"cancelled by sub-domain {sd}: {r.message or 'no reason given'}", out)
+        elif state is TaskState.LOST:
+            self._lost(job, task, r.message or f"its node in sub-domain {sd} was lost", out, report=r)
+        elif state is TaskState.REJECTED:
+            self._rejected(job, task, sd, r.message, out)
+        else:
+            return  # PENDING / unspecified: nothing to learn
+        self._changed(job, out)
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def _confirm(self, job: Job, task: Task) -> None:
+        task.confirmed = True
+        self._unconfirmed.pop((job.job_id, task.index), None)
+
+    def _failed(self, job: Job, task: Task, r: TaskReport, out: _Out) -> None:
+        code = r.exit_code
+        what = f"exited with code {code}" if code else f"failed to start: {r.message or 'no reason given'}"
+        if task.stopping or job.cancel_requested or job.terminal:
+            self._finish(job, task, TaskState.FAILED, exit_code=code, message=r.message, report=r)
+        elif task.exit_retries < job.spec.retry.on_exit:
+            task.exit_retries += 1
+            log.info("task %s/%s attempt %s %s; retrying", job.job_id, task.index, task.attempt, what)
+            self._repend(job, task, f"attempt {task.attempt} {what}; retrying")
+        else:
+            self._finish(job, task, TaskState.FAILED, exit_code=code, message=r.message, report=r)
+            retries = f" after {task.exit_retries} retries" if task.exit_retries else ""
+            self._fail_job(job, f"task {task.index} {what}{retries}", out)
+
+    def _lost(self, job: Job, task: Task, reason: str, out: _Out, report: TaskReport | None = None) -> None:
+        if task.stopping or job.cancel_requested or job.terminal:
+            self._finish(job, task, TaskState.LOST, message=reason, report=report)
+        elif task.lost_retries < job.spec.retry.on_lost:
+            task.lost_retries += 1
+            log.info(
+                "task %s/%s attempt %s lost (%s); retrying", job.job_id, task.index, task.attempt, reason
+            )
+            self._repend(job, task, f"attempt {task.attempt} lost: {reason}; retrying")
+        else:
+            self._finish(job, task, TaskState.LOST, message=reason, report=report)
+            retries = f" after {task.lost_retries} retries" if task.lost_retries else ""
+            self._fail_job(job, f"task {task.index} was lost ({reason}){retries}", out)
+
+    def _rejected(self, job: Job, task: Task, sd: str, reason: str, out: _Out) -> None:
+        if task.stopping or job.cancel_requested or job.terminal:
+            self._finish(job, task, TaskState.CANCELLED, message=f"rejected by {sd}: {reason}")
+            return
+        self.misdispatch_total += 1
+        job.misdispatches += 1
+        task.rejected_by[sd] = self._clock.monotonic()
+        log.info("task %s/%s attempt %s rejected by %s: %s", job.job_id, task.index, task.attempt, sd, reason)
+        self._repend(job, task, f"rejected by {sd}: {reason or 'no room'}")
+
+    def _finish(
+        self,
+        job: Job,
+        task: Task,
+        state: TaskState,
+        *,
+        exit_code: int = 0,
+        message: str = "",
+        report: TaskReport | None = None,
+    ) -> None:
+        self._unplace(job, task)
+        self._set_state(job, task, state)
+        task.exit_code = exit_code
+        task.message = message
+        if report is not None and report.started_at:
+            task.started_at = report.started_at
+        task.finished_at = (report.finished_at if report is not None else 0.0) or self._clock.time()
+
+    def _repend(self, job: Job, task: Task, message: str) -> None:
+        """Back to PENDING as a new attempt (the old one, if it still runs, gets stopped by id)."""
+        self._unplace(job, task)
+        if task.subdomain_id:
+            task.last_run = (task.attempt, task.node_id, task.subdomain_id)
+        task.attempt += 1
+        self._set_state(job, task, TaskState.PENDING)
+        task.node_id = task.subdomain_id = task.region = ""
+        task.exit_code = 0
+        task.message = message
+        task.started_at = task.finished_at = 0.0
+        task.confirmed = task.stopping = False
+        self._pending.setdefault(job.job_id, {})[task.index] = None
+
+    def _unplace(self, job: Job, task: Task) -> None:
+        key = (job.job_id, task.index)
+        placed = self._by_subdomain.get(task.subdomain_id)
+        if placed is not None:
+            placed.pop(key, None)
+            if not placed:
+                del self._by_subdomain[task.subdomain_id]
+        self._unconfirmed.pop(key, None)
+
+    def _stop_all(self, job: Job, reason: str, out: _Out) -> None:
+        """Stop every live task; unplaced ones are CANCELLED at once."""
+        pending = self._pending.pop(job.job_id, {})
+        for index in pending:
+            task = job.tasks[index]
+            self._set_state(job, task, TaskState.CANCELLED)
+            task.message = reason
+            task.finished_at = self._clock.time()
+        for task in job.tasks:
+            if task.live and not task.stopping:
+                task.stopping = True
+                out.commands.append(
+                    StopTask(task.subdomain_id, TaskRef(job.job_id, task.index, task.attempt), reason)
+                )
+
+    def _fail_job(self, job: Job, message: str, out: _Out) -> None:
+        log.info("job %s failed: %s", job.job_id, message)
+        self._set_job_state(job, JobState.FAILED)
+        job.message = message
+        job.finished_at = self._clock.time()
+        self._stop_all(job, f"job failed: {message}", out)
+
+    def _set_state(self, job: Job, task: Task, state: TaskState) -> None:
+        job.counts[task.state] -= 1
+        job.counts[state] += 1
+        task.state = state
+
+    def _set_job_state(self, job: Job, state: JobState) -> None:
+        if job.state is not state:
+            self.state_counts[job.state] -= 1
+            self.state_counts[state] += 1
+            job.state = state
+
+    def _changed(self, job: Job, out: _Out) -> None:
+        """Recompute the job's state after its tasks changed; mark it for persisting."""
+        n = len(job.tasks)
+        c = job.counts
+        if not job.terminal:
+            if c[TaskState.SUCCEEDED] == n:
+                self._set_job_state(job, JobState.SUCCEEDED)
+                job.message = ""
+                job.finished_at = self._clock.time()
+                log.info("job %s succeeded", job.job_id)
+            elif job.cancel_requested and not job.live_tasks and not c[TaskState.PENDING]:
+                self._set_job_state(job, JobState.CANCELLED)
+                job.message = job.message.replace("cancelling:", "cancelled:", 1)
+                job.finished_at = self._clock.time()
+                log.info("job %s cancelled", job.job_id)
+            else:
+                self._set_job_state(job, _derive(c))
+        job.version += 1
+        job.updated_at = self._clock.time()
+        out.persist[job.job_id] = None
+        if job.terminal and not job.live_tasks and not job.done:
+            job.done = True
+            out.done.append(job.job_id)
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every invariant; raises AssertionError naming the first one broken."""
+        pending_seen = 0
+        placed_seen = 0
+        unconfirmed_seen = 0
+        states: Counter[JobState] = Counter()
+        for job_id, job in self._jobs.items():
+            states[job.state] += 1
+            _check(
+                len(job.tasks) == job.spec.replicas,
+                f"{job_id}: {len(job.tasks)} tasks for {job.spec.replicas} replicas",
+            )
+            counts = Counter(t.state for t in job.tasks)
+            _check(+counts == +job.counts, f"{job_id}: counts {dict(job.counts)} != {dict(counts)}")
+            for i, task in enumerate(job.tasks):
+                key = (job_id, i)
+                name = f"task {job_id}/{i}#{task.attempt}"
+                _check(task.index == i, f"{name}: index {task.index}")
+                _check(
+                    task.attempt >= task.exit_retries + task.lost_retries,
+                    f"{name}: attempt below retries spent",
+                )
+                seen = self._seen_attempts.get(key, 0)
+                _check(task.attempt >= seen, f"{name}: attempt went back from {seen}")
+                self._seen_attempts[key] = task.attempt
+                in_pending = i in self._pending.get(job_id, {})
+                in_placed = key in self._by_subdomain.get(task.subdomain_id, {})
+                if task.state is TaskState.PENDING:
+                    pending_seen += 1
+                    _check(in_pending, f"{name}: PENDING but not queued")
+                    _check(not task.subdomain_id, f"{name}: PENDING but on {task.subdomain_id}")
+                    _check(
+                        not job.terminal and not job.cancel_requested, f"{name}: PENDING in a stopping job"
+                    )
+                elif task.live:
+                    placed_seen += 1
+                    _check(bool(task.subdomain_id), f"{name}: live without a sub-domain")
+                    _check(in_placed, f"{name}: live but not indexed under {task.subdomain_id}")
+                    _check(not in_pending, f"{name}: live but queued")
+                    unconfirmed = key in self._unconfirmed
+                    unconfirmed_seen += unconfirmed
+                    _check(
+                        unconfirmed == (task.state is TaskState.ASSIGNED and not task.confirmed),
+                        f"{name}: confirmation index out of step",
+                    )
+                    if task.state is TaskState.RUNNING:
+                        _check(task.confirmed, f"{name}: RUNNING but not confirmed")
+                    if job.terminal or job.cancel_requested:
+                        _check(
+                            task.stopping, f"{name}: live in a finished or cancelled job, not being stopped"
+                        )
+                else:
+                    _check(task.terminal, f"{name}: state {task.state} is not kept by the master")
+                    _check(not in_pending and not in_placed, f"{name}: terminal but indexed")
+            live = job.live_tasks
+            if job.state is JobState.SUCCEEDED:
+                _check(
+                    counts[TaskState.SUCCEEDED] == len(job.tasks),
+                    f"{job_id}: SUCCEEDED with unfinished tasks",
+                )
+            elif job.state is JobState.CANCELLED:
+                _check(job.cancel_requested, f"{job_id}: CANCELLED without a request")
+                _check(not live and not counts[TaskState.PENDING], f"{job_id}: CANCELLED with live tasks")
+            elif job.state is JobState.FAILED:
+                _check(not counts[TaskState.PENDING], f"{job_id}: FAILED with queued tasks")
+            else:
+                expected = _derive(counts)
+                _check(job.state is expected, f"{job_id}: state {job.state} but tasks say {expected}")
+                _check(
+                    counts[TaskState.SUCCEEDED] < len(job.tasks),
+                    f"{job_id}: all tasks succeeded but {job.state}",
+                )
+            if job.terminal:
+                _check(job.finished_at > 0, f"{job_id}: finished without finished_at")
+                _check(job.done == (live == 0), f"{job_id}: done flag out of step")
+        _check(pending_seen == sum(len(v) for v in self._pending.values()), "pending index has strays")
+        _check(all(self._pending.values()), "empty pending entry")
+        _check(placed_seen == sum(len(v) for v in self._by_subdomain.values()), "placement index has strays")
+        _check(unconfirmed_seen == len(self._unconfirmed), "confirmation index has strays")
+        _check(+states == +self.state_counts, f"state counts {dict(self.state_counts)} != {dict(states)}")
+
+
+def _derive(c: Mapping[TaskState, int]) -> JobState:
+    if c.get(TaskState.RUNNING, 0) or c.get(TaskState.SUCCEEDED, 0):
+        return JobState.RUNNING
+    if c.get(TaskState.ASSIGNED, 0):
+        return JobState.SCHEDULED
+    return JobState.PENDING
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise AssertionError(message)

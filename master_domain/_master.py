@@ -1,0 +1,808 @@
+"""The master domain: job table, sub-domain registry, scheduling loop, store and gRPC server.
+
+All state lives on one event loop and is changed only by synchronous calls into the pure
+:class:`~master_domain._jobs.JobTable`; the effects those calls return are carried out by
+:meth:`MasterDomain._commit` under one FIFO lock, in order: write the changed jobs to the store,
+then send commands and acks. So an ack never precedes the durable write, and commands reach a
+sub-domain in the order they were decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Self
+
+import grpc.aio
+
+import domainos
+from domainos.api.v1 import common_pb2, master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
+from domainos.clock import Clock, SystemClock
+from domainos.errors import (
+    DomainOSError,
+    InvalidArgument,
+    NotFound,
+    StoreError,
+    Unavailable,
+)
+from domainos.ids import new_job_id, new_request_id
+from domainos.jobspec import JobSpec
+from domainos.rpc import bind, create_server
+from domainos.store import MAX_VALUE_BYTES, AsyncStore, absent, open_store, put_op
+from domainos.topology import check_name
+from master_domain._config import MasterConfig
+from master_domain._convert import (
+    ack_tasks_command,
+    parse_place_command_id,
+    place_task_command,
+    stop_task_command,
+    task_ref_to_proto,
+    task_report_from_proto,
+)
+from master_domain._jobs import (
+    TERMINAL_JOB_STATES,
+    AckTasks,
+    Cancel,
+    Effect,
+    Job,
+    JobDone,
+    JobState,
+    JobTable,
+    PersistJob,
+    Place,
+    PlaceTask,
+    StopTask,
+    SubdomainHello,
+    SubdomainLost,
+    TaskRef,
+    TaskReport,
+    TaskState,
+    TaskUpdates,
+    Tick,
+)
+from master_domain._metrics import MasterMetrics, MasterStats
+from master_domain._placement import NoFit, Placer, check_fits_federation
+from master_domain._registry import Registry, Session, SubdomainRecord
+from master_domain._summary import Summary
+
+log = logging.getLogger(__name__)
+
+JOBS_PREFIX = "/domainos/master/jobs/"
+REQUESTS_PREFIX = "/domainos/master/requests/"
+SUBDOMAINS_PREFIX = "/domainos/master/subdomains/"
+
+#: How often the scheduling loop wakes without an event (placement and grace timeouts).
+TICK_S = 1.0
+LOG_TIMEOUT_S = 10.0
+NODES_TIMEOUT_S = 5.0
+MAX_LOG_BYTES = 1024 * 1024
+DEFAULT_NODE_PAGE = 1000
+#: Finished jobs kept in memory for GetJob/ListJobs (the rest are read from the store).
+FINISHED_CACHE = 10_000
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _key(prefix: str, name: str) -> str:
+    return prefix + name
+
+
+class MasterDomain:
+    """The cross-region master: accepts jobs, places their tasks on sub-domains, tracks them.
+
+    Use as ``async with MasterDomain(config) as master:`` or call :meth:`start` and
+    :meth:`shutdown`. ``clock`` is injectable so tests can move time.
+    """
+
+    def __init__(self, config: MasterConfig, *, clock: Clock | None = None) -> None:
+        config.validate()
+        self.config = config
+        self._clock: Clock = clock or SystemClock()
+        self._jobs = JobTable(clock=self._clock, place_timeout_s=config.place_timeout_s)
+        self._placer = Placer()
+        self._registry = Registry(self._clock)
+        self._metrics = MasterMetrics(self.stats)
+        # Every job id ever seen, sorted (ids sort by creation time), and the state of the
+        # finished ones; full finished records are cached, the rest read from the store.
+        self._ids: list[str] = []
+        self._finished_state: dict[str, JobState] = {}
+        self._finished_counts: Counter[JobState] = Counter()
+        self._finished_cache: OrderedDict[str, Job] = OrderedDict()
+        self._dirty: dict[str, None] = {}
+        self._store: AsyncStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake: asyncio.Event | None = None
+        self._commit_lock: asyncio.Lock | None = None
+        self._started = False
+        self._stopping = False
+        self._started_at = 0.0
+        self._started_mono = 0.0
+        self.address = ""
+        self.advertise = ""
+        self.metrics_port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> dict[str, Any]:
+        """Open the store, load jobs and registry, listen; returns the ready-file facts."""
+        if self._started:
+            raise RuntimeError("master already started")
+        self._started = True
+        self._wake = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._started_at = self._clock.time()
+        self._started_mono = self._clock.monotonic()
+        try:
+            store = await asyncio.to_thread(open_store, self.config.store)
+            self._store = AsyncStore(store)
+            await self._load()
+            # Imported here: the servicers call back into this class.
+            from master_domain._service import DomainControlServicer, SubDomainGatewayServicer
+
+            server = create_server()
+            subdomain_pb2_grpc.add_SubDomainGatewayServicer_to_server(SubDomainGatewayServicer(self), server)
+            master_pb2_grpc.add_DomainControlServicer_to_server(DomainControlServicer(self), server)
+            port = bind(server, self.config.listen)
+            self._server = server
+            await server.start()
+            host = self.config.listen.rpartition(":")[0]
+            self.address = f"{host}:{port}"
+            self.advertise = self.config.advertise or self.address
+            metrics = ""
+            if self.config.metrics_listen:
+                self.metrics_port = self._metrics.start(self.config.metrics_listen)
+                metrics = f"{self.config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
+            self._spawn(self._schedule_loop(), "master-scheduler")
+        except BaseException:
+            await self.shutdown()
+            raise
+        log.info(
+            "master %s listening on %s (store %s, %d active jobs, %d known sub-domains)",
+            self.config.id,
+            self.address,
+            self.config.store,
+            len(self._jobs),
+            len(self._registry),
+        )
+        return {
+            "id": self.config.id,
+            "listen": self.address,
+            "advertise": self.advertise,
+            "metrics": metrics,
+            "store": self.config.store,
+        }
+
+    async def shutdown(self) -> None:
+        """Stop serving, cancel background work, flush, close the store. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for rec in self._registry:  # ends the sub-domain streams cleanly (their writers stop)
+            if rec.session is not None:
+                rec.session.close("master shutting down")
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None:
+            if self._dirty:
+                with contextlib.suppress(StoreError):
+                    await self._flush()
+            await self._store.close()
+        self._metrics.stop()
+        log.info("master %s stopped", self.config.id)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Own a task started elsewhere (a stream reader): shutdown cancels it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def wake(self) -> None:
+        """Ask the scheduling loop for a pass now."""
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def store(self) -> AsyncStore:
+        if self._store is None:
+            raise Unavailable("the master's store is not open")
+        return self._store
+
+    async def _load(self) -> None:
+        """Rebuild memory from the store: registry, then every job (active ones in full)."""
+        for kv in await self.store.range(SUBDOMAINS_PREFIX):
+            try:
+                rec = SubdomainRecord.from_dict(json.loads(kv.value))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("skipping unreadable sub-domain record %s: %s", kv.key, exc)
+                continue
+            self._registry.load(rec)
+        active = 0
+        for kv in await self.store.range(JOBS_PREFIX):
+            try:
+                job = Job.from_dict(json.loads(kv.value))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("skipping unreadable job record %s: %s", kv.key, exc)
+                continue
+            self._ids.append(job.job_id)
+            if job.state in TERMINAL_JOB_STATES:
+                self._finished_state[job.job_id] = job.state
+                self._finished_counts[job.state] += 1
+            else:
+                self._jobs.add(job)
+                active += 1
+        self._ids.sort()
+        if active:
+            log.info("loaded %d active jobs; their tasks are reconciled as sub-domains reconnect", active)
+
+    # -- effects ---------------------------------------------------------------------------------
+
+    async def _commit(self, effects: Iterable[Effect]) -> bool:
+        """Persist changed jobs, then send commands and acks. False if the store failed."""
+        effects = list(effects)
+        assert self._commit_lock is not None
+        async with self._commit_lock:
+            done: list[str] = []
+            for e in effects:
+                if isinstance(e, PersistJob):
+                    self._dirty[e.job_id] = None
+                elif isinstance(e, JobDone):
+                    done.append(e.job_id)
+            ok = True
+            try:
+                await self._flush()
+            except StoreError as exc:
+                ok = False
+                log.error("cannot persist %d jobs: %s; will retry", len(self._dirty), exc)
+            for e in effects:
+                if isinstance(e, PlaceTask):
+                    if ok:  # else: the placement times out and is redone
+                        self._send(e.subdomain_id, place_task_command(e.ref, e.spec, self.advertise))
+                elif isinstance(e, StopTask):
+                    self._send(e.subdomain_id, stop_task_command(e.ref, e.reason))
+                elif isinstance(e, AckTasks) and ok:  # else: the sub-domain re-sends them
+                    self._send(e.subdomain_id, ack_tasks_command(e.refs))
+            if ok:
+                for job_id in done:
+                    self._retire(job_id)
+            return ok
+
+    async def _flush(self) -> None:
+        """Write every dirty job's current record (one writer at a time: the commit lock)."""
+        for job_id in list(self._dirty):
+            job = self._jobs.get(job_id)
+            if job is None:
+                self._dirty.pop(job_id, None)
+                continue
+            version = job.version
+            value = json.dumps(job.to_dict(), separators=(",", ":")).encode()
+            if len(value) > MAX_VALUE_BYTES:
+                log.warning("job %s record is %d bytes; storing it without task messages", job_id, len(value))
+                value = json.dumps(job.to_dict(task_messages=False), separators=(",", ":")).encode()
+            await self.store.put(_key(JOBS_PREFIX, job_id), value)
+            if job.version == version:
+                self._dirty.pop(job_id, None)
+
+    def _retire(self, job_id: str) -> None:
+        job = self._jobs.retire(job_id)
+        if job is None:
+            return
+        self._finished_state[job_id] = job.state
+        self._finished_counts[job.state] += 1
+        self._cache_finished(job)
+        log.info("job %s finished: %s %s", job_id, job.state.value, job.message)
+
+    def _cache_finished(self, job: Job) -> None:
+        self._finished_cache[job.job_id] = job
+        self._finished_cache.move_to_end(job.job_id)
+        while len(self._finished_cache) > FINISHED_CACHE:
+            self._finished_cache.popitem(last=False)
+
+    def _send(self, subdomain_id: str, command: Any) -> None:
+        session = self._registry.session(subdomain_id)
+        if session is None:
+            log.debug("sub-domain %s is not connected; dropping %s", subdomain_id, command.WhichOneof("body"))
+            return
+        if not session.send(command):
+            log.warning(
+                "cannot send %s to sub-domain %s: %s",
+                command.WhichOneof("body"),
+                subdomain_id,
+                session.close_reason or "stream closed",
+            )
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancel (Python 3.11).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.schedule_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduling pass failed")
+
+    async def schedule_once(self) -> None:
+        """One pass: timeouts, sub-domains past their grace, then placement of PENDING tasks."""
+        effects: list[Effect] = list(self._jobs.handle(Tick()))
+        effects.extend(self._expire_absent_subdomains())
+        effects.extend(self._place_pending())
+        if effects or self._dirty:
+            await self._commit(effects)
+
+    def _expire_absent_subdomains(self) -> list[Effect]:
+        now = self._clock.monotonic()
+        grace = self.config.subdomain_lost_grace_s
+        effects: list[Effect] = []
+        for sd in self._jobs.subdomains_with_tasks():
+            rec = self._registry.get(sd)
+            if rec is not None and rec.connected:
+                continue
+            since = (
+                rec.absent_since if rec is not None and rec.absent_since is not None else self._started_mono
+            )
+            if now - since >= grace:
+                log.warning(
+                    "sub-domain %s has been away for %.0fs; its %d tasks are lost",
+                    sd,
+                    now - since,
+                    self._jobs.tasks_on(sd),
+                )
+                effects.extend(
+                    self._jobs.handle(
+                        SubdomainLost(sd, f"sub-domain {sd} did not reconnect within {grace:g}s")
+                    )
+                )
+        return effects
+
+    def _place_pending(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for job, indexes in self._jobs.pending():
+            request = job.spec.resources
+            for index in indexes:
+                task = job.tasks[index]
+                started = time.perf_counter()
+                choice = self._placer.choose(request, task.rejected_by)
+                self._metrics.observe_decision(time.perf_counter() - started)
+                if isinstance(choice, NoFit):
+                    self._jobs.set_waiting(job.job_id, choice.reason)
+                    if not task.rejected_by:
+                        break  # the job's other tasks are the same size: none fits either
+                    continue
+                effects.extend(
+                    self._jobs.handle(Place(job.job_id, index, choice.subdomain_id, choice.region))
+                )
+                self._placer.commit(choice.subdomain_id, request)
+        return effects
+
+    # -- sub-domain streams ----------------------------------------------------------------------
+
+    async def attach(self, hello: subdomain_pb2.Hello, peer: str = "") -> Session:
+        """A sub-domain said Hello: register its stream, welcome it, reconcile its tasks."""
+        sd = hello.subdomain_id
+        if not sd:
+            raise InvalidArgument("is required", field="hello.subdomain_id")
+        check_name(sd, "hello.subdomain_id")
+        if hello.region:
+            check_name(hello.region, "hello.region")
+        summary = Summary.from_proto(hello.summary)
+        session = Session(sd, hello.incarnation, peer)
+        rec = self._registry.connect(
+            session, region=hello.region, address=hello.address, max_nodes=hello.max_nodes, summary=summary
+        )
+        try:
+            await self._welcome(session, rec, hello, summary)
+        except BaseException:
+            await self.detach(session)  # never leave a half-attached stream holding the id
+            raise
+        return session
+
+    async def _welcome(
+        self, session: Session, rec: SubdomainRecord, hello: subdomain_pb2.Hello, summary: Summary
+    ) -> None:
+        sd = session.subdomain_id
+        session.send(
+            subdomain_pb2.MasterCommand(
+                welcome=subdomain_pb2.Welcome(
+                    master_id=self.config.id, summary_interval_s=self.config.summary_interval_s
+                )
+            )
+        )
+        self._placer.update(sd, rec.region, summary, self._clock.monotonic())
+        reports = [r for r in (task_report_from_proto(t) for t in hello.tasks) if r is not None]
+        log.info(
+            "sub-domain %s connected (region %s, incarnation %s, %d tasks, %d ready nodes) from %s",
+            sd,
+            rec.region,
+            hello.incarnation,
+            len(reports),
+            summary.nodes_ready,
+            session.peer,
+        )
+        effects = self._jobs.handle(SubdomainHello(sd, tuple(reports)))
+        await self._persist_subdomain(rec)
+        await self._commit(effects)
+        self.wake()
+
+    async def detach(self, session: Session) -> None:
+        """The stream ended; its tasks stay for the grace period."""
+        session.close()
+        rec = self._registry.disconnect(session)
+        if rec is None:
+            return
+        self._placer.remove(session.subdomain_id)
+        log.warning(
+            "sub-domain %s disconnected%s; its %d tasks are kept for %gs",
+            session.subdomain_id,
+            f" ({session.close_reason})" if session.close_reason else "",
+            self._jobs.tasks_on(session.subdomain_id),
+            self.config.subdomain_lost_grace_s,
+        )
+        if not self._stopping:
+            await self._persist_subdomain(rec)
+            self.wake()
+
+    async def _persist_subdomain(self, rec: SubdomainRecord) -> None:
+        try:
+            await self.store.put(
+                _key(SUBDOMAINS_PREFIX, rec.subdomain_id), json.dumps(rec.to_dict()).encode()
+            )
+        except StoreError as exc:
+            log.error("cannot persist sub-domain %s: %s", rec.subdomain_id, exc)
+
+    async def on_message(self, session: Session, msg: subdomain_pb2.SubDomainMessage) -> None:
+        """One message from a connected sub-domain."""
+        sd = session.subdomain_id
+        kind = msg.WhichOneof("body")
+        if kind == "summary":
+            if msg.summary.incarnation and msg.summary.incarnation != session.incarnation:
+                log.warning("ignoring summary from sub-domain %s with a wrong incarnation", sd)
+                return
+            summary = Summary.from_proto(msg.summary.summary)
+            rec = self._registry.get(sd)
+            if self._registry.update_summary(sd, summary) and rec is not None:
+                await self._persist_subdomain(rec)
+            if rec is not None:
+                self._placer.update(sd, rec.region, summary, self._clock.monotonic())
+            self.wake()
+        elif kind == "task_updates":
+            if msg.task_updates.incarnation and msg.task_updates.incarnation != session.incarnation:
+                log.warning("ignoring task updates from sub-domain %s with a wrong incarnation", sd)
+                return
+            self._registry.touch(sd)
+            reports = [
+                r for r in (task_report_from_proto(t) for t in msg.task_updates.tasks) if r is not None
+            ]
+            await self._commit(self._jobs.handle(TaskUpdates(sd, tuple(reports))))
+            self.wake()
+        elif kind == "ack":
+            ack = msg.ack
+            if not ack.ok:
+                ref = parse_place_command_id(ack.command_id)
+                log.warning("sub-domain %s refused command %s: %s", sd, ack.command_id, ack.error)
+                if ref is not None:
+                    report = TaskReport(
+                        ref.job_id, ref.index, ref.attempt, TaskState.REJECTED, message=ack.error
+                    )
+                    await self._commit(self._jobs.handle(TaskUpdates(sd, (report,))))
+                    self.wake()
+        elif kind == "node_list":
+            if not session.resolve(msg.node_list.request_id, msg.node_list):
+                log.debug("late node list %s from sub-domain %s", msg.node_list.request_id, sd)
+        elif kind == "log_reply":
+            if not session.resolve(msg.log_reply.request_id, msg.log_reply):
+                log.debug("late log reply %s from sub-domain %s", msg.log_reply.request_id, sd)
+        elif kind == "hello":
+            log.warning("sub-domain %s sent a second Hello on one stream; ignored", sd)
+        else:
+            log.debug("ignoring an empty or unknown message from sub-domain %s", sd)
+
+    # -- the client API --------------------------------------------------------------------------
+
+    async def submit(self, spec_msg: master_pb2.JobSpec, request_id: str) -> tuple[Job, bool]:
+        """Validate and store a job (idempotent by ``request_id``); returns (job, duplicate)."""
+        spec = JobSpec.from_proto(spec_msg)
+        if request_id and not _REQUEST_ID_RE.match(request_id):
+            raise InvalidArgument("must be 1-128 letters, digits, '.', '_', ':' or '-'", field="request_id")
+        rid = request_id or new_request_id()
+        req_key = _key(REQUESTS_PREFIX, rid)
+        first = await self._job_for_request(req_key)
+        if first is not None:
+            return first, True
+        check_fits_federation(spec.resources, self._registry.summaries())
+        job = self._jobs.new_job(new_job_id(), spec, rid)
+        job_key = _key(JOBS_PREFIX, job.job_id)
+        value = json.dumps(job.to_dict(), separators=(",", ":")).encode()
+        pointer = json.dumps({"job_id": job.job_id}).encode()
+        result = await self.store.txn(
+            [absent(req_key), absent(job_key)], [put_op(job_key, value), put_op(req_key, pointer)]
+        )
+        if not result.succeeded:  # a concurrent retry with the same request id won
+            first = await self._job_for_request(req_key)
+            if first is None:
+                raise Unavailable("job id collision; retry the request")
+            return first, True
+        self._jobs.add(job)
+        bisect.insort(self._ids, job.job_id)
+        log.info(
+            "job %s submitted (request %s): %d x %s",
+            job.job_id,
+            rid,
+            spec.replicas,
+            spec.resources.describe(),
+        )
+        self.wake()
+        return job, False
+
+    async def _job_for_request(self, req_key: str) -> Job | None:
+        kv = await self.store.get(req_key)
+        if kv is None:
+            return None
+        job_id = json.loads(kv.value)["job_id"]
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job, active or finished; NotFound if no such job."""
+        if not job_id:
+            raise InvalidArgument("is required", field="job_id")
+        job = self._jobs.get(job_id) or self._finished_cache.get(job_id)
+        if job is not None:
+            return job
+        if job_id and "/" not in job_id:
+            kv = await self.store.get(_key(JOBS_PREFIX, job_id))
+            if kv is not None:
+                job = Job.from_dict(json.loads(kv.value))
+                if job.job_id not in self._jobs:
+                    self._cache_finished(job)
+                return job
+        raise NotFound(f"job {job_id} not found", field="job_id")
+
+    async def list_jobs(
+        self, states: Iterable[JobState], limit: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        """Newest first, optionally filtered by state; returns (jobs, next page token)."""
+        wanted = set(states)
+        if limit < 0:
+            raise InvalidArgument(f"must not be negative, got {limit}", field="limit")
+        limit = min(limit or self.config.max_jobs_listed, self.config.max_jobs_listed)
+        pos = bisect.bisect_left(self._ids, page_token) if page_token else len(self._ids)
+        ids: list[str] = []
+        while pos > 0 and len(ids) < limit:
+            pos -= 1
+            job_id = self._ids[pos]
+            active = self._jobs.get(job_id)
+            state = active.state if active is not None else self._finished_state.get(job_id)
+            if state is None or (wanted and state not in wanted):
+                continue
+            ids.append(job_id)
+        more = False
+        while pos > 0 and not more:  # is there anything after this page?
+            pos -= 1
+            job_id = self._ids[pos]
+            active = self._jobs.get(job_id)
+            state = active.state if active is not None else self._finished_state.get(job_id)
+            more = state is not None and (not wanted or state in wanted)
+        jobs: list[Job] = []
+        for job_id in ids:
+            with contextlib.suppress(NotFound):
+                jobs.append(await self.get_job(job_id))
+        return jobs, (ids[-1] if more and ids else "")
+
+    async def cancel_job(self, job_id: str, reason: str) -> Job:
+        """Stop every task of a job (idempotent; a finished job is returned unchanged)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return await self.get_job(job_id)
+        ok = await self._commit(self._jobs.handle(Cancel(job_id, reason)))
+        if not ok:
+            raise Unavailable("the cancel could not be recorded (store unavailable); retry")
+        return job
+
+    async def read_logs(
+        self, job_id: str, task_index: int, stream: str, offset: int, max_bytes: int
+    ) -> list[master_pb2.TaskLog]:
+        """Fetch a chunk of one task's (or every task's) output from the nodes that ran them."""
+        stream = stream or "stdout"
+        if stream not in ("stdout", "stderr"):
+            raise InvalidArgument(f"unknown stream {stream!r}; allowed: stdout, stderr", field="stream")
+        if max_bytes < 0:
+            raise InvalidArgument(f"must not be negative, got {max_bytes}", field="max_bytes")
+        max_bytes = min(max_bytes or MAX_LOG_BYTES, MAX_LOG_BYTES)
+        job = await self.get_job(job_id)
+        n = len(job.tasks)
+        if task_index == -1:
+            indexes = list(range(n))
+        elif 0 <= task_index < n:
+            indexes = [task_index]
+        else:
+            raise InvalidArgument(
+                f"job {job_id} has tasks 0..{n - 1}, got {task_index}; use -1 for every task",
+                field="task_index",
+            )
+        return list(
+            await asyncio.gather(*(self._read_task_log(job, i, stream, offset, max_bytes) for i in indexes))
+        )
+
+    async def _read_task_log(
+        self, job: Job, index: int, stream: str, offset: int, max_bytes: int
+    ) -> master_pb2.TaskLog:
+        task = job.tasks[index]
+        attempt, node, sd = task.attempt, task.node_id, task.subdomain_id
+        if not node and task.last_run is not None:
+            attempt, node, sd = task.last_run
+        out = master_pb2.TaskLog(task_index=index, attempt=attempt, node_id=node)
+        if not node or not sd:
+            out.chunk.error = f"task {index} has not started on a node yet (state {task.state.value})"
+            return out
+        session = self._registry.session(sd)
+        if session is None:
+            out.chunk.error = f"sub-domain {sd} holding task {index} is not connected"
+            return out
+        ref = task_ref_to_proto(TaskRef(job.job_id, index, attempt))
+        rid, fut = session.request(
+            lambda rid: subdomain_pb2.MasterCommand(
+                fetch_log=subdomain_pb2.FetchTaskLog(
+                    request_id=rid,
+                    node_id=node,
+                    request=common_pb2.LogRequest(
+                        task=ref, stream=stream, offset=offset, max_bytes=max_bytes
+                    ),
+                )
+            )
+        )
+        try:
+            async with asyncio.timeout(LOG_TIMEOUT_S):
+                reply = await fut
+        except TimeoutError:
+            session.forget(rid)
+            out.chunk.error = f"no answer from sub-domain {sd} within {LOG_TIMEOUT_S:g}s"
+            return out
+        except DomainOSError as exc:
+            out.chunk.error = str(exc)
+            return out
+        out.chunk.CopyFrom(reply.chunk)
+        return out
+
+    async def list_nodes(self, subdomain_id: str, page_size: int) -> tuple[list[Any], list[str]]:
+        """Ask connected sub-domains for their nodes in parallel; returns (nodes, unreachable)."""
+        if page_size < 0:
+            raise InvalidArgument(f"must not be negative, got {page_size}", field="page_size")
+        page_size = page_size or DEFAULT_NODE_PAGE
+        if subdomain_id:
+            rec = self._registry.get(subdomain_id)
+            if rec is None:
+                raise NotFound(f"sub-domain {subdomain_id} is not known", field="subdomain_id")
+            records = [rec]
+        else:
+            records = sorted(self._registry, key=lambda r: r.subdomain_id)
+
+        async def ask(rec: SubdomainRecord) -> list[Any] | None:
+            session = rec.session if rec.connected else None
+            if session is None:
+                return None
+            rid, fut = session.request(
+                lambda rid: subdomain_pb2.MasterCommand(
+                    list_nodes=subdomain_pb2.ListNodes(request_id=rid, page_size=page_size)
+                )
+            )
+            try:
+                async with asyncio.timeout(NODES_TIMEOUT_S):
+                    reply = await fut
+            except TimeoutError:
+                session.forget(rid)
+                log.warning("sub-domain %s did not answer ListNodes %s in time", rec.subdomain_id, rid)
+                return None
+            except DomainOSError:
+                return None
+            if reply.error:
+                log.warning("sub-domain %s could not list nodes: %s", rec.subdomain_id, reply.error)
+                return None
+            nodes = list(reply.nodes)
+            for node in nodes:
+                if not node.subdomain_id:
+                    node.subdomain_id = rec.subdomain_id
+                if not node.region:
+                    node.region = rec.region
+            return nodes
+
+        answers = await asyncio.gather(*(ask(r) for r in records))
+        nodes: list[Any] = []
+        unreachable: list[str] = []
+        for rec, answer in zip(records, answers, strict=True):
+            if answer is None:
+                unreachable.append(rec.subdomain_id)
+            else:
+                nodes.extend(answer)
+        return nodes, unreachable
+
+    def list_domains(self) -> master_pb2.ListDomainsResponse:
+        """Regions and their sub-domains, from memory (no per-node data)."""
+        regions: dict[str, list[master_pb2.SubDomainView]] = {}
+        for rec in sorted(self._registry, key=lambda r: r.subdomain_id):
+            regions.setdefault(rec.region, []).append(
+                master_pb2.SubDomainView(
+                    subdomain_id=rec.subdomain_id,
+                    region=rec.region,
+                    address=rec.address,
+                    connected=rec.connected,
+                    last_seen_at=rec.last_seen_at,
+                    summary=rec.summary.to_proto(),
+                    incarnation=rec.incarnation,
+                )
+            )
+        return master_pb2.ListDomainsResponse(
+            regions=[
+                master_pb2.RegionView(name=name, subdomains=sds) for name, sds in sorted(regions.items())
+            ]
+        )
+
+    def cluster_info(self) -> master_pb2.ClusterInfo:
+        connected = self._registry.connected()
+        return master_pb2.ClusterInfo(
+            master_id=self.config.id,
+            version=domainos.__version__,
+            store=self.config.store,
+            started_at=self._started_at,
+            subdomains_connected=len(connected),
+            subdomains_known=len(self._registry),
+            nodes_ready=sum(r.summary.nodes_ready for r in connected),
+            jobs_active=len(self._jobs),
+        )
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def stats(self) -> MasterStats:
+        """A snapshot for metrics (called from the scrape thread; tolerates concurrent changes)."""
+        for _ in range(3):
+            try:
+                jobs = Counter(dict(self._jobs.state_counts))
+                jobs.update(dict(self._finished_counts))
+                records = list(self._registry)
+                connected = [r for r in records if r.connected]
+                return MasterStats(
+                    jobs_by_state={s.value: jobs.get(s, 0) for s in JobState},
+                    subdomains_connected=len(connected),
+                    subdomains_disconnected=len(records) - len(connected),
+                    tasks_placed_total=self._jobs.placed_total,
+                    misdispatch_total=self._jobs.misdispatch_total,
+                    nodes_ready=sum(r.summary.nodes_ready for r in connected),
+                )
+            except RuntimeError:  # a dict changed size while being copied: try again
+                continue
+        return MasterStats()
+
+    @property
+    def jobs(self) -> JobTable:
+        """The active job table (read-only use: tests and diagnostics)."""
+        return self._jobs

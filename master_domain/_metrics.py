@@ -1,0 +1,101 @@
+"""Prometheus metrics of the master (the only module here that imports prometheus_client).
+
+Gauges and counters are read from the master's state at scrape time by a custom collector;
+only the decision-latency histogram is updated as decisions happen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from domainos._metrics import start_metrics_server, stop_metrics_server
+
+log = logging.getLogger(__name__)
+
+_DECISION_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class MasterStats:
+    """A snapshot of what the collector exposes."""
+
+    jobs_by_state: dict[str, int] = field(default_factory=dict)
+    subdomains_connected: int = 0
+    subdomains_disconnected: int = 0
+    tasks_placed_total: int = 0
+    misdispatch_total: int = 0
+    nodes_ready: int = 0
+
+
+class _MasterCollector(Collector):
+    def __init__(self, source: Callable[[], MasterStats]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._source()
+        except Exception:  # never break a scrape
+            log.exception("cannot read master state for metrics")
+            return
+        jobs = GaugeMetricFamily(
+            "domainos_master_jobs", "Jobs known to the master, by state.", labels=["state"]
+        )
+        for state, n in sorted(stats.jobs_by_state.items()):
+            jobs.add_metric([state.lower()], n)
+        yield jobs
+        sds = GaugeMetricFamily(
+            "domainos_master_subdomains",
+            "Known sub-domains, by whether they are connected.",
+            labels=["connected"],
+        )
+        sds.add_metric(["true"], stats.subdomains_connected)
+        sds.add_metric(["false"], stats.subdomains_disconnected)
+        yield sds
+        yield CounterMetricFamily(
+            "domainos_master_tasks_placed", "Tasks placed on sub-domains.", value=stats.tasks_placed_total
+        )
+        yield CounterMetricFamily(
+            "domainos_master_misdispatch",
+            "Placements that did not land (rejected by the sub-domain or not confirmed in time).",
+            value=stats.misdispatch_total,
+        )
+        yield GaugeMetricFamily(
+            "domainos_master_nodes_ready",
+            "Ready nodes, summed over the connected sub-domains' summaries.",
+            value=stats.nodes_ready,
+        )
+
+
+class MasterMetrics:
+    """Per-instance registry (two masters in one process do not collide) and its HTTP endpoint."""
+
+    def __init__(self, source: Callable[[], MasterStats]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_MasterCollector(source))
+        self._decision = Histogram(
+            "domainos_master_schedule_decision_seconds",
+            "Time to choose a sub-domain for one task.",
+            registry=self.registry,
+            buckets=_DECISION_BUCKETS,
+        )
+        self._server: object | None = None
+
+    def observe_decision(self, seconds: float) -> None:
+        self._decision.observe(seconds)
+
+    def start(self, address: str) -> int:
+        """Serve ``/metrics`` on ``address``; returns the bound port."""
+        self._server, port = start_metrics_server(address, self.registry)
+        return port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            stop_metrics_server(self._server)
+            self._server = None
