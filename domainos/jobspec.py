@@ -120,6 +120,17 @@ class JobSpec:
         return parse_spec(data)
 
 
+def _check_text(value: str, fld: str) -> str:
+    """Protobuf strings must be valid UTF-8 with no NUL (lone surrogates cannot be sent)."""
+    if "\x00" in value:
+        raise InvalidArgument("must not contain NUL characters", field=fld)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("must be valid UTF-8 text (found an unpaired surrogate)", field=fld) from None
+    return value
+
+
 def _int_field(value: Any, fld: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"expected a whole number between {lo} and {hi}, got {value!r}", field=fld)
@@ -140,9 +151,7 @@ def _str_map(value: Any, fld: str, key_re: re.Pattern[str], what: str) -> dict[s
             raise InvalidArgument(f"{k!r} is not a valid {what}", field=fld)
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise InvalidArgument(f"expected a string value, got {v!r}", field=f"{fld}.{k}")
-        sv = str(v)
-        if "\x00" in sv:
-            raise InvalidArgument("must not contain NUL characters", field=f"{fld}.{k}")
+        sv = _check_text(str(v), f"{fld}.{k}")
         total += len(k) + len(sv)
         out[k] = sv
     if len(out) > MAX_ENV_VARS or total > MAX_ENV_BYTES:
@@ -178,8 +187,7 @@ def parse_spec(data: Any) -> JobSpec:
         for i, arg in enumerate(raw_cmd):
             if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
                 raise InvalidArgument(f"expected a string, got {arg!r}", field=f"command[{i}]")
-            if "\x00" in str(arg):
-                raise InvalidArgument("must not contain NUL characters", field=f"command[{i}]")
+            _check_text(str(arg), f"command[{i}]")
         command = tuple(str(a) for a in raw_cmd)
         if not command[0].strip():
             raise InvalidArgument("the program name must not be empty", field="command[0]")
@@ -212,6 +220,7 @@ def parse_spec(data: Any) -> JobSpec:
     model = res_data.get("gpu_model") or ""
     if not isinstance(model, str):
         raise InvalidArgument(f"expected a string, got {model!r}", field="resources.gpu_model")
+    _check_text(model, "resources.gpu_model")
 
     retry_data = data.get("retry") or {}
     if not isinstance(retry_data, Mapping):
@@ -228,6 +237,7 @@ def parse_spec(data: Any) -> JobSpec:
     tenant = data.get("tenant") or ""
     if not isinstance(tenant, str):
         raise InvalidArgument(f"expected a string, got {tenant!r}", field="tenant")
+    _check_text(tenant, "tenant")
     return JobSpec(
         command=command,
         name=name,

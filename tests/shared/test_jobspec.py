@@ -74,7 +74,9 @@ def test_negative_resources_over_the_wire() -> None:
     mem=st.integers(1, 2**40),
     gpus=st.integers(0, 16),
     args=st.lists(
-        st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1), min_size=1, max_size=5
+        st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1),
+        min_size=1,
+        max_size=5,
     ),
 )
 def test_any_valid_spec_round_trips(replicas: int, cpus: int, mem: int, gpus: int, args: list[str]) -> None:
@@ -88,3 +90,12 @@ def test_any_valid_spec_round_trips(replicas: int, cpus: int, mem: int, gpus: in
         }
     )
     assert JobSpec.from_proto(spec.to_proto()) == spec
+
+
+def test_unpaired_surrogates_are_refused_not_crashed_on() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        parse_spec({"command": ["echo", "\ud800"]})
+    assert exc.value.field == "command[1]" and "UTF-8" in str(exc.value)
+    with pytest.raises(InvalidArgument) as exc:
+        parse_spec({"command": ["echo"], "env": {"A": "\udfff"}})
+    assert exc.value.field == "env.A"
