@@ -1,0 +1,727 @@
+"""The node agent: one long-lived stream to a sub-domain, the task runner, reports and metrics.
+
+Connection loop: dial the sub-domains of ``config.subdomains`` in order over
+``AgentGateway.Connect``; send ``Register`` (inventory, incarnation, every known task, usage,
+health); on ``Registered`` start reporting; execute ``StartTask`` / ``StopTask`` / ``AckTasks`` /
+``FetchLog``. When the stream ends, reconnect with backoff (0.2 s doubling to 5 s, jittered,
+through the injected ``sleep``), cycling through the addresses; ``RESOURCE_EXHAUSTED`` (the
+sub-domain is full) moves to the next address at once.
+
+All protobuf translation of the agent happens in this module; the runner, the report planner and
+the hardware probes speak the dataclasses of :mod:`node_agent._types`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import grpc
+import grpc.aio
+
+from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from domainos.clock import Clock, SystemClock
+from domainos.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from domainos.ids import new_incarnation
+from domainos.rpc import create_channel
+from domainos.topology import SimInventory
+from node_agent import _metrics
+from node_agent._config import AgentConfig
+from node_agent._hardware import HardwareProbe, RealHardware, SimulatedHardware
+from node_agent._runner import TaskRunner
+from node_agent._state import (
+    Connected,
+    Disconnected,
+    IntervalsChanged,
+    ReportPlanner,
+    SendReport,
+    TaskChanged,
+    TasksForgotten,
+    Tick,
+    UsageSampled,
+)
+from node_agent._types import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
+
+log = logging.getLogger(__name__)
+
+#: Messages waiting for the stream; a full queue makes the command reader wait (backpressure).
+OUTBOUND_QUEUE_SIZE = 256
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 5.0
+#: A registered stream that lasted this long resets the reconnect backoff.
+STABLE_SESSION_S = 10.0
+#: A sub-domain that accepts the stream but does not answer Register in this time is given up on.
+REGISTER_TIMEOUT_S = 30.0
+#: On shutdown, how long the agent waits for the last reports to leave.
+FLUSH_TIMEOUT_S = 1.0
+
+Sleep = Callable[[float], Awaitable[Any]]
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined,unused-ignore]  # missing from grpc-stubs
+
+
+def backoff_delay(failures: int, rand: float) -> float:
+    """0.2 s doubling to 5 s; "equal jitter": uniformly in the upper half of that step."""
+    base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2.0 ** min(failures, 16))
+    return base / 2 + rand * base / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one stream ended."""
+
+    registered: bool
+    code: str  # gRPC status code name; "OK" when the sub-domain closed the stream
+    message: str
+
+
+class NodeAgent:
+    """One node's agent. Use as ``async with NodeAgent(config) as agent:`` or start()/shutdown().
+
+    ``clock`` stamps task times and paces reports; ``sleep`` is awaited between reconnect
+    attempts (tests inject a fast one); ``hardware`` replaces discovery (tests inject probes).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
+        hardware: HardwareProbe | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.incarnation = new_incarnation()
+        #: Set while registered with a sub-domain; cleared when the stream ends.
+        self.registered = asyncio.Event()
+        #: Id, region and address of the sub-domain of the current (or last) registration.
+        self.subdomain_id = ""
+        self.region = config.region
+        self.address = ""
+        self.reports_sent_total = 0
+        self.reconnects_total = 0
+        self.registrations_total = 0
+        self._clock: Clock = clock or SystemClock()
+        self._sleep = sleep
+        self._rand = rand
+        self._hardware = hardware
+        self._inventory: NodeInventory | None = None
+        self._runner: TaskRunner | None = None
+        self._planner: ReportPlanner | None = None
+        self._usage = NodeUsage()
+        self._health = NodeHealth()
+        self._connected = False
+        self._wake = asyncio.Event()
+        self._queue: asyncio.Queue[Any] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._conn_task: asyncio.Task[None] | None = None
+        self._metrics_server: object | None = None
+        self._metrics_address = ""
+        self._started = False
+        self._closing = False
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._lock_file: IO[str] | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        """True between the sub-domain's ``Registered`` and the end of that stream."""
+        return self._connected
+
+    @property
+    def runner(self) -> TaskRunner:
+        if self._runner is None:
+            raise FailedPrecondition("the agent has not started")
+        return self._runner
+
+    @property
+    def inventory(self) -> NodeInventory:
+        if self._inventory is None:
+            raise FailedPrecondition("the agent has not started")
+        return self._inventory
+
+    async def __aenter__(self) -> NodeAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> dict[str, Any]:
+        """Discover the node, recover task records, serve metrics, begin connecting.
+
+        Returns the ready-file facts: ``node_id``, ``metrics`` (``host:port`` or ``""``) and
+        ``state_dir``. If starting fails, what was started is shut down again.
+        """
+        if self._started:
+            raise FailedPrecondition("the agent was already started")
+        self._started = True
+        try:
+            return await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> dict[str, Any]:
+        cfg = self.config
+        state_dir = Path(cfg.state_dir)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot create the state directory {state_dir}: {exc.strerror or exc}"
+            ) from exc
+        self._lock_file = _lock_state_dir(state_dir)
+        if self._hardware is None:
+            self._hardware = await asyncio.to_thread(self._discover)
+        hw = self._hardware
+        self._inventory = hw.inventory()
+        self._runner = TaskRunner(
+            state_dir,
+            node_id=self.node_id,
+            cores=hw.cores(),
+            apply_affinity=not hw.simulated,
+            clock=self._clock,
+            on_change=self._on_task_change,
+        )
+        self._planner = ReportPlanner(
+            clock=self._clock,
+            report_interval_s=cfg.report_interval_s,
+            full_sync_interval_s=cfg.full_sync_interval_s,
+            memory_total=self._inventory.memory_bytes,
+            gpu_memory_totals={g.index: g.memory_bytes for g in self._inventory.gpus},
+        )
+        for status in self._runner.recover():
+            self._planner.handle(TaskChanged(status))
+        await self._sample()
+        if cfg.metrics_listen:
+            host = cfg.metrics_listen.rpartition(":")[0]
+            try:
+                self._metrics_server, port = _metrics.serve_metrics(cfg.metrics_listen, self.metrics_snapshot)
+            except OSError as exc:
+                raise Unavailable(
+                    f"cannot serve metrics on {cfg.metrics_listen}: {exc.strerror or exc}"
+                ) from exc
+            self._metrics_address = f"{host}:{port}"
+        self._conn_task = self._spawn(self._connection_loop(), "agent-connection")
+        self._spawn(self._sample_loop(), "agent-sampler")
+        inv = self._inventory
+        log.info(
+            "node agent %s started: %d cpus, %d bytes memory, %d gpus%s, state dir %s, incarnation %s",
+            self.node_id,
+            inv.cpu_cores,
+            inv.memory_bytes,
+            len(inv.gpus),
+            " (simulated)" if inv.simulated else "",
+            state_dir,
+            self.incarnation,
+        )
+        return {"node_id": self.node_id, "metrics": self._metrics_address, "state_dir": str(state_dir)}
+
+    async def shutdown(self) -> None:
+        """Stop tasks (``stop_tasks_on_shutdown``), flush the last reports, close everything.
+
+        Idempotent; concurrent callers wait for the same shutdown.
+        """
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
+    def metrics_snapshot(self) -> _metrics.MetricsSnapshot:
+        """Counters for the metrics collector (safe to call from the scrape thread)."""
+        runner = self._runner
+        counts = runner.state_counts() if runner is not None else {}
+        return _metrics.MetricsSnapshot(
+            connected=self._connected,
+            tasks_by_state={s.name.lower(): n for s, n in list(counts.items()) if s.value},
+            tasks_started_total=runner.started_total if runner is not None else 0,
+            reports_sent_total=self.reports_sent_total,
+            reconnects_total=self.reconnects_total,
+        )
+
+    # ------------------------------------------------------------------ lifecycle internals
+
+    def _discover(self) -> HardwareProbe:
+        cfg = self.config
+        if cfg.simulated:
+            return SimulatedHardware(
+                cfg.node_id, cfg.inventory or SimInventory(), labels=cfg.labels, region=cfg.region
+            )
+        return RealHardware(cfg.node_id, labels=cfg.labels, region=cfg.region)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"{name}-{self.node_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "node %s: background task %s failed", self.node_id, task.get_name(), exc_info=task.exception()
+            )
+
+    async def _shutdown(self) -> None:
+        # The stream stays up (and reconnects) while tasks stop, so their CANCELLED states can leave.
+        if self._runner is not None:
+            await self._runner.shutdown(
+                stop_tasks=self.config.stop_tasks_on_shutdown, grace_s=self.config.stop_grace_s
+            )
+        self._closing = True
+        await self._flush_and_close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(_metrics.stop_metrics, self._metrics_server)
+            self._metrics_server = None
+        if self._hardware is not None:
+            self._hardware.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+        self._connected = False
+        self.registered.clear()
+        log.info("node agent %s stopped", self.node_id)
+
+    async def _flush_and_close(self) -> None:
+        """Let the last transitions (e.g. tasks cancelled by shutdown) leave, then half-close."""
+        queue, planner, conn = self._queue, self._planner, self._conn_task
+        if not self._connected or queue is None or planner is None or conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FLUSH_TIMEOUT_S
+        self._wake.set()
+        while (planner.pending or not queue.empty()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        try:
+            queue.put_nowait(None)  # ends the request stream: the sub-domain sees a clean close
+        except asyncio.QueueFull:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(conn), max(0.0, deadline - loop.time()))
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        except Exception:  # already logged by _background_done
+            pass
+
+    # ------------------------------------------------------------------ sampling
+
+    async def _sample(self) -> None:
+        hw, runner, planner = self._hardware, self._runner, self._planner
+        assert hw is not None and runner is not None and planner is not None
+        running = runner.running()
+        if hw.simulated:
+            usage = hw.sample(running)
+        else:
+            usage = await asyncio.to_thread(hw.sample, running)
+        health = hw.health(usage)
+        if health != self._health:
+            log.log(
+                logging.INFO if health.status.value <= 1 else logging.WARNING,
+                "node %s health %s %s",
+                self.node_id,
+                health.status.name.lower(),
+                list(health.conditions),
+            )
+        self._usage, self._health = usage, health
+        planner.handle(UsageSampled(usage, health))
+        self._wake.set()
+
+    async def _sample_loop(self) -> None:
+        assert self._planner is not None
+        while True:
+            await asyncio.sleep(self._planner.report_interval_s)
+            try:
+                await self._sample()
+            except Exception:
+                log.exception("node %s: sampling usage failed", self.node_id)
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _connection_loop(self) -> None:
+        addresses = list(self.config.subdomains)
+        index = 0
+        failures = 0
+        exhausted_in_a_row = 0
+        first = True
+        while not self._closing:
+            address = addresses[index % len(addresses)]
+            if not first:
+                self.reconnects_total += 1
+            first = False
+            started = self._clock.monotonic()
+            outcome = await self._session(address)
+            if self._closing:
+                return
+            # A stream that lived a while resets the backoff; one that flaps right after
+            # registering keeps backing off.
+            if outcome.registered and self._clock.monotonic() - started >= STABLE_SESSION_S:
+                failures = 0
+            if outcome.code == "RESOURCE_EXHAUSTED":
+                log.warning(
+                    "node %s: sub-domain at %s refused registration: %s",
+                    self.node_id,
+                    address,
+                    outcome.message,
+                )
+                index += 1
+                exhausted_in_a_row += 1
+                if exhausted_in_a_row < len(addresses):
+                    continue  # the next sub-domain, at once
+                exhausted_in_a_row = 0  # every one is full: wait before the next round
+            else:
+                exhausted_in_a_row = 0
+                if outcome.code == "OK":
+                    log.info("node %s: sub-domain at %s closed the stream", self.node_id, address)
+                else:
+                    level = (
+                        logging.WARNING
+                        if outcome.registered or outcome.code != "UNAVAILABLE"
+                        else logging.INFO
+                    )
+                    log.log(
+                        level,
+                        "node %s: stream to sub-domain at %s ended (%s): %s",
+                        self.node_id,
+                        address,
+                        outcome.code,
+                        outcome.message,
+                    )
+                # A registered node retries its own sub-domain first (it expects the node back);
+                # ALREADY_EXISTS means our previous stream there is not yet noticed as dead.
+                if not (outcome.registered or outcome.code == "ALREADY_EXISTS"):
+                    index += 1
+            delay = backoff_delay(failures, self._rand())
+            failures += 1
+            log.debug("node %s: reconnecting in %.2fs", self.node_id, delay)
+            await self._sleep(delay)
+
+    async def _session(self, address: str) -> _Outcome:
+        """One stream: register, then serve commands until it ends. Never raises (but cancels)."""
+        runner, planner = self._runner, self._planner
+        assert runner is not None and planner is not None
+        channel = create_channel(address)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=OUTBOUND_QUEUE_SIZE)
+        reporter: asyncio.Task[None] | None = None
+        call: Any = None
+        registered = False
+        try:
+            stub = agent_pb2_grpc.AgentGatewayStub(channel)
+            # Snapshot and planner reset in one step: later transitions travel as deltas.
+            queue.put_nowait(self._register_message())
+            self._queue = queue
+            call = stub.Connect(_outbound(queue))
+            while True:
+                if registered:
+                    command = await call.read()
+                else:
+                    try:
+                        command = await _read_within(call, REGISTER_TIMEOUT_S)
+                    except TimeoutError:
+                        return _Outcome(
+                            False, "DEADLINE_EXCEEDED", f"no Registered within {REGISTER_TIMEOUT_S:g}s"
+                        )
+                if command is _EOF:
+                    break
+                kind = command.WhichOneof("body")
+                if kind == "registered":
+                    self._on_registered(command.registered, address)
+                    registered = True
+                    if reporter is None:
+                        reporter = asyncio.create_task(
+                            self._report_loop(queue), name=f"agent-reports-{self.node_id}"
+                        )
+                elif not registered:
+                    log.warning("node %s: %s from %s before Registered; ignored", self.node_id, kind, address)
+                else:
+                    await self._handle_command(command, queue)
+            return _Outcome(registered, "OK", "stream closed by the sub-domain")
+        except grpc.RpcError as exc:
+            # Only classified here (next address, or back off); nothing is raised to a caller.
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
+            return _Outcome(registered, _code_name(exc), details or str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("node %s: stream to %s failed", self.node_id, address)
+            return _Outcome(registered, "INTERNAL", str(exc))
+        finally:
+            self._queue = None
+            was_connected = self._connected
+            self._connected = False
+            self.registered.clear()
+            planner.handle(Disconnected())
+            if was_connected:
+                log.info("node %s: disconnected from sub-domain %s", self.node_id, self.subdomain_id)
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+            # grpc.aio leaves the task that drains our request iterator waiting after the call has
+            # ended; ending the iterator lets that task finish instead of being destroyed pending.
+            _end_requests(queue)
+            if call is not None:
+                call.cancel()
+            await asyncio.sleep(0)
+            await channel.close(None)
+
+    def _register_message(self) -> Any:
+        runner, planner, inv = self._runner, self._planner, self._inventory
+        assert runner is not None and planner is not None and inv is not None
+        tasks = runner.statuses()
+        planner.handle(Connected(self._usage, self._health))
+        return agent_pb2.AgentMessage(
+            register=agent_pb2.Register(
+                inventory=inv.to_proto(),
+                incarnation=self.incarnation,
+                tasks=[s.to_proto() for s in tasks],
+                usage=self._usage.to_proto(),
+                health=self._health.to_proto(),
+            )
+        )
+
+    def _on_registered(self, msg: Any, address: str) -> None:
+        assert self._planner is not None and self._runner is not None
+        if msg.node_id and msg.node_id != self.node_id:
+            log.warning("node %s: sub-domain registered us as %r", self.node_id, msg.node_id)
+        self.subdomain_id = msg.subdomain_id
+        self.region = msg.region or self.config.region
+        self.address = address
+        self._runner.subdomain_id = msg.subdomain_id
+        self._planner.handle(IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s))
+        self._connected = True
+        self.registrations_total += 1
+        self.registered.set()
+        self._wake.set()
+        log.info(
+            "node %s registered with sub-domain %s (region %s) at %s, incarnation %s",
+            self.node_id,
+            msg.subdomain_id,
+            self.region,
+            address,
+            self.incarnation,
+        )
+
+    async def _report_loop(self, queue: asyncio.Queue[Any]) -> None:
+        planner = self._planner
+        assert planner is not None
+        while True:
+            deadline = planner.next_deadline()
+            timeout = None if deadline is None else deadline - self._clock.monotonic()
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            for report in planner.handle(Tick()):
+                await queue.put(_report_message(self.incarnation, report))
+                self.reports_sent_total += 1
+
+    # ------------------------------------------------------------------ commands
+
+    async def _handle_command(self, command: Any, queue: asyncio.Queue[Any]) -> None:
+        kind = command.WhichOneof("body")
+        if kind == "start_task":
+            ack = await self._start_task(command.start_task)
+            await queue.put(agent_pb2.AgentMessage(ack=ack))
+        elif kind == "stop_task":
+            ack = self._stop_task(command.stop_task)
+            await queue.put(agent_pb2.AgentMessage(ack=ack))
+        elif kind == "ack_tasks":
+            self._ack_tasks(command.ack_tasks)
+        elif kind == "fetch_log":
+            reply = await self._fetch_log(command.fetch_log)
+            await queue.put(agent_pb2.AgentMessage(log_reply=reply))
+        else:
+            log.debug("node %s: ignoring command %s", self.node_id, kind)
+
+    def _rereport(self, status: TaskStatus) -> None:
+        assert self._planner is not None
+        self._planner.handle(TaskChanged(status))
+        self._wake.set()
+
+    async def _start_task(self, msg: Any) -> Any:
+        runner = self.runner
+        cid = msg.command_id
+        try:
+            ref = TaskRef.from_proto(msg.spec)
+        except InvalidArgument as exc:
+            log.warning("node %s: StartTask %s refused: %s", self.node_id, cid, exc)
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=f"invalid StartTask: {exc}")
+        known = runner.get(ref)
+        if known is not None:
+            log.info(
+                "task %s: StartTask %s for a known task (%s); re-reporting",
+                ref,
+                cid,
+                known.state.name.lower(),
+            )
+            self._rereport(known)
+            return common_pb2.CommandAck(command_id=cid, ok=True)
+        gpus = tuple(msg.gpu_indexes)
+        try:
+            spec = TaskSpec.from_proto(msg.spec)
+            self._check_gpus(gpus)
+        except InvalidArgument as exc:
+            error = f"invalid StartTask: {exc}"
+            runner.reject(ref, error, gpus)
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=error)
+        try:
+            result = await runner.start(spec, gpus)
+        except ResourceExhausted as exc:
+            log.warning("task %s: StartTask %s refused: %s", ref, cid, exc)
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=str(exc))
+        except OSError as exc:
+            error = f"cannot prepare the task directory: {exc.strerror or exc}"
+            log.error("task %s: StartTask %s failed: %s", ref, cid, error)
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=error)
+        log.debug("task %s: StartTask %s -> %s", ref, cid, result.status.state.name.lower())
+        return common_pb2.CommandAck(command_id=cid, ok=True)
+
+    def _check_gpus(self, gpus: Sequence[int]) -> None:
+        have = {g.index for g in self.inventory.gpus}
+        if len(set(gpus)) != len(gpus):
+            raise InvalidArgument(f"GPU indexes repeat: {list(gpus)}", field="gpu_indexes")
+        missing = sorted(set(gpus) - have)
+        if missing:
+            raise InvalidArgument(
+                f"GPU {missing[0]} is not on node {self.node_id} (it has {len(have)} GPUs)",
+                field="gpu_indexes",
+            )
+
+    def _stop_task(self, msg: Any) -> Any:
+        runner = self.runner
+        cid = msg.command_id
+        try:
+            ref = TaskRef.from_proto(msg.task)
+        except InvalidArgument as exc:
+            log.warning("node %s: StopTask %s refused: %s", self.node_id, cid, exc)
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=f"invalid StopTask: {exc}")
+        grace = msg.grace_s if msg.grace_s > 0 else self.config.stop_grace_s
+        before = runner.get(ref)
+        try:
+            status = runner.stop(ref, grace_s=grace, reason=msg.reason or "stopped by the sub-domain")
+        except OSError as exc:
+            error = f"cannot record the stop: {exc.strerror or exc}"
+            return common_pb2.CommandAck(command_id=cid, ok=False, error=error)
+        if before is not None and before.terminal:
+            self._rereport(status)
+        log.debug("task %s: StopTask %s (%s)", ref, cid, msg.reason)
+        return common_pb2.CommandAck(command_id=cid, ok=True)
+
+    def _ack_tasks(self, msg: Any) -> None:
+        refs: list[TaskRef] = []
+        for r in msg.tasks:
+            try:
+                refs.append(TaskRef.from_proto(r))
+            except InvalidArgument:
+                continue
+        forgotten = self.runner.ack(refs)
+        if forgotten:
+            assert self._planner is not None
+            self._planner.handle(TasksForgotten(tuple(forgotten)))
+
+    async def _fetch_log(self, msg: Any) -> Any:
+        req = msg.request
+        ref = TaskRef(req.task.job_id, int(req.task.task_index), int(req.task.attempt))
+        chunk = await asyncio.to_thread(
+            self.runner.read_log, ref, req.stream, int(req.offset), int(req.max_bytes)
+        )
+        return common_pb2.LogReply(request_id=msg.request_id, chunk=chunk.to_proto())
+
+    def _on_task_change(self, status: TaskStatus) -> None:
+        if self._planner is not None:
+            self._planner.handle(TaskChanged(status))
+            self._wake.set()
+
+
+def _lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the state directory: a second agent there would kill our tasks
+    as leftovers of a previous run."""
+    path = state_dir / "agent.lock"
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the agent's lifetime
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise FailedPrecondition(
+            f"the state directory {state_dir} is in use by another node agent (pid {holder})"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+async def _read_within(call: Any, timeout: float) -> Any:
+    """``call.read()`` with a deadline. Unlike ``asyncio.wait_for`` (3.11), a read that fails
+    while we are being cancelled does not leave an unretrieved exception behind."""
+    read = asyncio.ensure_future(call.read())
+    try:
+        done, _ = await asyncio.wait({read}, timeout=timeout)
+    finally:
+        read.add_done_callback(_consume_outcome)
+        if not read.done():
+            read.cancel()
+    if not done:
+        raise TimeoutError
+    return read.result()
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _code_name(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code.name if code is not None else "UNKNOWN"
+
+
+def _end_requests(queue: asyncio.Queue[Any]) -> None:
+    """Drop whatever was not sent and queue the end-of-stream marker."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)
+
+
+async def _outbound(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """The request stream: whatever the agent queues, until ``None`` half-closes it."""
+    while True:
+        msg = await queue.get()
+        if msg is None:
+            return
+        yield msg
+
+
+def _report_message(incarnation: str, report: SendReport) -> Any:
+    body = agent_pb2.AgentReport(
+        incarnation=incarnation,
+        seq=report.seq,
+        full=report.full,
+        tasks=[s.to_proto() for s in report.tasks],
+    )
+    if report.usage is not None:
+        body.usage.CopyFrom(report.usage.to_proto())
+    if report.health is not None:
+        body.health.CopyFrom(report.health.to_proto())
+    return agent_pb2.AgentMessage(report=body)

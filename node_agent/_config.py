@@ -1,0 +1,105 @@
+"""The agent's configuration: a frozen dataclass loaded once from YAML plus flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+from domainos.config import check_address
+from domainos.errors import ConfigError
+from domainos.topology import SimInventory
+
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
+SIMULATED_LABEL = "domainos.io/simulated"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Configuration of one node agent.
+
+    Empty ``node_id`` and ``state_dir`` are filled in on construction (host name, and
+    ``~/.domainos/agent/<node_id>``); a simulated agent without an ``inventory`` gets the
+    default :class:`~domainos.topology.SimInventory`.
+    """
+
+    #: Unique name of this node inside its sub-domain (default: the host name).
+    node_id: str = ""
+    #: Sub-domain addresses (``HOST:PORT``), tried in order; at least one.
+    subdomains: list[str] = field(default_factory=list)
+    #: Where task directories (logs, ``status.json``) live.
+    state_dir: str = ""
+    #: Prometheus endpoint (``HOST:PORT``, port 0 picks one); empty string disables it.
+    metrics_listen: str = "127.0.0.1:0"
+    #: Declare the inventory instead of discovering it (labelled simulated everywhere).
+    simulated: bool = False
+    #: The declared inventory; only for simulated agents.
+    inventory: SimInventory | None = None
+    #: Extra node labels.
+    labels: dict[str, str] = field(default_factory=dict)
+    log_level: str = "info"
+    #: ``json`` or ``text``.
+    log_format: str = "json"
+    #: Usage deltas at most this often; the sub-domain's ``Registered`` overrides it.
+    report_interval_s: float = 1.0
+    #: A full report at least this often; the sub-domain's ``Registered`` overrides it.
+    full_sync_interval_s: float = 5.0
+    #: SIGTERM -> SIGKILL grace for a ``StopTask`` without its own and for shutdown.
+    stop_grace_s: float = 5.0
+    #: On graceful shutdown, stop every running task (so nothing outlives the agent).
+    stop_tasks_on_shutdown: bool = True
+    #: Informational: the region this node is in (also a node label).
+    region: str = ""
+
+    def __post_init__(self) -> None:
+        # Defaults that depend on the machine or on other fields (frozen: set through object).
+        if not self.node_id:
+            object.__setattr__(self, "node_id", socket.gethostname() or "localhost")
+        if not self.state_dir:
+            path = os.path.join("~", ".domainos", "agent", self.node_id)
+            object.__setattr__(self, "state_dir", os.path.expanduser(path))
+        if self.simulated and self.inventory is None:
+            object.__setattr__(self, "inventory", SimInventory())
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field for anything a daemon cannot run with."""
+        if not _NODE_ID_RE.match(self.node_id):
+            raise ConfigError(
+                f"{self.node_id!r} is not a valid node id: letters, digits, '-', '_' or '.'",
+                field="node_id",
+            )
+        if not self.subdomains:
+            raise ConfigError("at least one sub-domain address (HOST:PORT) is required", field="subdomains")
+        for i, address in enumerate(self.subdomains):
+            check_address(address, f"subdomains[{i}]")
+            if address.rpartition(":")[2] == "0":
+                raise ConfigError(f"port 0 cannot be dialled, got {address!r}", field=f"subdomains[{i}]")
+        check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}", field="log_level"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"expected one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}", field="log_format"
+            )
+        for name in ("report_interval_s", "full_sync_interval_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ConfigError(f"must be greater than 0 and at most 3600, got {value}", field=name)
+        if not 0 <= self.stop_grace_s <= 3600:
+            raise ConfigError(f"must be between 0 and 3600, got {self.stop_grace_s}", field="stop_grace_s")
+        if self.inventory is not None:
+            if not self.simulated:
+                raise ConfigError(
+                    "an inventory is only declared for simulated agents (set simulated: true)",
+                    field="inventory",
+                )
+            self.inventory.validate()
+        for key in self.labels:
+            if not _LABEL_KEY_RE.match(key):
+                raise ConfigError(f"{key!r} is not a valid label key", field="labels")

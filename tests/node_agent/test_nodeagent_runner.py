@@ -1,0 +1,289 @@
+"""The task runner against real processes: exit codes, environment, stop, affinity, logs, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import psutil
+import pytest
+from nodeagent_helpers import PY, run, spec, until
+
+from domainos.errors import ResourceExhausted
+from node_agent._runner import LOST_ON_RESTART, TaskRunner, base_environment
+from node_agent._types import TaskRef, TaskState, TaskStatus
+
+
+def make_runner(tmp_path: Path, changes: list[TaskStatus] | None = None, **kw: object) -> TaskRunner:
+    cores = sorted(os.sched_getaffinity(0))
+    return TaskRunner(
+        tmp_path / "state",
+        node_id="n-test",
+        cores=cores,
+        on_change=changes.append if changes is not None else None,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def status_file(runner: TaskRunner, ref: TaskRef) -> dict[str, object]:
+    data: dict[str, object] = json.loads((runner.task_dir(ref) / "status.json").read_text())
+    return data
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
+def test_success_captures_stdout_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NA_AGENT_SECRET", "must-not-leak")
+    changes: list[TaskStatus] = []
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, changes, base_env=base_environment())
+        runner.subdomain_id = "sd-7"
+        code = "import os, json; print(json.dumps(dict(os.environ)))"
+        s = spec("job-a", 2, 1, (PY, "-c", code), env={"GREETING": "hi", "DOMAINOS_NODE_ID": "spoofed"})
+        result = await runner.start(s, [0, 3])
+        assert result.created and result.status.state is TaskState.RUNNING and result.status.pid > 0
+        runner.validate()
+        final = await runner.wait(s.ref)
+        assert final is not None
+        assert final.state is TaskState.SUCCEEDED and final.exit_code == 0
+        assert final.finished_at >= final.started_at > 0
+        runner.validate()
+        env = json.loads((runner.task_dir(s.ref) / "stdout").read_text())
+        assert env["CUDA_VISIBLE_DEVICES"] == "0,3" and env["NVIDIA_VISIBLE_DEVICES"] == "0,3"
+        assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert env["DOMAINOS_JOB_ID"] == "job-a" and env["DOMAINOS_JOB_NAME"] == "job"
+        assert env["DOMAINOS_TASK_INDEX"] == "2" and env["DOMAINOS_TASK_ATTEMPT"] == "1"
+        assert env["DOMAINOS_REPLICAS"] == "1" and env["DOMAINOS_MASTER"] == "127.0.0.1:7000"
+        assert env["DOMAINOS_NODE_ID"] == "n-test"  # the job cannot override DomainOS variables
+        assert env["DOMAINOS_SUBDOMAIN"] == "sd-7"
+        assert env["GREETING"] == "hi"
+        assert "NA_AGENT_SECRET" not in env
+        assert env["PATH"].startswith(os.environ["PATH"].split(os.pathsep)[0])
+        assert status_file(runner, s.ref)["state"] == "SUCCEEDED"
+
+    run(main())
+    assert [c.state for c in changes] == [TaskState.RUNNING, TaskState.SUCCEEDED]
+
+
+def test_nonzero_exit_and_signal_death(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        three = spec("job-b", 0, 0, (PY, "-c", "import sys; sys.exit(3)"))
+        killed = spec("job-b", 1, 0, ("/bin/sh", "-c", "kill -9 $$"))
+        await runner.start(three)
+        await runner.start(killed)
+        s3 = await runner.wait(three.ref)
+        sk = await runner.wait(killed.ref)
+        assert s3 is not None and (s3.state, s3.exit_code, s3.message) == (
+            TaskState.FAILED,
+            3,
+            "exited with code 3",
+        )
+        assert sk is not None and (sk.state, sk.exit_code, sk.message) == (
+            TaskState.FAILED,
+            137,
+            "killed by SIGKILL",
+        )
+        runner.validate()
+
+    run(main())
+
+
+def test_command_not_found_and_permission_denied(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        missing = spec("job-c", 0, 0, ("definitely-not-a-program-xyz", "--flag"))
+        result = await runner.start(missing)
+        st = result.status
+        assert (st.state, st.exit_code) == (TaskState.FAILED, 127)
+        assert "definitely-not-a-program-xyz" in st.message and "not found" in st.message
+        stderr = runner.read_log(missing.ref, "stderr")
+        assert b"command not found: definitely-not-a-program-xyz" in stderr.data
+        denied = spec("job-c", 1, 0, (str(script),))
+        st2 = (await runner.start(denied)).status
+        assert (st2.state, st2.exit_code) == (TaskState.FAILED, 126)
+        assert str(script) in st2.message and "permission denied" in st2.message
+        runner.validate()
+        assert runner.started_total == 0
+
+    run(main())
+
+
+def test_stop_sigterm_then_sigkill_leaves_no_process(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        # The shell and its child both ignore SIGTERM: only the SIGKILL after the grace ends them.
+        stubborn = spec("job-d", 0, 0, ("/bin/sh", "-c", "trap '' TERM; echo ready; sleep 30; echo done"))
+        polite = spec("job-d", 1, 0, ("sleep", "30"))
+        st = (await runner.start(stubborn)).status
+        await runner.start(polite)
+        await until(lambda: b"ready" in runner.read_log(stubborn.ref).data, what="trap installed")
+        pgid = st.pid
+        assert len(group_members(pgid)) >= 1
+        runner.stop(stubborn.ref, grace_s=0.3, reason="cancelled by user")
+        runner.stop(polite.ref, grace_s=5, reason="cancelled by user")
+        a = await runner.wait(stubborn.ref)
+        b = await runner.wait(polite.ref)
+        assert a is not None and b is not None
+        assert (a.state, a.exit_code) == (TaskState.CANCELLED, 137)
+        assert a.message == "cancelled by user (killed by SIGKILL)"
+        assert (b.state, b.exit_code) == (TaskState.CANCELLED, 143)
+        assert b.message == "cancelled by user (killed by SIGTERM)"
+        assert await until(lambda: not group_members(pgid), what="process group gone")
+        assert b"done" not in runner.read_log(stubborn.ref).data
+        runner.validate()
+        # Stopping again, or stopping a finished task, changes nothing.
+        assert runner.stop(stubborn.ref, grace_s=1).state is TaskState.CANCELLED
+        # Stopping an unknown task records it CANCELLED so the parent hears about it.
+        unknown = TaskRef("job-d", 9, 0)
+        st_unknown = runner.stop(unknown, grace_s=1, reason="job cancelled")
+        assert st_unknown.state is TaskState.CANCELLED and "not running on this node" in st_unknown.message
+        runner.validate()
+
+    run(main())
+
+
+def test_cpu_affinity_least_used_cores(tmp_path: Path) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        a = spec("job-e", 0, 0, ("sleep", "30"), cpu_millis=1000)
+        b = spec("job-e", 1, 0, ("sleep", "30"), cpu_millis=1000)
+        sa = (await runner.start(a)).status
+        sb = (await runner.start(b)).status
+        try:
+            assert len(sa.cpu_set) == 1 and len(sb.cpu_set) == 1
+            assert psutil.Process(sa.pid).cpu_affinity() == list(sa.cpu_set)
+            assert psutil.Process(sb.pid).cpu_affinity() == list(sb.cpu_set)
+            if len(cores) >= 2:
+                assert sa.cpu_set != sb.cpu_set  # the second task gets the less used core
+            runner.validate()
+        finally:
+            await runner.shutdown(stop_tasks=True, grace_s=1)
+        runner.validate()  # the stopped tasks released their cores
+        # A 1.5-CPU task is pinned to ceil(1.5) = 2 cores.
+        c = spec("job-e", 2, 0, ("true",), cpu_millis=1500)
+        runner2 = make_runner(tmp_path)
+        sc = (await runner2.start(c)).status
+        assert len(sc.cpu_set) == min(2, len(cores))
+        await runner2.wait(c.ref)
+
+    run(main())
+
+
+def test_idempotent_start(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        s = spec("job-f", 0, 0, ("sleep", "30"))
+        first = await runner.start(s)
+        again = await runner.start(s)
+        assert first.created and not again.created
+        assert again.status.pid == first.status.pid and runner.started_total == 1
+        assert len(runner) == 1
+        runner.validate()
+        await runner.shutdown(stop_tasks=True, grace_s=1)
+
+    run(main())
+
+
+def test_log_reads_with_offsets(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        s = spec("job-g", 0, 0, (PY, "-c", "print('0123456789')"))
+        await runner.start(s)
+        await runner.wait(s.ref)
+        c = runner.read_log(s.ref, "stdout", offset=3, max_bytes=4)
+        assert (c.data, c.offset, c.size, c.eof, c.error) == (b"3456", 3, 11, False, "")
+        c = runner.read_log(s.ref, "stdout", offset=7)
+        assert (c.data, c.eof) == (b"789\n", True)
+        c = runner.read_log(s.ref, "stdout", offset=-4)
+        assert (c.data, c.offset) == (b"789\n", 7)
+        c = runner.read_log(s.ref, "stdout", offset=100)
+        assert (c.data, c.offset, c.eof) == (b"", 11, True)
+        assert runner.read_log(s.ref, "stderr").data == b""
+        assert "unknown stream" in runner.read_log(s.ref, "stdin").error
+        assert "unknown task" in runner.read_log(TaskRef("job-zzz", 0, 0)).error
+        # Logs outlive the acknowledgement.
+        assert runner.ack([s.ref]) == [s.ref]
+        assert runner.get(s.ref) is None
+        assert runner.read_log(s.ref).data == b"0123456789\n"
+        assert status_file(runner, s.ref)["acked"] is True
+        runner.validate()
+
+    run(main())
+
+
+def test_restart_recovery_from_status_files(tmp_path: Path) -> None:
+    async def main() -> None:
+        old = make_runner(tmp_path)
+        done = spec("job-h", 0, 0, ("true",))
+        acked = spec("job-h", 1, 0, ("true",))
+        running = spec("job-h", 2, 0, ("sleep", "30"))
+        await old.start(done)
+        await old.start(acked)
+        await old.wait(done.ref)
+        await old.wait(acked.ref)
+        old.ack([acked.ref])
+        pid = (await old.start(running)).status.pid
+        # The old agent dies without stopping its task.
+        await old.shutdown(stop_tasks=False, grace_s=0)
+        assert psutil.pid_exists(pid)
+
+        new = make_runner(tmp_path)
+        recovered = {s.ref: s for s in new.recover()}
+        assert set(recovered) == {done.ref, running.ref}
+        assert recovered[done.ref].state is TaskState.SUCCEEDED and recovered[done.ref].exit_code == 0
+        lost = recovered[running.ref]
+        assert lost.state is TaskState.LOST and lost.message == LOST_ON_RESTART and lost.pid == pid
+
+        def gone() -> bool:
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        assert await until(gone, what="orphaned task killed")
+        assert status_file(new, running.ref)["state"] == "LOST"
+        new.validate()
+        # A second restart reports the same (still unacknowledged) states, and kills nothing.
+        again = make_runner(tmp_path)
+        assert {s.ref: s.state for s in again.recover()} == {
+            done.ref: TaskState.SUCCEEDED,
+            running.ref: TaskState.LOST,
+        }
+
+    run(main())
+
+
+def test_table_is_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, max_tasks=2)
+        await runner.start(spec("job-i", 0, 0, ("true",)))
+        await runner.start(spec("job-i", 1, 0, ("true",)))
+        with pytest.raises(ResourceExhausted):
+            await runner.start(spec("job-i", 2, 0, ("true",)))
+        await runner.wait(TaskRef("job-i", 0, 0))
+        runner.ack([TaskRef("job-i", 0, 0)])
+        assert (await runner.start(spec("job-i", 2, 0, ("true",)))).created
+        for i in (1, 2):
+            await runner.wait(TaskRef("job-i", i, 0))
+        runner.validate()
+
+    run(main())
