@@ -67,14 +67,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        errors: list[ConfigError] = []
+        candidates = [a for a in args if a is not type(None)]
+        for arg in candidates:
             try:
                 return _convert(arg, value, path)
             except ConfigError as exc:
                 errors.append(exc)
+        if len(candidates) == 1:  # Optional[X]: the inner error says what is wrong
+            raise errors[0]
         raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", field=path)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return build(tp, value, path)

@@ -95,13 +95,18 @@ def create_channel(address: str, tls: TLSFiles | None = None) -> grpc.aio.Channe
     return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 
 
-def translate_rpc_error(exc: grpc.RpcError, target: str = "") -> DomainOSError:
-    """The one client-side choke point from gRPC errors to DomainOS errors."""
+def translate_rpc_error(
+    exc: grpc.RpcError, target: str = "", peer: str = "the DomainOS master"
+) -> DomainOSError:
+    """The one client-side choke point from gRPC errors to DomainOS errors.
+
+    ``peer`` names what was being called (the master for clients and sub-domains).
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
         where = f" at {target}" if target else ""
-        return Unavailable(f"cannot reach the DomainOS master{where}: {details}")
+        return Unavailable(f"cannot reach {peer}{where}: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"no answer from {target or 'the server'} in time")
     name = code.name if code is not None else "UNKNOWN"

@@ -526,8 +526,11 @@ class NodeAgent:
             deadline = planner.next_deadline()
             timeout = None if deadline is None else deadline - self._clock.monotonic()
             if timeout is None or timeout > 0:
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that races
+                # with the wake-up, and this loop would then outlive shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             self._wake.clear()
             for report in planner.handle(Tick()):
                 await queue.put(_report_message(self.incarnation, report))
