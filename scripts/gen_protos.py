@@ -14,9 +14,8 @@ PROTO_ROOT = ROOT / "proto"
 
 
 def generate(out: pathlib.Path) -> list[pathlib.Path]:
-    from grpc_tools import protoc  # pinned in pyproject's dev extra
-
     import grpc_tools
+    from grpc_tools import protoc  # pinned in pyproject's dev extra
 
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_ROOT.rglob("*.proto"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from domainos.store import EtcdStore, SQLiteStore, Store, StoreUnavailable
+from domainos.store import EtcdStore, StoreUnavailable
 
 WaitFor = Callable[..., None]
 
@@ -167,5 +167,3 @@ def etcd_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProce
         yield etcd
     finally:
         etcd.stop()
-
-

@@ -7,6 +7,7 @@ and asserts on what a user sees: job states, exit codes, output, node states, pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -81,10 +82,8 @@ class Federation:
     def down(self) -> None:
         self.ctl("down", "--home", str(self.home))
         for pid in self.extra_pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +133,9 @@ def test_four_replicas_span_both_regions_and_print_their_output(fed: Federation)
 
 
 def test_a_job_that_exits_3_fails_with_its_exit_code(fed: Federation) -> None:
-    run = fed.ctl("run", "--wait", "--timeout", "60", "--", "python3", "-c", "import sys; print('bye'); sys.exit(3)")
+    run = fed.ctl(
+        "run", "--wait", "--timeout", "60", "--", "python3", "-c", "import sys; print('bye'); sys.exit(3)"
+    )
     assert run.returncode == 1
     job_id = run.stdout.splitlines()[0]
     shown = json.loads(fed.ctl("job", job_id, "-o", "json", check=True).stdout)
@@ -146,7 +147,18 @@ def test_a_job_that_exits_3_fails_with_its_exit_code(fed: Federation) -> None:
 
 def test_a_cancelled_job_stops_its_processes(fed: Federation) -> None:
     marker = f"cancel-me-{uuid.uuid4().hex}"
-    run = fed.ctl("run", "--replicas", "2", "--cpus", "0.1", "--", "python3", "-c", "import time; time.sleep(600)", marker)
+    run = fed.ctl(
+        "run",
+        "--replicas",
+        "2",
+        "--cpus",
+        "0.1",
+        "--",
+        "python3",
+        "-c",
+        "import time; time.sleep(600)",
+        marker,
+    )
     assert run.returncode == 0
     job_id = run.stdout.strip()
     with fed.client() as c:
@@ -172,7 +184,7 @@ def test_bad_input_is_refused_and_nothing_is_written(fed: Federation, tmp_path: 
     assert "malformed YAML" in fed.ctl("submit", str(bad)).stderr
     missing = fed.ctl("job", "j-doesnotexist")
     assert missing.returncode == 1 and "not found" in missing.stderr
-    with fed.client() as c, pytest.raises(dsdk.errors.InvalidArgument, match="resources.memory"):
+    with fed.client() as c, pytest.raises(dsdk.errors.InvalidArgument, match=r"resources\.memory"):
         c.submit({"command": ["true"], "resources": {"memory": "-5Gi"}})
     after = json.loads(fed.ctl("jobs", "-o", "json", check=True).stdout)
     assert len(after) == len(before)
@@ -190,11 +202,11 @@ def test_master_restart_keeps_every_job(fed: Federation) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     # The same daemon, the same config and store, on the same address.
-    restarted = subprocess.Popen(
-        [*cmdline, "--listen", master["listen"]],
-        env=fed.env, stdout=subprocess.DEVNULL, stderr=open(fed.home / "master-restarted.log", "wb"),
-        start_new_session=True,
-    )  # fmt: skip
+    with open(fed.home / "master-restarted.log", "wb") as log:
+        restarted = subprocess.Popen(
+            [*cmdline, "--listen", master["listen"]],
+            env=fed.env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )  # fmt: skip
     fed.extra_pids.append(restarted.pid)
 
     def reachable_with_subdomains() -> bool:
@@ -214,7 +226,9 @@ def test_master_restart_keeps_every_job(fed: Federation) -> None:
     assert fed.ctl("logs", running.job_id, check=True).stdout == "survived\n"
 
 
-def test_sigkilled_agent_loses_its_tasks_and_they_retry_elsewhere(fed: Federation, tmp_path: pathlib.Path) -> None:
+def test_sigkilled_agent_loses_its_tasks_and_they_retry_elsewhere(
+    fed: Federation, tmp_path: pathlib.Path
+) -> None:
     flag = tmp_path / "first-attempt-started"
     script = (
         "import os, sys, time\n"
@@ -225,7 +239,9 @@ def test_sigkilled_agent_loses_its_tasks_and_they_retry_elsewhere(fed: Federatio
         "print('attempt', os.environ['DOMAINOS_TASK_ATTEMPT'], 'finished on', os.environ['DOMAINOS_NODE_ID'])\n"
     )
     with fed.client() as c:
-        job_id = c.submit({"command": ["python3", "-c", script, str(flag)], "resources": {"cpus": 0.1}}).job_id
+        job_id = c.submit(
+            {"command": ["python3", "-c", script, str(flag)], "resources": {"cpus": 0.1}}
+        ).job_id
         job = wait_for(lambda: (j := c.job(job_id)).state == "RUNNING" and j, 30, "job running")
     victim = job.tasks[0].node_id
     agent = psutil.Process(fed.component(f"agent-{victim}")["pid"])
@@ -250,7 +266,9 @@ def test_the_federation_runs_on_a_real_etcd(etcd_server: str, tmp_path: pathlib.
     f = Federation(tmp_path / "home", store=f"etcd://{etcd_server}")
     f.up()
     try:
-        run = f.ctl("run", "--replicas", "2", "--cpus", "0.2", "--wait", "--timeout", "60", "--", "echo", "on etcd")
+        run = f.ctl(
+            "run", "--replicas", "2", "--cpus", "0.2", "--wait", "--timeout", "60", "--", "echo", "on etcd"
+        )
         assert run.returncode == 0, run.stderr
         import etcd3  # type: ignore[import-untyped,unused-ignore]
 

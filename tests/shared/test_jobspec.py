@@ -74,7 +74,9 @@ def test_negative_resources_over_the_wire() -> None:
     mem=st.integers(1, 2**40),
     gpus=st.integers(0, 16),
     args=st.lists(
-        st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1
+        ),
         min_size=1,
         max_size=5,
     ),
