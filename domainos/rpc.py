@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
 
-from domainos.errors import DeadlineExceeded, DomainOSError, Unavailable, error_from_status
+from domainos.errors import (
+    DeadlineExceeded,
+    DomainOSError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    error_from_status,
+)
+from domainos.security._pki import CertFiles, Identity, check_usable
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +58,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    """PEM files for mutual TLS: the cluster CA, this component's certificate and key."""
-
-    ca: str
-    cert: str
-    key: str
+#: PEM files for mutual TLS: the cluster CA, this component's certificate and key.
+TLSFiles = CertFiles
 
 
 def _read(path: str) -> bytes:
@@ -64,19 +67,62 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+class _ReloadingServerCerts:
+    """Serves the current certificate files; called by gRPC core on every TLS handshake.
+
+    Rotation without a restart: when the files' modification times change, the next handshake
+    uses the new certificate, key and CA (existing connections keep theirs).
+    """
+
+    def __init__(self, files: CertFiles) -> None:
+        self.files = files
+        self._stamp = self._mtimes()
+
+    def _mtimes(self) -> tuple[float, ...]:
+        out = []
+        for path in (self.files.ca, self.files.cert, self.files.key):
+            try:
+                out.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                out.append(-1)
+        return tuple(out)
+
+    def config(self) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(_read(self.files.key), _read(self.files.cert))], root_certificates=_read(self.files.ca)
+        )
+
+    def __call__(self) -> Any:
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return None
+        try:
+            cfg = self.config()
+        except OSError as exc:  # mid-rotation or removed: keep serving the old one
+            log.warning("cannot reload certificates %s: %s", self.files.cert, exc)
+            return None
+        self._stamp = stamp
+        log.info("reloaded TLS certificate %s", self.files.cert)
+        return cfg
+
+
 def create_server(interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] | None = None) -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
 
 
-def bind(server: grpc.aio.Server, address: str, tls: TLSFiles | None = None) -> int:
-    """Listen on ``address`` (port 0 picks one); returns the bound port."""
+def bind(server: grpc.aio.Server, address: str, tls: CertFiles | None = None) -> int:
+    """Listen on ``address`` (port 0 picks one); returns the bound port.
+
+    With ``tls``, clients must present a certificate signed by ``tls.ca`` (mutual TLS), and the
+    certificate files are reloaded when they change.
+    """
     if tls is None:
         port = server.add_insecure_port(address)
     else:
-        creds = grpc.ssl_server_credentials(
-            [(_read(tls.key), _read(tls.cert))],
-            root_certificates=_read(tls.ca),
-            require_client_auth=True,
+        check_usable(tls)
+        fetcher = _ReloadingServerCerts(tls)
+        creds = grpc.dynamic_ssl_server_credentials(
+            fetcher.config(), fetcher, require_client_authentication=True
         )
         port = server.add_secure_port(address, creds)
     if port == 0:
@@ -84,15 +130,59 @@ def bind(server: grpc.aio.Server, address: str, tls: TLSFiles | None = None) -> 
     return port
 
 
-def create_channel(address: str, tls: TLSFiles | None = None) -> grpc.aio.Channel:
+def channel_credentials(tls: CertFiles) -> grpc.ChannelCredentials:
+    """Client credentials read fresh from the files (call again after a rotation)."""
+    check_usable(tls)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+    )
+
+
+def create_channel(address: str, tls: CertFiles | None = None) -> grpc.aio.Channel:
     if tls is None:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca),
-        private_key=_read(tls.key),
-        certificate_chain=_read(tls.cert),
-    )
-    return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
+
+
+def create_sync_channel(address: str, tls: CertFiles | None = None) -> grpc.Channel:
+    """A blocking channel (the DSDK and the CLI)."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
+
+
+def peer_identity(context: Any) -> Identity | None:
+    """The DomainOS identity of the caller's verified TLS certificate (None on an insecure port)."""
+    props = context.auth_context()
+    for uri in props.get("peer_spiffe_id", ()):
+        text = uri.decode() if isinstance(uri, bytes) else str(uri)
+        role, _, ident = text.removeprefix("spiffe://domainos/").partition("/")
+        if text.startswith("spiffe://domainos/") and ident:
+            return Identity(role, ident)
+    return None
+
+
+def require_peer(
+    context: Any, role: str, ident: str | None = None, *, secure: bool = True
+) -> Identity | None:
+    """Check the caller's certificate names ``role`` (and ``ident`` when given).
+
+    On a server that runs insecure (an explicit flag), there is no certificate to check.
+    """
+    if not secure:
+        return None
+    who = peer_identity(context)
+    if who is None:
+        raise Unauthenticated("no DomainOS identity in the client certificate")
+    if who.role != role:
+        raise PermissionDenied(
+            f"a {who.role} certificate ({who}) cannot call this; it needs a {role} certificate"
+        )
+    if ident is not None and who.id != ident:
+        raise PermissionDenied(
+            f"certificate {who} cannot act as {role} {ident!r}: the certificate names {who.id!r}"
+        )
+    return who
 
 
 def translate_rpc_error(

@@ -74,6 +74,41 @@ class DomainControlStub:
                 request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.SerializeToString,
                 response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/WhoAmI',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.Principal.FromString,
+                _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/CreateTenant',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ListTenants',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/CreateToken',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ListTokens',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/RevokeToken',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.ReadAudit = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ReadAudit',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.FromString,
+                _registered_method=True)
 
 
 class DomainControlServicer:
@@ -128,6 +163,56 @@ class DomainControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Identity, tenants, tokens and audit. Callers authenticate with a bearer token in the
+        `authorization` metadata ("Bearer dos_..."), over mutual TLS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadAudit(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +255,41 @@ def add_DomainControlServicer_to_server(servicer, server):
                     servicer.GetClusterInfo,
                     request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.FromString,
                     response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.WhoAmIRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.Principal.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTenantRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.Tenant.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTokensRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.TokenInfo.SerializeToString,
+            ),
+            'ReadAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAudit,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +508,195 @@ class DomainControl:
             '/domainos.api.v1.DomainControl/GetClusterInfo',
             domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.SerializeToString,
             domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/WhoAmI',
+            domainos_dot_api_dot_v1_dot_master__pb2.WhoAmIRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/CreateTenant',
+            domainos_dot_api_dot_v1_dot_master__pb2.CreateTenantRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ListTenants',
+            domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/CreateToken',
+            domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ListTokens',
+            domainos_dot_api_dot_v1_dot_master__pb2.ListTokensRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/RevokeToken',
+            domainos_dot_api_dot_v1_dot_master__pb2.RevokeTokenRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ReadAudit',
+            domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
