@@ -40,25 +40,24 @@ def diagnose_tls(address: str, files: CertFiles, timeout: float = 3.0) -> str | 
     ctx.load_cert_chain(files.cert, files.key)
     ctx.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw) as tls:
-                # With TLS 1.3 the server judges our certificate after our side finished the
-                # handshake: its verdict arrives as an alert on the first read.
-                tls.settimeout(0.5)
-                try:
-                    data = tls.recv(1)
-                except TimeoutError:
-                    return None  # the server is waiting for us: the handshake was accepted
-                except ssl.SSLError as exc:
-                    return _explain(exc)
-                except OSError:
-                    data = b""
-                if data:
-                    return None
-                return (
-                    "the server closed the connection right after the TLS handshake: it refused this "
-                    f"client's certificate {files.cert} (signed by a CA it does not trust, or revoked)"
-                )
+        with socket.create_connection((host, int(port)), timeout=timeout) as raw, ctx.wrap_socket(raw) as tls:
+            # With TLS 1.3 the server judges our certificate after our side finished the
+            # handshake: its verdict arrives as an alert on the first read.
+            tls.settimeout(0.5)
+            try:
+                data = tls.recv(1)
+            except TimeoutError:
+                return None  # the server is waiting for us: the handshake was accepted
+            except ssl.SSLError as exc:
+                return _explain(exc)
+            except OSError:
+                data = b""
+            if data:
+                return None
+            return (
+                "the server closed the connection right after the TLS handshake: it refused this "
+                f"client's certificate {files.cert} (signed by a CA it does not trust, or revoked)"
+            )
     except ssl.SSLCertVerificationError as exc:
         return f"the server's certificate is not trusted by {files.ca}: {exc.verify_message}"
     except ssl.SSLError as exc:

@@ -94,7 +94,7 @@ def create_ca(common_name: str = "DomainOS cluster CA", *, days: int = CA_DAYS) 
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
