@@ -74,22 +74,15 @@ def _job_state(value: int) -> JobState:
 
 
 def _task_state(value: int) -> TaskState:
-    from domainos.api.v1 import common_pb2
+    from domainos import model
 
-    try:
-        name = common_pb2.TaskState.Name(value).removeprefix("TASK_STATE_")
-    except ValueError:
-        return TaskState.UNSPECIFIED
-    return TaskState.__members__.get(name, TaskState.UNSPECIFIED)
+    return TaskState[model.TaskState.from_proto(value).name]  # a newer master's state: UNSPECIFIED
 
 
 def _health(value: int) -> str:
-    from domainos.api.v1 import common_pb2
+    from domainos import model
 
-    try:
-        return common_pb2.HealthStatus.Name(value).removeprefix("HEALTH_STATUS_")
-    except ValueError:
-        return "UNSPECIFIED"
+    return model.HealthStatus.from_proto(value).name
 
 
 def _resources(msg: Any) -> Resources:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
+from domainos import model
 from domainos.api.v1 import common_pb2, master_pb2, subdomain_pb2
+from domainos.errors import InvalidArgument
 from domainos.jobspec import JobSpec
-from master_domain._jobs import Job, JobState, Task, TaskRef, TaskReport, TaskState
+from master_domain._jobs import Job, JobState, Task, TaskReport, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -16,16 +19,12 @@ STOP_GRACE_S = 10.0
 
 def task_state_from_proto(value: int) -> TaskState | None:
     """None for UNSPECIFIED or a state this master does not know."""
-    try:
-        name = common_pb2.TaskState.Name(value).removeprefix("TASK_STATE_")
-    except ValueError:
-        return None
-    return TaskState.__members__.get(name)
+    return TaskState.__members__.get(model.TaskState.from_proto(value).name)
 
 
-def task_state_to_proto(state: TaskState) -> str:
-    """The enum value's name (protobuf constructors accept names)."""
-    return f"TASK_STATE_{state.value}"
+def task_state_to_proto(state: TaskState) -> common_pb2.TaskState:
+    """The wire number of a master task state (the master's enum is its stored vocabulary)."""
+    return cast(common_pb2.TaskState, int(model.TaskState[state.value]))
 
 
 def job_state_to_proto(state: JobState) -> str:
@@ -43,26 +42,25 @@ def job_state_from_proto(value: int) -> JobState | None:
 
 def task_report_from_proto(msg: common_pb2.TaskStatus) -> TaskReport | None:
     """A ``TaskStatus`` from a sub-domain; None (logged) when it cannot be used."""
-    state = task_state_from_proto(msg.state)
-    if state is None or not msg.job_id or msg.task_index < 0 or msg.attempt < 0:
-        log.warning(
-            "ignoring malformed task status %s/%s#%s state=%s",
-            msg.job_id,
-            msg.task_index,
-            msg.attempt,
-            msg.state,
-        )
+    try:
+        status = model.TaskStatus.from_proto(msg)
+    except InvalidArgument as exc:
+        log.warning("ignoring malformed task status %s: %s", model.TaskRef.of(msg), exc)
+        return None
+    state = task_state_from_proto(status.state)
+    if state is None:
+        log.warning("ignoring task status %s without a state", status.ref)
         return None
     return TaskReport(
-        job_id=msg.job_id,
-        index=msg.task_index,
-        attempt=msg.attempt,
+        job_id=status.ref.job_id,
+        index=status.ref.task_index,
+        attempt=status.ref.attempt,
         state=state,
-        exit_code=msg.exit_code,
-        message=msg.message,
-        node_id=msg.node_id,
-        started_at=msg.started_at,
-        finished_at=msg.finished_at,
+        exit_code=status.exit_code,
+        message=status.message,
+        node_id=status.node_id,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
     )
 
 
@@ -97,55 +95,49 @@ def job_to_proto(job: Job, *, with_tasks: bool = True) -> master_pb2.Job:
     )
 
 
-def task_ref_to_proto(ref: TaskRef) -> common_pb2.TaskRef:
-    return common_pb2.TaskRef(job_id=ref.job_id, task_index=ref.index, attempt=ref.attempt)
-
-
-def place_command_id(ref: TaskRef) -> str:
+def place_command_id(ref: model.TaskRef) -> str:
     """Deterministic, so a resent command has the same id and its ack names the task."""
-    return f"place/{ref.job_id}/{ref.index}/{ref.attempt}"
+    return f"place/{ref.job_id}/{ref.task_index}/{ref.attempt}"
 
 
-def parse_place_command_id(command_id: str) -> TaskRef | None:
+def parse_place_command_id(command_id: str) -> model.TaskRef | None:
     kind, _, rest = command_id.partition("/")
     parts = rest.split("/")
     if kind != "place" or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
         return None
-    return TaskRef(parts[0], int(parts[1]), int(parts[2]))
+    return model.TaskRef(parts[0], int(parts[1]), int(parts[2]))
 
 
-def place_task_command(ref: TaskRef, spec: JobSpec, master_address: str) -> subdomain_pb2.MasterCommand:
+def place_task_command(ref: model.TaskRef, spec: JobSpec, master_address: str) -> subdomain_pb2.MasterCommand:
     return subdomain_pb2.MasterCommand(
         place_task=subdomain_pb2.PlaceTask(
             command_id=place_command_id(ref),
-            spec=common_pb2.TaskSpec(
-                job_id=ref.job_id,
-                task_index=ref.index,
-                attempt=ref.attempt,
-                command=list(spec.command),
-                env=dict(spec.env),
-                resources=spec.resources.to_proto(),
+            spec=model.TaskSpec(
+                ref=ref,
+                command=tuple(spec.command),
+                env=spec.env,
+                resources=spec.resources,
                 tenant=spec.tenant,
                 master_address=master_address,
                 job_name=spec.name,
                 replicas=spec.replicas,
-            ),
+            ).to_proto(),
         )
     )
 
 
-def stop_task_command(ref: TaskRef, reason: str) -> subdomain_pb2.MasterCommand:
+def stop_task_command(ref: model.TaskRef, reason: str) -> subdomain_pb2.MasterCommand:
     return subdomain_pb2.MasterCommand(
         stop_task=subdomain_pb2.StopTaskCommand(
-            command_id=f"stop/{ref.job_id}/{ref.index}/{ref.attempt}",
-            task=task_ref_to_proto(ref),
+            command_id=f"stop/{ref.job_id}/{ref.task_index}/{ref.attempt}",
+            task=ref.to_proto(),
             grace_s=STOP_GRACE_S,
             reason=reason,
         )
     )
 
 
-def ack_tasks_command(refs: tuple[TaskRef, ...]) -> subdomain_pb2.MasterCommand:
+def ack_tasks_command(refs: tuple[model.TaskRef, ...]) -> subdomain_pb2.MasterCommand:
     return subdomain_pb2.MasterCommand(
-        ack_tasks=subdomain_pb2.AckTaskStates(tasks=[task_ref_to_proto(r) for r in refs])
+        ack_tasks=subdomain_pb2.AckTaskStates(tasks=[r.to_proto() for r in refs])
     )

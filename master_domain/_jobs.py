@@ -5,9 +5,10 @@ stopped). Callers feed it events with :meth:`JobTable.handle` and carry out the 
 returns, in order: persist the listed jobs, *then* send the commands and the acks (an ack tells a
 sub-domain it may forget a terminal state, so it must follow the durable write).
 
-Task identity is ``(job_id, index, attempt)``. Every new placement of a task index gets a fresh
-attempt number, so a late message about an older placement can never be mistaken for the current
-one: updates for an old attempt are ignored (a still-running old attempt is told to stop).
+Task identity is a :class:`domainos.model.TaskRef` ``(job_id, task_index, attempt)``. Every new
+placement of a task index gets a fresh attempt number, so a late message about an older placement
+can never be mistaken for the current one: updates for an old attempt are ignored (a still-running
+old attempt is told to stop).
 
 Retry policy: a FAILED attempt is retried while ``exit_retries < spec.retry.on_exit``, a LOST one
 while ``lost_retries < spec.retry.on_lost``; otherwise the job FAILS and its other tasks are
@@ -26,6 +27,7 @@ from typing import Any
 
 from domainos.clock import Clock, SystemClock
 from domainos.jobspec import JobSpec, RetryPolicy
+from domainos.model import TaskRef
 from domainos.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -63,18 +65,6 @@ LIVE_TASK_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 #: Longest task message kept from a report (records of big jobs must fit in one store value).
 MAX_MESSAGE = 300
 TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class TaskRef:
-    """One attempt of one task."""
-
-    job_id: str
-    index: int
-    attempt: int
-
-    def __str__(self) -> str:
-        return f"{self.job_id}/{self.index}#{self.attempt}"
 
 
 @dataclass(slots=True)

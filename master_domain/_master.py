@@ -35,6 +35,7 @@ from domainos.errors import (
 )
 from domainos.ids import new_job_id, new_request_id
 from domainos.jobspec import JobSpec
+from domainos.model import TaskRef
 from domainos.rpc import bind, create_server
 from domainos.store import MAX_VALUE_BYTES, AsyncStore, absent, open_store, put_op
 from domainos.topology import check_name
@@ -44,7 +45,6 @@ from master_domain._convert import (
     parse_place_command_id,
     place_task_command,
     stop_task_command,
-    task_ref_to_proto,
     task_report_from_proto,
 )
 from master_domain._jobs import (
@@ -62,7 +62,6 @@ from master_domain._jobs import (
     StopTask,
     SubdomainHello,
     SubdomainLost,
-    TaskRef,
     TaskReport,
     TaskState,
     TaskUpdates,
@@ -513,7 +512,7 @@ class MasterDomain:
                 log.warning("sub-domain %s refused command %s: %s", sd, ack.command_id, ack.error)
                 if ref is not None:
                     report = TaskReport(
-                        ref.job_id, ref.index, ref.attempt, TaskState.REJECTED, message=ack.error
+                        ref.job_id, ref.task_index, ref.attempt, TaskState.REJECTED, message=ack.error
                     )
                     await self._commit(self._jobs.handle(TaskUpdates(sd, (report,))))
                     self.wake()
@@ -669,7 +668,7 @@ class MasterDomain:
         if session is None:
             out.chunk.error = f"sub-domain {sd} holding task {index} is not connected"
             return out
-        ref = task_ref_to_proto(TaskRef(job.job_id, index, attempt))
+        ref = TaskRef(job.job_id, index, attempt).to_proto()
         rid, fut = session.request(
             lambda rid: subdomain_pb2.MasterCommand(
                 fetch_log=subdomain_pb2.FetchTaskLog(

@@ -8,7 +8,7 @@ through the injected ``sleep``), cycling through the addresses; ``RESOURCE_EXHAU
 sub-domain is full) moves to the next address at once.
 
 All protobuf translation of the agent happens in this module; the runner, the report planner and
-the hardware probes speak the dataclasses of :mod:`node_agent._types`.
+the hardware probes speak the dataclasses of :mod:`domainos.model`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from domainos.clock import Clock, SystemClock
 from domainos.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from domainos.ids import new_incarnation
+from domainos.model import HealthStatus, NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
 from domainos.rpc import create_channel
 from domainos.topology import SimInventory
 from node_agent import _metrics
@@ -49,7 +50,6 @@ from node_agent._state import (
     Tick,
     UsageSampled,
 )
-from node_agent._types import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class NodeAgent:
         self._runner: TaskRunner | None = None
         self._planner: ReportPlanner | None = None
         self._usage = NodeUsage()
-        self._health = NodeHealth()
+        self._health = NodeHealth(HealthStatus.HEALTHY)  # until the first sample says otherwise
         self._connected = False
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[Any] | None = None
@@ -563,7 +563,7 @@ class NodeAgent:
         runner = self.runner
         cid = msg.command_id
         try:
-            ref = TaskRef.from_proto(msg.spec)
+            ref = TaskRef.from_proto(msg.spec, "spec")
         except InvalidArgument as exc:
             log.warning("node %s: StartTask %s refused: %s", self.node_id, cid, exc)
             return common_pb2.CommandAck(command_id=cid, ok=False, error=f"invalid StartTask: {exc}")
@@ -642,7 +642,7 @@ class NodeAgent:
 
     async def _fetch_log(self, msg: Any) -> Any:
         req = msg.request
-        ref = TaskRef(req.task.job_id, int(req.task.task_index), int(req.task.attempt))
+        ref = TaskRef.of(req.task)
         chunk = await asyncio.to_thread(
             self.runner.read_log, ref, req.stream, int(req.offset), int(req.max_bytes)
         )

@@ -8,10 +8,10 @@ import socket
 from dataclasses import dataclass, field
 
 from domainos.config import check_address
-from domainos.errors import ConfigError
+from domainos.errors import ConfigError, InvalidArgument
+from domainos.model import check_node_id
 from domainos.topology import SimInventory
 
-_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
@@ -67,11 +67,10 @@ class AgentConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field for anything a daemon cannot run with."""
-        if not _NODE_ID_RE.match(self.node_id):
-            raise ConfigError(
-                f"{self.node_id!r} is not a valid node id: letters, digits, '-', '_' or '.'",
-                field="node_id",
-            )
+        try:
+            check_node_id(self.node_id, "node_id")
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message, field=exc.field) from None
         if not self.subdomains:
             raise ConfigError("at least one sub-domain address (HOST:PORT) is required", field="subdomains")
         for i, address in enumerate(self.subdomains):

@@ -23,10 +23,10 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import domainos
+from domainos.model import GpuDevice, GpuUsage, HealthStatus, NodeHealth, NodeInventory, NodeUsage
 from domainos.resources import Resources
 from domainos.topology import SimInventory
 from node_agent._config import SIMULATED_LABEL
-from node_agent._types import GpuDevice, GpuUsage, HealthStatus, NodeHealth, NodeInventory, NodeUsage
 
 log = logging.getLogger(__name__)
 

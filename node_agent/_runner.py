@@ -24,8 +24,8 @@ from typing import Any
 
 from domainos.clock import Clock, SystemClock
 from domainos.errors import InvalidArgument, ResourceExhausted
+from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
-from node_agent._types import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ class TaskRunner:
                 ref = TaskRef(str(data["job_id"]), int(data["task_index"]), int(data["attempt"]))
                 ref.validate()
                 status = _status_from_dict(ref, data)
-                spec = TaskSpec.from_dict(ref, data["spec"]) if data.get("spec") else None
+                spec = _spec_from_dict(ref, data["spec"]) if data.get("spec") else None
             except (OSError, ValueError, KeyError, TypeError, InvalidArgument) as exc:
                 log.warning("ignoring unreadable task record %s: %s", path, exc)
                 continue
@@ -577,7 +577,7 @@ class TaskRunner:
             "gpu_indexes": list(s.gpu_indexes),
             "cpu_set": list(s.cpu_set),
             "acked": acked,
-            "spec": t.spec.to_dict() if t.spec is not None else None,
+            "spec": _spec_to_dict(t.spec) if t.spec is not None else None,
         }
         path = t.dir / STATUS_FILE
         tmp = t.dir / f".{STATUS_FILE}.tmp"
@@ -586,6 +586,44 @@ class TaskRunner:
             os.replace(tmp, path)
         except OSError as exc:  # a full disk must not take the agent down; the parent still hears
             log.error("task %s: cannot write %s: %s", t.ref, path, exc)
+
+
+def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
+    """The spec as ``status.json`` stores it (the identity is stored beside it)."""
+    r = spec.resources
+    return {
+        "command": list(spec.command),
+        "env": dict(spec.env),
+        "resources": {
+            "cpu_millis": r.cpu_millis,
+            "memory_bytes": r.memory_bytes,
+            "gpus": r.gpus,
+            "gpu_model": r.gpu_model,
+        },
+        "tenant": spec.tenant,
+        "master_address": spec.master_address,
+        "job_name": spec.job_name,
+        "replicas": spec.replicas,
+    }
+
+
+def _spec_from_dict(ref: TaskRef, data: Mapping[str, Any]) -> TaskSpec:
+    r = data.get("resources") or {}
+    return TaskSpec(
+        ref=ref,
+        command=tuple(str(a) for a in data.get("command") or ()),
+        env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+        resources=Resources(
+            int(r.get("cpu_millis", 0)),
+            int(r.get("memory_bytes", 0)),
+            int(r.get("gpus", 0)),
+            str(r.get("gpu_model", "")),
+        ),
+        tenant=str(data.get("tenant", "")),
+        master_address=str(data.get("master_address", "")),
+        job_name=str(data.get("job_name", "")),
+        replicas=int(data.get("replicas", 1)),
+    )
 
 
 def _status_from_dict(ref: TaskRef, data: Mapping[str, Any]) -> TaskStatus:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from domainos.clock import Clock
-from node_agent._types import NodeHealth, NodeUsage, TaskRef, TaskStatus
+from domainos.model import NodeHealth, NodeUsage, TaskRef, TaskStatus
 
 #: Task transitions wait at most this long to travel together.
 BATCH_WINDOW_S = 0.05

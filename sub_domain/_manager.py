@@ -26,6 +26,7 @@ from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2, subdomain_pb2
 from domainos.clock import Clock, SystemClock
 from domainos.errors import DomainOSError, InvalidArgument, StoreError, Unavailable
 from domainos.ids import new_incarnation, new_request_id
+from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.rpc import bind, create_server
 from domainos.store import AsyncStore, Op, delete_op, open_store, put_op
 
@@ -46,7 +47,6 @@ from ._registry import (
 )
 from ._service import AgentConn, AgentGatewayService
 from ._tasks import AckAgent, Effect, Forward, Persist, StartOnAgent, StopOnAgent, TaskTable
-from ._types import NodeHealth, NodeInventory, NodeUsage, TaskKey, TaskSpec, TaskState, TaskStatus
 from ._upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class SubDomainManager:
         node = self.registry.get(node_id)
         return node.view_state if node else None
 
-    def task_status(self, key: TaskKey) -> TaskStatus | None:
+    def task_status(self, key: TaskRef) -> TaskStatus | None:
         entry = self.tasks.get(key)
         return entry.status if entry else None
 
@@ -384,7 +384,7 @@ class SubDomainManager:
             sent = self._send_agent(eff.node_id, cmd)
             log.info(
                 "start task %s on node %s (command %s, gpus %s)%s",
-                eff.spec.key,
+                eff.spec.ref,
                 eff.node_id,
                 eff.command_id,
                 list(eff.gpu_indexes),
@@ -646,7 +646,7 @@ class SubDomainManager:
             elif kind == "stop_task":
                 await self._stop(command.stop_task)
             elif kind == "ack_tasks":
-                keys = [TaskKey.from_proto(t) for t in command.ack_tasks.tasks]
+                keys = [TaskRef.from_proto(t) for t in command.ack_tasks.tasks]
                 await self._run_effects(self.tasks.master_ack(keys))
                 log.debug("master acked %d task states", len(keys))
             elif kind == "list_nodes":
@@ -673,11 +673,11 @@ class SubDomainManager:
         effects = self.tasks.place(spec, self.clock.time())
         status = next((e.status for e in effects if isinstance(e, Forward)), None)
         if status is not None and status.state == TaskState.REJECTED:
-            log.info("place task %s (command %s) rejected: %s", spec.key, cmd.command_id, status.message)
+            log.info("place task %s (command %s) rejected: %s", spec.ref, cmd.command_id, status.message)
         elif status is not None:
             log.info(
                 "place task %s (command %s) -> node %s: %s",
-                spec.key,
+                spec.ref,
                 cmd.command_id,
                 status.node_id,
                 status.state.label,
@@ -686,7 +686,7 @@ class SubDomainManager:
         await self._ack_master(cmd.command_id)
 
     async def _stop(self, cmd: Any) -> None:
-        key = TaskKey.from_proto(cmd.task)
+        key = TaskRef.from_proto(cmd.task)
         log.info("stop task %s (command %s): %s", key, cmd.command_id, cmd.reason or "no reason given")
         effects = self.tasks.stop(key, grace_s=cmd.grace_s, reason=cmd.reason, now=self.clock.time())
         await self._run_effects(effects)
@@ -729,7 +729,7 @@ class SubDomainManager:
         node_id = cmd.node_id
         if not node_id and cmd.request.HasField("task"):
             with contextlib.suppress(InvalidArgument):
-                node_id = self.tasks.node_of(TaskKey.from_proto(cmd.request.task)) or ""
+                node_id = self.tasks.node_of(TaskRef.from_proto(cmd.request.task)) or ""
         conn = self._conns.get(node_id) if node_id else None
         error = ""
         if not node_id:

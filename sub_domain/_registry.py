@@ -24,10 +24,10 @@ from typing import Literal
 
 from domainos.api.v1 import common_pb2
 from domainos.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef
 from domainos.resources import Resources
 
 from ._placement import Placement, PlacementIndex, pick_gpus, reject_reason
-from ._types import NodeHealth, NodeInventory, NodeUsage, TaskKey
 
 NodeState = Literal["ready", "suspect", "dead"]
 READY: NodeState = "ready"
@@ -47,7 +47,7 @@ class NodeReady:
     #: True when a known node came back with a different inventory.
     inventory_changed: bool = False
     #: Tasks whose allocation no longer fits a shrunk inventory; they were released.
-    evicted: tuple[TaskKey, ...] = ()
+    evicted: tuple[TaskRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class NodeRecord:
     health: NodeHealth = field(default_factory=NodeHealth)
     allocated: Resources = field(default_factory=Resources)
     gpus_used: set[int] = field(default_factory=set)
-    allocations: dict[TaskKey, Allocation] = field(default_factory=dict)
+    allocations: dict[TaskRef, Allocation] = field(default_factory=dict)
 
     @property
     def allocatable(self) -> Resources:
@@ -412,14 +412,14 @@ class NodeRegistry:
         self._schedule(node, now + self.silent_after_s)
         return [NodeReady(node_id, incarnation, joined=joined, inventory_changed=changed, evicted=evicted)]
 
-    def _refit(self, node: NodeRecord, inventory: NodeInventory) -> tuple[TaskKey, ...]:
+    def _refit(self, node: NodeRecord, inventory: NodeInventory) -> tuple[TaskRef, ...]:
         # Keep the allocations that still fit the new inventory (in key order); release the rest.
         valid_gpus = set(inventory.gpu_indexes)
         alloc = inventory.allocatable
-        kept: dict[TaskKey, Allocation] = {}
+        kept: dict[TaskRef, Allocation] = {}
         used = Resources()
         gpus: set[int] = set()
-        evicted: list[TaskKey] = []
+        evicted: list[TaskRef] = []
         for key in sorted(node.allocations):
             a = node.allocations[key]
             total = used + a.resources
@@ -554,7 +554,7 @@ class NodeRegistry:
     # -- allocations ------------------------------------------------------------------------------
 
     def allocate(
-        self, node_id: str, key: TaskKey, resources: Resources, gpu_indexes: tuple[int, ...]
+        self, node_id: str, key: TaskRef, resources: Resources, gpu_indexes: tuple[int, ...]
     ) -> None:
         """Charge a task's request (and its GPUs) to a node. Raises when it does not fit."""
         node = self._nodes.get(node_id)
@@ -590,7 +590,7 @@ class NodeRegistry:
         node.gpus_used.update(gpu_indexes)
         self._end(node)
 
-    def release(self, node_id: str, key: TaskKey) -> bool:
+    def release(self, node_id: str, key: TaskRef) -> bool:
         """Give a task's resources back; False when it held none there."""
         node = self._nodes.get(node_id)
         if node is None or key not in node.allocations:

@@ -18,10 +18,10 @@ from typing import Any
 
 from domainos.errors import DomainOSError
 from domainos.ids import new_command_id
+from domainos.model import TaskRef, TaskSpec, TaskState, TaskStatus
 
 from ._placement import Placement
 from ._registry import NodeRegistry
-from ._types import TaskKey, TaskSpec, TaskState, TaskStatus
 
 #: Default grace for stops the sub-domain decides on its own (reconciliation).
 RECONCILE_STOP_GRACE_S = 10.0
@@ -43,7 +43,7 @@ class StopOnAgent:
 
     node_id: str
     command_id: str
-    key: TaskKey
+    key: TaskRef
     grace_s: float
     reason: str
 
@@ -53,7 +53,7 @@ class AckAgent:
     """Send ``AckTasks``: these terminal states are durable; the agent may forget them."""
 
     node_id: str
-    keys: tuple[TaskKey, ...]
+    keys: tuple[TaskRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,8 @@ class TaskEntry:
     start_command: str = ""
 
     @property
-    def key(self) -> TaskKey:
-        return self.spec.key
+    def key(self) -> TaskRef:
+        return self.spec.ref
 
     @property
     def active(self) -> bool:
@@ -114,10 +114,10 @@ class TaskTable:
         self.subdomain_id = subdomain_id
         self.registry = registry
         self._new_id = new_id
-        self._entries: dict[TaskKey, TaskEntry] = {}
-        self._active_by_node: dict[str, set[TaskKey]] = {}
+        self._entries: dict[TaskRef, TaskEntry] = {}
+        self._active_by_node: dict[str, set[TaskRef]] = {}
         self._slots: dict[tuple[str, int], set[int]] = {}
-        self._pending_starts: dict[str, TaskKey] = {}
+        self._pending_starts: dict[str, TaskRef] = {}
         self._by_state: Counter[TaskState] = Counter()
         #: Placements made (PlaceTask answered ASSIGNED).
         self.placements = 0
@@ -129,7 +129,7 @@ class TaskTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: TaskKey) -> TaskEntry | None:
+    def get(self, key: TaskRef) -> TaskEntry | None:
         return self._entries.get(key)
 
     def count(self, state: TaskState) -> int:
@@ -138,28 +138,21 @@ class TaskTable:
     def counts(self) -> dict[TaskState, int]:
         return {s: n for s, n in self._by_state.items() if n}
 
-    def active_on(self, node_id: str) -> list[TaskKey]:
+    def active_on(self, node_id: str) -> list[TaskRef]:
         return sorted(self._active_by_node.get(node_id, ()))
 
     def hello_tasks(self) -> list[TaskStatus]:
         """Every task held (running and unacknowledged terminal), for ``Hello``."""
         return [self._entries[k].status for k in sorted(self._entries)]
 
-    def node_of(self, key: TaskKey) -> str | None:
+    def node_of(self, key: TaskRef) -> str | None:
         entry = self._entries.get(key)
         return entry.node_id if entry else None
 
     # -- internals -------------------------------------------------------------------------------
 
     def _status(self, spec: TaskSpec, state: TaskState, **kw: Any) -> TaskStatus:
-        return TaskStatus(
-            job_id=spec.job_id,
-            task_index=spec.task_index,
-            attempt=spec.attempt,
-            state=state,
-            subdomain_id=self.subdomain_id,
-            **kw,
-        )
+        return TaskStatus(spec.ref, state, subdomain_id=self.subdomain_id, **kw)
 
     def _persist(self, job_id: str, task_index: int) -> Persist:
         attempts = self._slots.get((job_id, task_index))
@@ -167,7 +160,7 @@ class TaskTable:
             return Persist(job_id, task_index, None)
         record = {
             "attempts": {
-                str(a): self._entries[TaskKey(job_id, task_index, a)].to_json() for a in sorted(attempts)
+                str(a): self._entries[TaskRef(job_id, task_index, a)].to_json() for a in sorted(attempts)
             }
         }
         return Persist(job_id, task_index, record)
@@ -180,7 +173,7 @@ class TaskTable:
         if entry.active:
             self._active_by_node.setdefault(entry.node_id, set()).add(key)
 
-    def _remove(self, key: TaskKey) -> TaskEntry:
+    def _remove(self, key: TaskRef) -> TaskEntry:
         entry = self._entries.pop(key)
         slot = self._slots[(key.job_id, key.task_index)]
         slot.discard(key.attempt)
@@ -222,7 +215,7 @@ class TaskTable:
         return StartOnAgent(entry.node_id, entry.start_command, entry.spec, entry.gpu_indexes)
 
     def _stop(
-        self, node_id: str, key: TaskKey, reason: str, grace_s: float = RECONCILE_STOP_GRACE_S
+        self, node_id: str, key: TaskRef, reason: str, grace_s: float = RECONCILE_STOP_GRACE_S
     ) -> StopOnAgent:
         return StopOnAgent(node_id, self._new_id(), key, grace_s, reason)
 
@@ -237,33 +230,31 @@ class TaskTable:
 
         Idempotent: a task already known is re-reported, not placed twice.
         """
-        entry = self._entries.get(spec.key)
+        entry = self._entries.get(spec.ref)
         if entry is not None:
             return [Forward(entry.status)]
         choice = self.registry.place(spec.resources)
         if not isinstance(choice, Placement):
             self.rejections += 1
             return [Forward(self._status(spec, TaskState.REJECTED, message=choice, finished_at=now))]
-        self.registry.allocate(choice.node_id, spec.key, spec.resources, choice.gpu_indexes)
+        self.registry.allocate(choice.node_id, spec.ref, spec.resources, choice.gpu_indexes)
         status = self._status(
             spec, TaskState.ASSIGNED, node_id=choice.node_id, gpu_indexes=choice.gpu_indexes
         )
         entry = TaskEntry(spec, choice.node_id, choice.gpu_indexes, status)
         self._add(entry)
         self.placements += 1
-        return [self._persist(spec.job_id, spec.task_index), self._start(entry), Forward(status)]
+        return [self._persist(spec.ref.job_id, spec.ref.task_index), self._start(entry), Forward(status)]
 
-    def stop(self, key: TaskKey, *, grace_s: float, reason: str, now: float) -> list[Effect]:
+    def stop(self, key: TaskRef, *, grace_s: float, reason: str, now: float) -> list[Effect]:
         """``StopTaskCommand``: forward to the node; answer CANCELLED at once when it cannot be reached."""
         entry = self._entries.get(key)
         if entry is None:
             return [
                 Forward(
                     TaskStatus(
-                        job_id=key.job_id,
-                        task_index=key.task_index,
-                        attempt=key.attempt,
-                        state=TaskState.CANCELLED,
+                        key,
+                        TaskState.CANCELLED,
                         message=f"unknown task in sub-domain {self.subdomain_id}: nothing to stop",
                         subdomain_id=self.subdomain_id,
                         finished_at=now,
@@ -277,7 +268,7 @@ class TaskTable:
         why = f"cancelled ({reason})" if reason else "cancelled"
         return self._finish(entry, TaskState.CANCELLED, f"{why}; node {entry.node_id} is not connected", now)
 
-    def master_ack(self, keys: Iterable[TaskKey]) -> list[Effect]:
+    def master_ack(self, keys: Iterable[TaskRef]) -> list[Effect]:
         """``AckTaskStates``: forget acknowledged terminal tasks and delete their store records."""
         slots: set[tuple[str, int]] = set()
         for key in keys:
@@ -292,7 +283,7 @@ class TaskTable:
 
     def agent_status(self, node_id: str, reported: TaskStatus, now: float) -> list[Effect]:
         """A task status in an agent's report (or ``Register``)."""
-        key = reported.key
+        key = reported.ref
         entry = self._entries.get(key)
         if entry is None or entry.node_id != node_id:
             if reported.state.terminal:
@@ -345,7 +336,7 @@ class TaskTable:
         now: float,
         *,
         incarnation: str = "",
-        evicted: Iterable[TaskKey] = (),
+        evicted: Iterable[TaskRef] = (),
     ) -> list[Effect]:
         """An agent (re-)registered with ``reported`` tasks: level-triggered reconciliation.
 
@@ -364,9 +355,9 @@ class TaskTable:
                     now,
                 )
                 effects.append(self._stop(node_id, key, "the node no longer has room for it"))
-        seen: set[TaskKey] = set()
+        seen: set[TaskRef] = set()
         for status in reported:
-            seen.add(status.key)
+            seen.add(status.ref)
             effects += self.agent_status(node_id, status, now)
         for key in self.active_on(node_id):
             if key in seen:
@@ -396,7 +387,7 @@ class TaskTable:
         effects: list[Effect] = []
         for data in record.get("attempts", {}).values():
             spec = TaskSpec.from_json(data["spec"])
-            if spec.key in self._entries:
+            if spec.ref in self._entries:
                 continue
             status = TaskStatus.from_json(data["status"])
             gpus = tuple(int(g) for g in data.get("gpu_indexes", ()))
@@ -408,7 +399,7 @@ class TaskTable:
                     problem = f"node {entry.node_id} was lost while sub-domain {self.subdomain_id} restarted"
                 else:
                     try:
-                        self.registry.allocate(entry.node_id, spec.key, spec.resources, gpus)
+                        self.registry.allocate(entry.node_id, spec.ref, spec.resources, gpus)
                     except DomainOSError as exc:  # a conflicting record
                         problem = f"cannot re-adopt after restart: {exc}"
             self._add(entry)
@@ -421,9 +412,9 @@ class TaskTable:
     def validate(self) -> None:
         """Check the table against itself and against the registry's allocations."""
         counts: Counter[TaskState] = Counter()
-        by_node: dict[str, set[TaskKey]] = {}
+        by_node: dict[str, set[TaskRef]] = {}
         for key, entry in self._entries.items():
-            assert key == entry.key == entry.status.key, f"{key}: key mismatch"
+            assert key == entry.key == entry.status.ref, f"{key}: key mismatch"
             counts[entry.status.state] += 1
             assert (key.job_id, key.task_index) in self._slots and key.attempt in self._slots[
                 (key.job_id, key.task_index)

@@ -22,10 +22,10 @@ import grpc.aio
 
 from domainos.api.v1 import subdomain_pb2, subdomain_pb2_grpc
 from domainos.errors import DomainOSError, Unavailable
+from domainos.model import TaskRef, TaskStatus
 from domainos.rpc import create_channel, translate_rpc_error
 
 from ._registry import Summary
-from ._types import TaskKey, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Upstream:
         self._jitter = jitter
         self._connected = False
         self._accepting = False
-        self._pending: dict[TaskKey, TaskStatus] = {}
+        self._pending: dict[TaskRef, TaskStatus] = {}
         self._flush = asyncio.Event()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
         self._task_seq = 0
@@ -93,7 +93,7 @@ class Upstream:
         """Queue a task transition for the next ``TaskUpdates`` (dropped when no session: Hello resyncs)."""
         if not self._accepting:
             return
-        self._pending[status.key] = status
+        self._pending[status.ref] = status
         self._flush.set()
 
     async def send(self, message: Any) -> bool:

@@ -8,6 +8,7 @@ import pytest
 from master_helpers import add_job, rep, spec, step, table
 
 from domainos.clock import FakeClock
+from domainos.model import TaskRef
 from master_domain._jobs import (
     AckTasks,
     Cancel,
@@ -19,7 +20,6 @@ from master_domain._jobs import (
     StopTask,
     SubdomainHello,
     SubdomainLost,
-    TaskRef,
     TaskReport,
     TaskState,
     TaskUpdates,

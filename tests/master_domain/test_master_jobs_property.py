@@ -108,7 +108,7 @@ def test_random_event_sequences_keep_invariants(data: st.DataObject) -> None:
 
         for effect in effects:
             if isinstance(effect, PlaceTask):
-                task = jobs[effect.ref.job_id].tasks[effect.ref.index]
+                task = jobs[effect.ref.job_id].tasks[effect.ref.task_index]
                 assert effect.ref.attempt == task.attempt
                 assert task.subdomain_id == effect.subdomain_id
             elif isinstance(effect, AckTasks):
@@ -116,7 +116,7 @@ def test_random_event_sequences_keep_invariants(data: st.DataObject) -> None:
                 final = {
                     (r.job_id, r.index, r.attempt) for r in event.reports if r.state not in _LIVE_OR_PENDING
                 }
-                assert {(r.job_id, r.index, r.attempt) for r in effect.refs} <= final
+                assert {(r.job_id, r.task_index, r.attempt) for r in effect.refs} <= final
             elif isinstance(effect, JobDone):
                 assert effect.job_id not in done, "JobDone twice"
                 done.add(effect.job_id)

@@ -13,8 +13,8 @@ import grpc
 import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from domainos.model import TaskRef, TaskSpec, TaskState
 from domainos.rpc import bind, create_server
-from node_agent._types import TaskRef, TaskSpec, TaskState
 
 T = TypeVar("T")
 PY = sys.executable

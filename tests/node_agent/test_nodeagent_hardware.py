@@ -10,10 +10,10 @@ from typing import Any
 import psutil
 import pytest
 
+from domainos.model import HealthStatus
 from domainos.resources import Resources
 from domainos.topology import SimInventory
 from node_agent._hardware import RealHardware, SimulatedHardware, normalize_bus_id
-from node_agent._types import HealthStatus
 
 GIB = 2**30
 

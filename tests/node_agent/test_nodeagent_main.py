@@ -16,10 +16,10 @@ from nodeagent_helpers import FakeSubDomain, run, serve, spec_proto, start_cmd, 
 
 from domainos import config as dconfig
 from domainos.errors import ConfigError
+from domainos.model import TaskRef, TaskState
 from domainos.topology import SimInventory
 from node_agent import AgentConfig
 from node_agent.__main__ import main
-from node_agent._types import TaskRef, TaskState
 
 REPO = Path(__file__).resolve().parents[2]
 

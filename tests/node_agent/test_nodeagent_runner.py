@@ -12,8 +12,8 @@ import pytest
 from nodeagent_helpers import PY, run, spec, until
 
 from domainos.errors import ResourceExhausted
+from domainos.model import TaskRef, TaskState, TaskStatus
 from node_agent._runner import LOST_ON_RESTART, TaskRunner, base_environment
-from node_agent._types import TaskRef, TaskState, TaskStatus
 
 
 def make_runner(tmp_path: Path, changes: list[TaskStatus] | None = None, **kw: object) -> TaskRunner:

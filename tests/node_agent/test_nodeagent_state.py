@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domainos.clock import FakeClock
+from domainos.model import GpuUsage, HealthStatus, NodeHealth, NodeUsage, TaskRef, TaskState, TaskStatus
 from node_agent._state import (
     BATCH_WINDOW_S,
     Connected,
@@ -19,10 +20,9 @@ from node_agent._state import (
     Tick,
     UsageSampled,
 )
-from node_agent._types import GpuUsage, HealthStatus, NodeHealth, NodeUsage, TaskRef, TaskState, TaskStatus
 
 GIB = 2**30
-HEALTHY = NodeHealth()
+HEALTHY = NodeHealth(HealthStatus.HEALTHY)
 
 
 def planner(clock: FakeClock, report: float = 1.0, full: float = 5.0) -> ReportPlanner:

@@ -25,10 +25,10 @@ from nodeagent_helpers import (
 )
 
 from domainos.errors import FailedPrecondition
+from domainos.model import TaskRef, TaskState
 from domainos.topology import SimInventory
 from node_agent import AgentConfig, NodeAgent
 from node_agent._agent import backoff_delay
-from node_agent._types import TaskRef, TaskState
 
 GIB = 2**30
 

@@ -51,9 +51,13 @@ def test_expired_own_certificate_is_refused_at_start_with_the_reason(tmp_path: p
     files = issue_files(tmp_path, Identity("master", "m"), days=1, not_before=past)
     with pytest.raises(ConfigError, match=r"expired at .* UTC; issue a new one"):
         check_usable(files)
-    server = rpc.create_server()
-    with pytest.raises(ConfigError, match="expired"):
-        rpc.bind(server, "127.0.0.1:0", files)
+
+    async def bind_expired() -> None:
+        server = rpc.create_server()
+        with pytest.raises(ConfigError, match="expired"):
+            rpc.bind(server, "127.0.0.1:0", files)
+
+    asyncio.run(bind_expired())
 
 
 def test_missing_files_say_how_to_create_them(tmp_path: pathlib.Path) -> None:

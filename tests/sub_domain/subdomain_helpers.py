@@ -18,10 +18,10 @@ import grpc
 import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2, subdomain_pb2, subdomain_pb2_grpc
+from domainos.model import GpuDevice, NodeInventory, TaskRef, TaskSpec
 from domainos.resources import Resources
 from sub_domain._registry import NodeRegistry
 from sub_domain._tasks import TaskTable
-from sub_domain._types import GpuDevice, NodeInventory, TaskSpec
 
 GI = 2**30
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -112,9 +112,7 @@ def spec(
     model: str = "",
 ) -> TaskSpec:
     return TaskSpec(
-        job_id=job,
-        task_index=index,
-        attempt=attempt,
+        ref=TaskRef(job, index, attempt),
         command=("true",),
         resources=Resources(int(cpus * 1000), int(memory_gi * GI), gpus, model),
         job_name="test",

@@ -16,8 +16,8 @@ from subdomain_helpers import FakeMaster, TestAgent, async_test, await_for, stat
 import sub_domain._manager as manager_module
 from domainos.api.v1 import common_pb2, subdomain_pb2
 from domainos.clock import FakeClock
+from domainos.model import TaskRef, TaskState
 from sub_domain import SubDomainConfig, SubDomainManager
-from sub_domain._types import TaskKey, TaskState
 
 S = common_pb2
 
@@ -222,7 +222,7 @@ async def test_place_run_succeed_ack_round_trip() -> None:
             assert done.exit_code == 0
             acked = await a.next("ack_tasks")  # durable, so the agent may forget it
             assert [t.job_id for t in acked.tasks] == ["j-ok"]
-            key = TaskKey("j-ok", 0, 0)
+            key = TaskRef("j-ok", 0, 0)
             store_key = "/domainos/subdomains/sd-1/tasks/j-ok/0"
             assert mgr._store is not None and await mgr._store.get(store_key) is not None
             await master.send(ack_tasks=subdomain_pb2.AckTaskStates(tasks=[key.to_proto()]))
@@ -399,7 +399,7 @@ async def test_restart_with_sqlite_reloads_tasks_and_sends_them_in_hello(tmp_pat
             await await_for(lambda: mgr2.node_state("n1") == "ready")
             st = await master.task_state("j-keep", S.TASK_STATE_RUNNING)
             assert st.pid == 99
-            entry = mgr2.tasks.get(TaskKey("j-keep", 0, 0))
+            entry = mgr2.tasks.get(TaskRef("j-keep", 0, 0))
             assert entry is not None and entry.status.state == TaskState.RUNNING
             await b.close()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from subdomain_helpers import GI, inventory, nvlink_pairs
 
+from domainos.model import TaskRef
 from domainos.resources import Resources
 from sub_domain._placement import Placement, PlacementIndex, pick_gpus
 from sub_domain._registry import NodeRegistry
-from sub_domain._types import TaskKey
 
 
 def reg() -> NodeRegistry:
@@ -71,8 +71,8 @@ def test_best_fit_least_leftover_gpus_then_cpu() -> None:
         r.register(
             inventory(name, gpus=8, cpus=32 if name != "two-small" else 8), "i", 0.0, conn_token=hash(name)
         )
-    r.allocate("two-big", TaskKey("x", 0, 0), Resources(0, 0, 6), (0, 1, 2, 3, 4, 5))
-    r.allocate("two-small", TaskKey("x", 1, 0), Resources(0, 0, 6), (0, 1, 2, 3, 4, 5))
+    r.allocate("two-big", TaskRef("x", 0, 0), Resources(0, 0, 6), (0, 1, 2, 3, 4, 5))
+    r.allocate("two-small", TaskRef("x", 1, 0), Resources(0, 0, 6), (0, 1, 2, 3, 4, 5))
     r.validate()
     p = r.place(Resources(2000, GI, 2))
     assert p == Placement("two-small", (6, 7))  # 0 GPUs left over, least CPU left over
@@ -93,7 +93,7 @@ def test_memory_bound_request_walks_the_bucket() -> None:
 def test_gpu_indexes_prefer_nvlink_peers() -> None:
     r = reg()
     r.register(inventory("g", gpus=4, peers=nvlink_pairs(4)), "i", 0.0, conn_token=1)
-    r.allocate("g", TaskKey("x", 0, 0), Resources(0, 0, 1), (1,))
+    r.allocate("g", TaskRef("x", 0, 0), Resources(0, 0, 1), (1,))
     p = r.place(Resources(0, 0, 2))
     assert p == Placement("g", (2, 3))  # 0 is free but its peer (1) is taken
     r.validate()

@@ -11,9 +11,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from subdomain_helpers import inventory, spec
 
 from domainos.errors import AlreadyExists, ResourceExhausted
+from domainos.model import TaskRef, TaskState, TaskStatus
 from sub_domain._registry import NodeDead, NodeEvent, NodeReady, NodeRegistry
 from sub_domain._tasks import Forward, StartOnAgent, TaskTable
-from sub_domain._types import TaskKey, TaskState, TaskStatus
 
 NODES = [f"n{i}" for i in range(6)]
 SHAPES: dict[str, dict[str, int]] = {
@@ -53,10 +53,7 @@ class SubDomainMachine(RuleBasedStateMachine):
         self.conn[node] = token
         evicted = next((e.evicted for e in events if isinstance(e, NodeReady)), ())
         active = self.table.active_on(node)
-        reported = [
-            TaskStatus(k.job_id, k.task_index, k.attempt, TaskState.RUNNING)
-            for k in (active[::2] if report_some else [])
-        ]
+        reported = [TaskStatus(k, TaskState.RUNNING) for k in (active[::2] if report_some else [])]
         self.table.reconcile(node, reported, self.now, evicted=evicted)
 
     @rule(node=st.sampled_from(NODES))
@@ -93,17 +90,17 @@ class SubDomainMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(keys))
         node = self.table.node_of(key)
         assert node is not None
-        self.table.agent_status(node, TaskStatus(key.job_id, key.task_index, key.attempt, state), self.now)
+        self.table.agent_status(node, TaskStatus(key, state), self.now)
 
     @rule(data=st.data())
     def stop(self, data: st.DataObject) -> None:
-        keys = [*sorted(self.table._entries), TaskKey("ghost", 0, 0)]
+        keys = [*sorted(self.table._entries), TaskRef("ghost", 0, 0)]
         key = data.draw(st.sampled_from(keys))
         self.table.stop(key, grace_s=1.0, reason="test", now=self.now)
 
     @rule()
     def master_ack(self) -> None:
-        terminal = [s.key for s in self.table.hello_tasks() if s.state.terminal]
+        terminal = [s.ref for s in self.table.hello_tasks() if s.state.terminal]
         self.table.master_ack(terminal)
         assert all(not s.state.terminal for s in self.table.hello_tasks())
 

@@ -9,9 +9,9 @@ import pytest
 from subdomain_helpers import GI, inventory
 
 from domainos.errors import AlreadyExists, ResourceExhausted
+from domainos.model import HealthStatus, NodeHealth, TaskRef
 from domainos.resources import Resources
 from sub_domain._registry import NodeDead, NodeForgotten, NodeReady, NodeRegistry, NodeSuspect, bucket
-from sub_domain._types import HealthStatus, NodeHealth, TaskKey
 
 
 def reg(max_nodes: int = 100, **kw: Any) -> NodeRegistry:
@@ -162,7 +162,7 @@ def test_reports_do_not_grow_the_heap() -> None:
 def test_allocation_and_free() -> None:
     r = reg()
     r.register(inventory("g1", gpus=4), "i", 0.0, conn_token=1)
-    key = TaskKey("j", 0, 0)
+    key = TaskRef("j", 0, 0)
     r.allocate("g1", key, Resources(2000, 4 * GI, 2), (0, 1))
     r.validate()
     node = r.get("g1")
@@ -170,9 +170,9 @@ def test_allocation_and_free() -> None:
     assert node.free == Resources(6000, 28 * GI, 2, "H100")
     assert node.free_gpu_indexes == [2, 3]
     with pytest.raises(Exception, match="not free"):
-        r.allocate("g1", TaskKey("j", 1, 0), Resources(0, 0, 1), (1,))
+        r.allocate("g1", TaskRef("j", 1, 0), Resources(0, 0, 1), (1,))
     with pytest.raises(Exception, match="does not fit"):
-        r.allocate("g1", TaskKey("j", 2, 0), Resources(7000, 0, 0), ())
+        r.allocate("g1", TaskRef("j", 2, 0), Resources(7000, 0, 0), ())
     r.validate()
     assert r.release("g1", key)
     assert not r.release("g1", key)
@@ -185,7 +185,7 @@ def test_summary_shapes_counts_and_dirty_flag() -> None:
     for i in range(3):
         r.register(inventory(f"g{i}", gpus=8, cpus=64, memory_gi=512), "i", 0.0, conn_token=i + 1)
     r.register(inventory("c0", cpus=8), "i", 0.0, conn_token=10)
-    r.allocate("g0", TaskKey("j", 0, 0), Resources(1000, GI, 2), (0, 1))
+    r.allocate("g0", TaskRef("j", 0, 0), Resources(1000, GI, 2), (0, 1))
     s = r.summary()
     r.validate()
     assert not r.dirty
@@ -239,13 +239,13 @@ def test_cordoned_node_is_not_placeable() -> None:
 def test_shrunk_inventory_evicts_what_no_longer_fits() -> None:
     r = reg()
     r.register(inventory("n1", cpus=8), "i1", 0.0, conn_token=1)
-    r.allocate("n1", TaskKey("j", 0, 0), Resources(4000, GI), ())
-    r.allocate("n1", TaskKey("j", 1, 0), Resources(4000, GI), ())
+    r.allocate("n1", TaskRef("j", 0, 0), Resources(4000, GI), ())
+    r.allocate("n1", TaskRef("j", 1, 0), Resources(4000, GI), ())
     r.disconnect("n1", 1, 1.0)
     events = r.register(inventory("n1", cpus=6), "i2", 2.0, conn_token=2)
     r.validate()
     assert events == [
-        NodeReady("n1", "i2", joined=False, inventory_changed=True, evicted=(TaskKey("j", 1, 0),))
+        NodeReady("n1", "i2", joined=False, inventory_changed=True, evicted=(TaskRef("j", 1, 0),))
     ]
 
 

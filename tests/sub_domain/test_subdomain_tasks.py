@@ -8,15 +8,15 @@ import pytest
 from subdomain_helpers import inventory, make_state, spec
 
 from domainos.errors import AlreadyExists
+from domainos.model import TaskRef, TaskState, TaskStatus
 from sub_domain._registry import NodeRegistry
 from sub_domain._tasks import AckAgent, Forward, Persist, StartOnAgent, StopOnAgent, TaskTable
-from sub_domain._types import TaskKey, TaskState, TaskStatus
 
-K0 = TaskKey("j-1", 0, 0)
+K0 = TaskRef("j-1", 0, 0)
 
 
-def status(key: TaskKey, state: TaskState, **kw: object) -> TaskStatus:
-    return TaskStatus(key.job_id, key.task_index, key.attempt, state, **kw)  # type: ignore[arg-type]
+def status(key: TaskRef, state: TaskState, **kw: object) -> TaskStatus:
+    return TaskStatus(key, state, **kw)  # type: ignore[arg-type]
 
 
 def placed(gpus: int = 0) -> tuple[NodeRegistry, TaskTable]:
@@ -79,7 +79,7 @@ def test_running_then_succeeded_then_master_ack() -> None:
     # the agent re-sends the terminal state (it missed our ack): ack again, nothing forwarded
     assert table.agent_status("n1", status(K0, TaskState.SUCCEEDED), 104.0) == [AckAgent("n1", (K0,))]
     assert table.hello_tasks()[0].state == TaskState.SUCCEEDED
-    fx = table.master_ack([K0, TaskKey("other", 0, 0)])
+    fx = table.master_ack([K0, TaskRef("other", 0, 0)])
     table.validate()
     assert fx == [Persist("j-1", 0, None)]
     assert len(table) == 0 and table.hello_tasks() == []
@@ -109,7 +109,7 @@ def test_two_attempts_share_one_store_slot() -> None:
 def test_node_dead_makes_active_tasks_lost() -> None:
     reg, table = placed()
     table.place(spec(index=1), 100.0)
-    table.agent_status("n1", status(TaskKey("j-1", 1, 0), TaskState.SUCCEEDED), 101.0)
+    table.agent_status("n1", status(TaskRef("j-1", 1, 0), TaskState.SUCCEEDED), 101.0)
     reg.disconnect("n1", 1, 1.0)
     events = reg.tick(10.0)
     assert events and events[0].node_id == "n1"
@@ -125,31 +125,31 @@ def test_node_dead_makes_active_tasks_lost() -> None:
 def test_reconcile_on_register() -> None:
     reg, table = make_state()
     reg.register(inventory("n1"), "i1", 0.0, conn_token=1)
-    running, assigned = TaskKey("run", 0, 0), TaskKey("asg", 0, 0)
+    running, assigned = TaskRef("run", 0, 0), TaskRef("asg", 0, 0)
     table.place(spec("run"), 100.0)
     table.agent_status("n1", status(running, TaskState.RUNNING), 100.0)
     table.place(spec("asg"), 100.0)
     table.place(spec("kept"), 100.0)
-    table.agent_status("n1", status(TaskKey("kept", 0, 0), TaskState.RUNNING), 100.0)
+    table.agent_status("n1", status(TaskRef("kept", 0, 0), TaskState.RUNNING), 100.0)
     table.validate()
     reg.disconnect("n1", 1, 1.0)
     reg.register(inventory("n1"), "i2", 2.0, conn_token=2)
     reported = [
-        status(TaskKey("kept", 0, 0), TaskState.RUNNING),
-        status(TaskKey("stray", 0, 0), TaskState.RUNNING),  # not expected here: stop it
-        status(TaskKey("old", 0, 0), TaskState.SUCCEEDED),  # unknown terminal: let the agent forget it
+        status(TaskRef("kept", 0, 0), TaskState.RUNNING),
+        status(TaskRef("stray", 0, 0), TaskState.RUNNING),  # not expected here: stop it
+        status(TaskRef("old", 0, 0), TaskState.SUCCEEDED),  # unknown terminal: let the agent forget it
     ]
     fx = table.reconcile("n1", reported, 120.0, incarnation="i2")
     table.validate()
     stops = [e for e in fx if isinstance(e, StopOnAgent)]
-    assert [s.key for s in stops] == [TaskKey("stray", 0, 0)]
-    assert AckAgent("n1", (TaskKey("old", 0, 0),)) in fx
+    assert [s.key for s in stops] == [TaskRef("stray", 0, 0)]
+    assert AckAgent("n1", (TaskRef("old", 0, 0),)) in fx
     starts = [e for e in fx if isinstance(e, StartOnAgent)]
-    assert [s.spec.key for s in starts] == [assigned]  # never started: start again (idempotent)
+    assert [s.spec.ref for s in starts] == [assigned]  # never started: start again (idempotent)
     lost = [e.status for e in fx if isinstance(e, Forward)]
-    assert [(s.key, s.state) for s in lost] == [(running, TaskState.LOST)]
+    assert [(s.ref, s.state) for s in lost] == [(running, TaskState.LOST)]
     assert lost[0].message == "node n1 no longer runs it (agent incarnation i2)"
-    assert table.get(TaskKey("kept", 0, 0)).status.state == TaskState.RUNNING  # type: ignore[union-attr]
+    assert table.get(TaskRef("kept", 0, 0)).status.state == TaskState.RUNNING  # type: ignore[union-attr]
 
 
 def test_reconcile_stops_what_we_gave_up_on() -> None:
@@ -168,7 +168,7 @@ def test_stop_paths() -> None:
     reg, table = placed()
     (stop,) = table.stop(K0, grace_s=3.0, reason="user cancel", now=101.0)
     assert stop == StopOnAgent("n1", "c2", K0, 3.0, "user cancel")
-    (unknown,) = table.stop(TaskKey("nope", 0, 0), grace_s=1.0, reason="", now=101.0)
+    (unknown,) = table.stop(TaskRef("nope", 0, 0), grace_s=1.0, reason="", now=101.0)
     assert isinstance(unknown, Forward) and unknown.status.state == TaskState.CANCELLED
     reg.disconnect("n1", 1, 1.0)
     fx = table.stop(K0, grace_s=3.0, reason="user cancel", now=102.0)
@@ -192,7 +192,7 @@ def test_refused_start_fails_the_task() -> None:
 def test_restore_round_trip() -> None:
     _, table = placed(gpus=2)
     table.agent_status("n1", status(K0, TaskState.RUNNING), 100.0)
-    fx = table.agent_status("n1", status(TaskKey("zz", 0, 0), TaskState.RUNNING), 100.0)  # stray
+    fx = table.agent_status("n1", status(TaskRef("zz", 0, 0), TaskState.RUNNING), 100.0)  # stray
     assert isinstance(fx[0], StopOnAgent)
     table.place(spec("gone"), 100.0)
     records = {
