@@ -157,7 +157,9 @@ def fmt_gpus(free: int, total: int, models: Mapping[str, int] | None = None) -> 
 
 def fmt_command(command: Sequence[str], limit: int = 80) -> str:
     text = shlex.join(command) if command else DASH
-    return _clip(" ".join(text.split()), limit)
+    # One line: show line breaks inside arguments (inline scripts) as "; " rather than dropping them.
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return _clip("; ".join(line for line in lines if line), limit)
 
 
 def fmt_resources(cpu_millis: int, memory_bytes: int, gpus: int, gpu_model: str = "") -> str:
