@@ -66,7 +66,7 @@ def run(*, smoke: bool, out: pathlib.Path) -> dict[str, Any]:
             for cmd in ("jobs", "domains", "nodes"):
                 results[f"cli_{cmd}"] = _stats([_ctl(env, cmd) for _ in range(reps)])
             master = json.loads((home / "local" / "cluster.json").read_text())["master"]
-            with dsdk.connect(master) as client:
+            with dsdk.connect(master, home=home) as client:
                 for replicas in (1, 4):
                     samples = []
                     for _ in range(jobs):

@@ -36,6 +36,12 @@ _HANDLERS = {
     "status": "domainctl._local:cmd_status",
     "demo": "domainctl._demo:cmd_demo",
     "compose": "domainctl._local:cmd_compose",
+    "certs": "domainctl._certs:cmd_certs",
+    "login": "domainctl._auth_commands:cmd_login",
+    "whoami": "domainctl._auth_commands:cmd_whoami",
+    "tenant": "domainctl._auth_commands:cmd_tenant",
+    "token": "domainctl._auth_commands:cmd_token",
+    "audit": "domainctl._auth_commands:cmd_audit",
 }
 
 _EPILOG = """\
@@ -45,10 +51,13 @@ examples:
   domainctl run --replicas 2 --cpus 0.5 --wait -- python3 -c "print(42)"
   domainctl jobs --state running
   domainctl logs JOB_ID
+  domainctl token create --tenant acme --ttl 30d   (admins; `domainctl login` to use a token)
   domainctl down
 
 The master is found from --master, then $DOMAINOS_MASTER, then the local federation
-started by `domainctl up` ($DOMAINOS_HOME or ~/.domainos).
+started by `domainctl up` ($DOMAINOS_HOME or ~/.domainos). Connections are mutual TLS: the
+client certificate comes from --tls-ca/--tls-cert/--tls-key, $DOMAINOS_TLS_CA/_CERT/_KEY, the
+local federation, or ~/.domainos/pki (`domainctl certs init`); --insecure for plaintext.
 exit status: 0 ok, 1 error, 2 bad usage or invalid input, 3 master unreachable.
 """
 
@@ -63,6 +72,23 @@ def _common() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="master address HOST:PORT (default: $DOMAINOS_MASTER, then the local federation)",
     )
+    for flag, what in (
+        ("ca", "the cluster CA certificate"),
+        ("cert", "this client's certificate"),
+        ("key", "its key"),
+    ):
+        g.add_argument(
+            f"--tls-{flag}",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help=f"{what} (PEM; default: $DOMAINOS_TLS_{flag.upper()}, the local federation, ~/.domainos/pki)",
+        )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plaintext without certificates (only for a master run insecure; `up`: run the daemons so)",
+    )
     g.add_argument(
         "-o",
         "--output",
@@ -75,6 +101,41 @@ def _common() -> argparse.ArgumentParser:
 
 def _home_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", metavar="DIR", help="DomainOS home (default: $DOMAINOS_HOME or ~/.domainos)")
+
+
+def _add_identity_commands(
+    add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """login, whoami, tenant, token, audit (tenants, tokens and the audit log need an admin)."""
+    p = add("login", "check a token with the master and keep it (0600) for later commands")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--token", metavar="TOKEN", help="the token (dos_...); default: read standard input")
+    src.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+    add("whoami", "who the master takes you for: role, tenant, token, certificate")
+
+    p = add("tenant", "tenants (admins): tenant create NAME | tenant ls")
+    tenants = p.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
+    c = tenants.add_parser("create", help="create a tenant", parents=[common])
+    c.add_argument("name", metavar="NAME", help="1-63 lower-case letters, digits and '-'")
+    c.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    tenants.add_parser("ls", help="list tenants", parents=[common])
+
+    p = add("token", "tokens (admins): token create | token ls | token revoke ID")
+    tokens = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    c = tokens.add_parser("create", help="create a token; it is printed once", parents=[common])
+    c.add_argument("--tenant", metavar="T", help="the tenant of a user token")
+    c.add_argument("--role", choices=("user", "admin"), default="user", help="user (default) or admin")
+    c.add_argument("--ttl", metavar="DURATION", help="lifetime, e.g. 30d, 12h, 90m (default: never expires)")
+    c.add_argument("--description", default="", metavar="TEXT", help="what it is for")
+    c = tokens.add_parser("ls", help="list tokens (never their secrets)", parents=[common])
+    c.add_argument("--tenant", metavar="T", help="only this tenant's tokens")
+    c.add_argument("--all", action="store_true", help="include revoked tokens")
+    c = tokens.add_parser("revoke", help="revoke a token: it stops working at once", parents=[common])
+    c.add_argument("token_id", metavar="ID", help="the token id (12 hex digits) shown by `token ls`")
+
+    p = add("audit", "the audit log of mutating calls, newest first (admins)")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (default 100)")
+    p.add_argument("--since", metavar="DURATION", help="only the last DURATION, e.g. 1h, 30m, 7d")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
 
     add("info", "the master's identity, store and federation-wide counts")
+    _add_identity_commands(add, common)
 
     p = add("up", "start a local federation (master, sub-domains, agents) as processes on this machine")
     p.add_argument(
@@ -165,12 +227,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the federation running afterwards")
     _home_arg(p)
 
+    p = add("certs", "the cluster's certificates: certs init | issue | show")
+    certs = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    c = certs.add_parser(
+        "init",
+        parents=[common],
+        help="create a cluster CA and a client certificate for you",
+        description="Create a cluster CA (kept if it exists, unless --force) and a client certificate "
+        "client-<user> for you, in DIR (default: $DOMAINOS_HOME/pki or ~/.domainos/pki).",
+    )
+    c.add_argument(
+        "--dir", metavar="DIR", help="PKI directory (default: $DOMAINOS_HOME/pki or ~/.domainos/pki)"
+    )
+    c.add_argument(
+        "--force", action="store_true", help="replace an existing CA (every certificate must be re-issued)"
+    )
+    c = certs.add_parser(
+        "issue",
+        parents=[common],
+        help="issue (or re-issue, to rotate) a component's certificate",
+        description="Issue <role>-<id>.crt/.key signed by the CA in DIR. Re-issuing in place rotates it: "
+        "running daemons use the new files from their next TLS handshake, without a restart.",
+    )
+    c.add_argument("--role", required=True, help="master | subdomain | agent | client")
+    c.add_argument(
+        "--id", required=True, dest="ident", metavar="ID", help="the component's id (node id, ...)"
+    )
+    c.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="H",
+        help="DNS name or IP it serves on (repeatable; default 127.0.0.1 and localhost)",
+    )
+    c.add_argument("--days", type=float, default=365.0, metavar="N", help="validity in days (default 365)")
+    c.add_argument(
+        "--dir", metavar="DIR", help="PKI directory (default: $DOMAINOS_HOME/pki or ~/.domainos/pki)"
+    )
+    c = certs.add_parser(
+        "show",
+        parents=[common],
+        help="a certificate's role, id, validity and issuer",
+        description="Describe a PEM certificate.",
+    )
+    c.add_argument("file", metavar="FILE")
+
     p = add("compose", "write a docker-compose deployment (compose file, daemon configs) for a topology")
     p.add_argument(
         "--topology", metavar="FILE", help="topology file (default: 2 regions x 1 sub-domain x 2 agents)"
     )
     p.add_argument("--out", metavar="DIR", default="deploy", help="output directory (default: deploy)")
     p.add_argument("--image", default="domainos:latest", help="container image (default: domainos:latest)")
+    p.add_argument(
+        "--pki",
+        action="store_true",
+        help="also create OUT/pki: a CA (kept if present) and every component's certificate, plus client-admin",
+    )
 
     for name, module in DAEMONS.items():
         sub.add_parser(
@@ -226,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.output = "table"
     if not hasattr(ns, "master"):
         ns.master = None
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        if not hasattr(ns, name):
+            setattr(ns, name, None)
+    if not hasattr(ns, "insecure"):
+        ns.insecure = False
     try:
         return _handler(ns.command)(ns)
     except DomainOSError as err:

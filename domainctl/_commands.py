@@ -38,9 +38,29 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def tls_files(ns: argparse.Namespace) -> dsdk.TLSFiles | None:
+    """``--tls-ca/--tls-cert/--tls-key`` (all three, or none: then the DSDK finds the files)."""
+    given = {f"--tls-{k}": getattr(ns, f"tls_{k}", None) for k in ("ca", "cert", "key")}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise InvalidArgument(
+            "--tls-ca, --tls-cert and --tls-key go together: a CA, a certificate and its key",
+            field=missing[0],
+        )
+    if getattr(ns, "insecure", False):
+        raise InvalidArgument("--insecure talks plaintext: it takes no --tls-* files", field="--insecure")
+    ca, cert, key = (str(v) for v in given.values())
+    return dsdk.TLSFiles(ca, cert, key)
+
+
 def client_for(ns: argparse.Namespace) -> dsdk.Client:
-    """A client for the master named by ``--master``, ``$DOMAINOS_MASTER`` or the local federation."""
-    return dsdk.connect(ns.master)
+    """A client for the master named by ``--master``, ``$DOMAINOS_MASTER`` or the local federation.
+
+    Mutual TLS with the ``--tls-*`` files, else those the DSDK finds; ``--insecure``: plaintext.
+    """
+    return dsdk.connect(ns.master, tls=tls_files(ns), insecure=bool(getattr(ns, "insecure", False)))
 
 
 # -- read commands ----------------------------------------------------------------------------

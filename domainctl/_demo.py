@@ -39,8 +39,6 @@ def demo_specs() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    import dsdk
-
     temp = ns.home is None
     paths = (
         Paths(pathlib.Path(tempfile.mkdtemp(prefix="domainos-demo-")).resolve())
@@ -57,7 +55,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     try:
         print(summary_text(state, paths), flush=True)
         squares, failing = demo_specs()
-        with dsdk.Client(state["master"]) as client:
+        with launcher.client() as client:  # mutual TLS with the federation's client certificate
             print("\n==> domainctl domains", flush=True)
             print(_render.render_domains(client.domains(), width))
 

@@ -8,6 +8,11 @@ in its own session with its log under ``<home>/local/logs/``, and records them i
 Daemons are started only as subprocesses (``python -m master_domain`` etc.); nothing here imports
 a server package. Each gets a small YAML config under ``<home>/local/config/`` and
 ``--ready-file``: the launcher reads the bound addresses from the ready files.
+
+Every connection is mutual TLS unless ``--insecure``: ``up`` keeps a cluster CA in ``<home>/local/pki``
+(created once), issues a fresh certificate for the master, each sub-domain, each agent and a client
+at every start, writes ``tls:`` into every daemon config, and records the client's files in
+``cluster.json`` (``"tls"``) so later commands use them without flags.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from domainos.config import INSECURE_WARNING
 from domainos.errors import DomainOSError, FailedPrecondition, InvalidArgument
 from domainos.topology import AgentPlan, SubDomainSpec, Topology, load_topology
 
 from . import _render
 from ._procs import is_alive, log_tail, process_start_time, stop_components
+
+if TYPE_CHECKING:
+    from domainos.security import CertFiles
 
 KINDS = ("master", "subdomain", "agent")
 MODULES = {"master": "master_domain", "subdomain": "sub_domain", "agent": "node_agent"}
@@ -86,6 +95,15 @@ class Paths:
     def agents(self) -> pathlib.Path:
         return self.local / "agents"
 
+    @property
+    def pki(self) -> pathlib.Path:
+        return self.local / "pki"
+
+    @property
+    def admin_token(self) -> pathlib.Path:
+        """The bootstrap admin token the master writes (mode 0600) on its first start."""
+        return self.local / "admin.token"
+
     def log(self, name: str) -> pathlib.Path:
         return self.logs / f"{name}.log"
 
@@ -100,18 +118,36 @@ class Paths:
         return store or f"sqlite://{(self.local / f'{name}.db').resolve()}"
 
 
-def master_config(paths: Paths, store: str | None) -> dict[str, Any]:
+MASTER_ID = "master-1"
+
+
+def transport_config(tls: CertFiles | None) -> dict[str, Any]:
+    """The daemon config entries for mutual TLS with ``tls``, or ``insecure: true`` when None."""
+    if tls is None:
+        return {"insecure": True}
+    return {"tls": {"ca": tls.ca, "cert": tls.cert, "key": tls.key}}
+
+
+def master_config(paths: Paths, store: str | None, *, tls: CertFiles | None = None) -> dict[str, Any]:
     return {
-        "id": "master-1",
+        "id": MASTER_ID,
         "listen": LOOPBACK_ANY_PORT,
         "store": paths.store_url("master", store),
         "metrics_listen": LOOPBACK_ANY_PORT,
         "log_format": "json",
+        "bootstrap_token_file": str(paths.admin_token.resolve()),
+        **transport_config(tls),
     }
 
 
 def subdomain_config(
-    paths: Paths, region: str, sd: SubDomainSpec, master: str, store: str | None
+    paths: Paths,
+    region: str,
+    sd: SubDomainSpec,
+    master: str,
+    store: str | None,
+    *,
+    tls: CertFiles | None = None,
 ) -> dict[str, Any]:
     return {
         "id": sd.id,
@@ -122,10 +158,13 @@ def subdomain_config(
         "max_nodes": sd.max_nodes,
         "metrics_listen": LOOPBACK_ANY_PORT,
         "log_format": "json",
+        **transport_config(tls),
     }
 
 
-def agent_config(paths: Paths, plan: AgentPlan, subdomain_address: str) -> dict[str, Any]:
+def agent_config(
+    paths: Paths, plan: AgentPlan, subdomain_address: str, *, tls: CertFiles | None = None
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "node_id": plan.node_id,
         "subdomains": [subdomain_address],
@@ -133,6 +172,7 @@ def agent_config(paths: Paths, plan: AgentPlan, subdomain_address: str) -> dict[
         "metrics_listen": LOOPBACK_ANY_PORT,
         "simulated": plan.simulated,
         "log_format": "json",
+        **transport_config(tls),
     }
     if plan.simulated and plan.inventory is not None:
         cfg["inventory"] = dataclasses.asdict(plan.inventory)
@@ -143,6 +183,28 @@ def agent_config(paths: Paths, plan: AgentPlan, subdomain_address: str) -> dict[
 
 def component_name(kind: str, ident: str = "") -> str:
     return kind if kind == "master" else f"{kind}-{ident}"
+
+
+def issue_local_pki(paths: Paths, topology: Topology) -> dict[str, CertFiles]:
+    """The local federation's certificates: component name (and ``client``) -> its TLS files.
+
+    The CA in ``<home>/local/pki`` is created once and kept; every certificate is issued afresh
+    (loopback names only), so an old or expired one never survives a restart of the federation.
+    """
+    from domainos.security import Identity, init_ca, issue_files
+    from dsdk._address import default_client_id
+
+    init_ca(paths.pki)
+    wanted = {
+        component_name("master"): Identity("master", MASTER_ID),
+        **{
+            component_name("subdomain", sd.id): Identity("subdomain", sd.id)
+            for _, sd in topology.subdomains()
+        },
+        **{component_name("agent", a.node_id): Identity("agent", a.node_id) for a in topology.agents()},
+        "client": Identity("client", default_client_id()),
+    }
+    return {name: issue_files(paths.pki, who) for name, who in wanted.items()}
 
 
 def expected_agents(topology: Topology) -> dict[str, int]:
@@ -264,8 +326,14 @@ class Launcher:
         timeout: float = 60.0,
         python: str = sys.executable,
         say: Callable[[str], None] | None = None,
+        insecure: bool = False,
     ) -> None:
         self.paths = paths
+        #: The admin token of this federation (from the master's bootstrap file).
+        self.token: str | None = None
+        #: Plaintext everywhere (``up --insecure``); otherwise mutual TLS with ``self.pki``.
+        self.insecure = insecure
+        self.pki: dict[str, CertFiles] = {}
         self.topology = topology
         self.store = store
         self.topology_file = topology_file
@@ -369,13 +437,12 @@ class Launcher:
             time.sleep(_POLL_S)
 
     def _wait_federation(self) -> None:
-        from dsdk import Client
         from dsdk._retry import NO_RETRY
 
         want = expected_agents(self.topology)
         last_problem = "the master did not answer"
         seen: dict[str, Any] = {}
-        with Client(self.master, timeout=2.0, retry=NO_RETRY) as client:
+        with self.client(timeout=2.0, retry=NO_RETRY) as client:
             while True:
                 self._check_running(self.components)
                 try:
@@ -430,19 +497,25 @@ class Launcher:
             d.mkdir(parents=True, exist_ok=True)
         self.started_at = time.time()
         self._deadline = time.monotonic() + self.timeout
+        if not self.insecure:
+            self.say(f"issuing certificates (mutual TLS) in {self.paths.pki}")
+            self.pki = issue_local_pki(self.paths, self.topology)
 
         self.say("starting the master")
-        master = self._spawn("master", "", master_config(self.paths, self.store))
+        master = self._spawn("master", "", master_config(self.paths, self.store, tls=self._tls("master")))
         self.save("starting")
         self._wait_ready([master])
         self.master = master.listen
         if not self.master:
             raise self._failed(master, "wrote a ready file without a 'listen' address")
+        self._keep_admin_token()
         self.save("starting")
 
         subs: dict[str, Component] = {}
         for region, sd in self.topology.subdomains():
-            cfg = subdomain_config(self.paths, region.name, sd, self.master, self.store)
+            cfg = subdomain_config(
+                self.paths, region.name, sd, self.master, self.store, tls=self._tls("subdomain", sd.id)
+            )
             subs[sd.id] = self._spawn("subdomain", sd.id, cfg, subdomain=sd.id)
         self.say(f"starting {_plural(len(subs), 'sub-domain')}")
         self.save("starting")
@@ -450,7 +523,9 @@ class Launcher:
 
         agents = []
         for plan in self.topology.agents():
-            cfg = agent_config(self.paths, plan, subs[plan.subdomain].listen)
+            cfg = agent_config(
+                self.paths, plan, subs[plan.subdomain].listen, tls=self._tls("agent", plan.node_id)
+            )
             agents.append(self._spawn("agent", plan.node_id, cfg, subdomain=plan.subdomain))
         self.say(f"starting {_plural(len(agents), 'agent')}")
         self.save("starting")
@@ -460,10 +535,40 @@ class Launcher:
         self._wait_federation()
         return self.save("running")
 
+    def _tls(self, kind: str, ident: str = "") -> CertFiles | None:
+        return None if self.insecure else self.pki[component_name(kind, ident)]
+
+    def _keep_admin_token(self) -> None:
+        """Make the master's admin token this home's credential for its address, so later
+        commands (and the README's two) need no `domainctl login`."""
+        from dsdk._credentials import check_token_text, save_token, token_for
+
+        try:
+            text = self.paths.admin_token.read_text(encoding="utf-8")
+        except FileNotFoundError:  # the store already had an admin: keep what is saved
+            self.token = token_for(self.master, home=self.paths.home, env={})
+            return
+        self.token = check_token_text(text)
+        save_token(self.master, self.token, default=False, home=self.paths.home, env={})
+
+    @property
+    def client_tls(self) -> CertFiles | None:
+        """The client certificate recorded in ``cluster.json`` (None when insecure)."""
+        return None if self.insecure else self.pki.get("client")
+
+    def client(self, **kw: Any) -> Any:
+        """A :class:`dsdk.Client` for this federation's master, with its client certificate."""
+        from dsdk import Client
+
+        return Client(self.master, tls=self.client_tls, insecure=self.insecure, token=self.token, **kw)
+
     def state(self, status: str) -> dict[str, Any]:
+        tls = self.client_tls
         return {
             "status": status,
             "master": self.master,
+            **({"insecure": True} if self.insecure else {}),
+            **({"tls": {"ca": tls.ca, "cert": tls.cert, "key": tls.key}} if tls is not None else {}),
             "home": str(self.paths.home),
             "started_at": self.started_at,
             "launcher_pid": os.getpid(),
@@ -587,6 +692,7 @@ def start_federation(
 ) -> tuple[Launcher, dict[str, Any]] | None:
     """Start a federation; on failure print why with the culprit's log tail, stop it, return None."""
     say = (lambda m: print(f"==> {m}", flush=True)) if verbose else None
+    insecure = bool(getattr(ns, "insecure", False))
     launcher = Launcher(
         paths,
         topology,
@@ -594,7 +700,10 @@ def start_federation(
         topology_file=getattr(ns, "topology", None),
         timeout=float(getattr(ns, "timeout", 60.0) or 60.0),
         say=say,
+        insecure=insecure,
     )
+    if insecure:
+        print(f"warning: --insecure: {INSECURE_WARNING}", file=sys.stderr, flush=True)
     launcher.refuse_if_running()
     try:
         return launcher, launcher.start()
@@ -638,6 +747,11 @@ def cmd_down(ns: argparse.Namespace) -> int:
         comps, ns.timeout, say=lambda m: print(f"warning: {m}", file=sys.stderr)
     )
     clear_state(paths)
+    if state.get("master"):  # its port is not used again: drop the saved token for it
+        from dsdk._credentials import forget_token
+
+        with contextlib.suppress(DomainOSError, OSError):
+            forget_token(str(state["master"]), home=paths.home, env={})
     print(f"stopped the local federation: {stopped} components" + (f" ({killed} killed)" if killed else ""))
     return 0
 
@@ -666,7 +780,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 def cmd_compose(ns: argparse.Namespace) -> int:
     """``domainctl compose``: write the docker-compose deployment of a topology (see ``_compose``)."""
-    from ._compose import render
+    from ._compose import issue_pki, render
 
     topology = load_topology(ns.topology)
     out = pathlib.Path(ns.out)
@@ -676,4 +790,13 @@ def cmd_compose(ns: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(path)
+    if getattr(ns, "pki", False):
+        for path_text in issue_pki(topology, str(out / "pki")):
+            print(path_text)
+    else:
+        print(
+            f"note: the daemons run mutual TLS: create {out / 'pki'} with `domainctl compose --pki` "
+            f"or `domainctl certs init --dir {out / 'pki'}` and `certs issue` per component",
+            file=sys.stderr,
+        )
     return 0

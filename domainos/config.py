@@ -6,16 +6,125 @@ field path and what is allowed -- never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
+import os
 import pathlib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from domainos.errors import ConfigError
 
+if TYPE_CHECKING:  # domainos.security imports cryptography: only when TLS is really used
+    from domainos.security import CertFiles
+
 T = TypeVar("T")
+
+#: Said when a daemon config has neither ``tls`` nor ``insecure: true``.
+TLS_REQUIRED_MESSAGE = (
+    "tls is required: set tls.ca, tls.cert and tls.key (create them with `domainctl certs init`), "
+    "or run with insecure: true"
+)
+#: Logged (WARNING) at every start of a daemon that runs with ``insecure: true``.
+INSECURE_WARNING = (
+    "running without TLS: every connection is unauthenticated plaintext; use only for local tests"
+)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Mutual TLS of one component: PEM paths of the cluster CA, its certificate and its key.
+
+    The certificate names the component's role and id (``domainctl certs issue``); the files are
+    re-read when they change, so a certificate is rotated by re-issuing it in place.
+    """
+
+    #: The cluster CA certificate (``ca.crt``): peers must present a certificate it signed.
+    ca: str = ""
+    #: This component's certificate (``<role>-<id>.crt``).
+    cert: str = ""
+    #: This component's private key (``<role>-<id>.key``, mode 0600).
+    key: str = ""
+
+    def check(self, field: str = "tls") -> None:
+        """Raise :class:`ConfigError` naming ``<field>.<name>`` for an empty path."""
+        for name in ("ca", "cert", "key"):
+            if not getattr(self, name).strip():
+                raise ConfigError(
+                    "a PEM file path is required (see `domainctl certs init`)", field=f"{field}.{name}"
+                )
+
+    def files(self) -> CertFiles:
+        """The paths as :class:`domainos.security.CertFiles` (``~`` expanded)."""
+        from domainos.security import CertFiles
+
+        return CertFiles(*(os.path.expanduser(p) for p in (self.ca, self.cert, self.key)))
+
+
+def check_transport(tls: TLSConfig | None, insecure: bool) -> None:
+    """A daemon runs with exactly one of ``tls`` (mutual TLS) and ``insecure: true`` (plaintext)."""
+    if tls is not None and insecure:
+        raise ConfigError(
+            "set either tls (mutual TLS) or insecure: true (plaintext), not both", field="insecure"
+        )
+    if tls is None and not insecure:
+        raise ConfigError(TLS_REQUIRED_MESSAGE)
+    if tls is not None:
+        tls.check("tls")
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """The daemons' ``--tls-ca/--tls-cert/--tls-key`` and ``--insecure`` flags (see :func:`tls_overrides`)."""
+    g = parser.add_argument_group("transport security (mutual TLS is required unless --insecure)")
+    g.add_argument("--tls-ca", metavar="FILE", help="cluster CA certificate (PEM); sets tls.ca")
+    g.add_argument("--tls-cert", metavar="FILE", help="this component's certificate (PEM); sets tls.cert")
+    g.add_argument("--tls-key", metavar="FILE", help="this component's private key (PEM); sets tls.key")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext, unauthenticated connections (local tests only; logged at every start)",
+    )
+
+
+def tls_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides (dotted paths) from :func:`add_tls_flags`; unset flags are None (ignored)."""
+    return {
+        "tls.ca": args.tls_ca,
+        "tls.cert": args.tls_cert,
+        "tls.key": args.tls_key,
+        "insecure": args.insecure,
+    }
+
+
+def open_transport(
+    tls: TLSConfig | None, *, role: str, ident: str | None, log: logging.Logger
+) -> CertFiles | None:
+    """At every daemon start: the checked TLS files, or None for an insecure daemon (logs a warning).
+
+    Refuses (ConfigError) a missing, expired or not-yet-valid certificate, and one that does not
+    name this component (role ``role``, and id ``ident`` unless None): its peers would refuse it.
+    """
+    if tls is None:
+        log.warning(INSECURE_WARNING)
+        return None
+    from domainos.security import check_usable
+
+    files = tls.files()
+    who = check_usable(files)
+    if who is None or who.role != role or (ident is not None and who.id != ident):
+        want = f"{role}/{ident}" if ident is not None else f"role {role}"
+        named = f"names {who}" if who is not None else "names no DomainOS identity"
+        raise ConfigError(
+            f"certificate {files.cert} {named}, but this component needs one for {want}; issue it with "
+            f"`domainctl certs issue --role {role} --id {ident or 'ID'}`",
+            field="tls.cert",
+        )
+    return files
 
 
 def load_yaml(path: str | pathlib.Path) -> Any:

@@ -11,6 +11,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+#: Longest message an error carries. Messages quote the offending value, which a hostile request
+#: can make megabytes long; the message becomes a gRPC status (whose trailer a client refuses past
+#: 16 KiB, hiding the real status behind "metadata size exceeds hard limit") and a log line.
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS, note: str = "") -> str:
+    """``text`` itself, or its start and end around ``note`` (default: how much was cut)."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    head = max(0, limit - tail - 40)
+    end = text[len(text) - tail :]
+    return f"{text[:head]} ...[{note or f'{len(text) - head - tail} characters cut'}]... {end}"
+
 
 class DomainOSError(Exception):
     """Root of every error DomainOS raises on purpose."""
@@ -21,6 +36,7 @@ class DomainOSError(Exception):
     exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
+        message = clip(message)
         self.message = message
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)

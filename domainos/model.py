@@ -16,6 +16,7 @@ This module imports no server package (``master_domain``, ``sub_domain``, ``node
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from google.protobuf import json_format
 
 from domainos.api.v1 import common_pb2
 from domainos.errors import InvalidArgument
-from domainos.resources import Resources
+from domainos.resources import MAX_CPUS, MAX_GPUS, MAX_MEMORY, Resources, format_memory
 
 MAX_TASK_INDEX = 1_000_000
 MAX_ATTEMPT = 1_000_000
@@ -402,6 +403,14 @@ class NodeInventory:
             raise InvalidArgument(
                 f"must not be negative, got {a.describe()}", field=field_path(path, "allocatable")
             )
+        # The sub-domain sums every node's into int64 summary fields: bounded per node, no sum
+        # over the largest max_nodes can overflow.
+        if a.cpu_millis > MAX_CPUS * 1000 or a.memory_bytes > MAX_MEMORY or a.gpus > MAX_GPUS:
+            raise InvalidArgument(
+                f"too large for one node: at most cpus={MAX_CPUS} memory={format_memory(MAX_MEMORY)} "
+                f"gpus={MAX_GPUS}, got {a.describe()}",
+                field=field_path(path, "allocatable"),
+            )
         if a.gpus > len(self.gpus):
             raise InvalidArgument(
                 f"allocatable.gpus={a.gpus} but the node lists {len(self.gpus)} GPU devices",
@@ -449,6 +458,17 @@ class NodeInventory:
         return cls.from_proto(json_format.ParseDict(data, common_pb2.NodeInventory()))
 
 
+#: Most power one GPU may report drawing (the largest draw about 1.5 kW): more is a broken sensor.
+MAX_GPU_POWER_W = 100_000.0
+
+
+def _reading(value: float, field: str, lowest: float, highest: float) -> None:
+    if not (math.isfinite(value) and lowest <= value <= highest):
+        raise InvalidArgument(
+            f"must be a finite number between {lowest:g} and {highest:g}, got {value}", field=field
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class GpuUsage:
     index: int
@@ -458,7 +478,16 @@ class GpuUsage:
     power_w: float = 0.0
 
     @classmethod
-    def from_proto(cls, msg: common_pb2.GpuUsage) -> GpuUsage:
+    def from_proto(cls, msg: common_pb2.GpuUsage, path: str = "gpu") -> GpuUsage:
+        """Validated: readings are finite, and power and memory are not negative (they are summed
+        into the sub-domain's aggregates, where one NaN would stay forever)."""
+        _reading(msg.utilization_percent, field_path(path, "utilization_percent"), 0.0, 100_000.0)
+        _reading(msg.temperature_c, field_path(path, "temperature_c"), -1000.0, 100_000.0)
+        _reading(msg.power_w, field_path(path, "power_w"), 0.0, MAX_GPU_POWER_W)
+        if msg.memory_used_bytes < 0:
+            raise InvalidArgument(
+                f"must be >= 0, got {msg.memory_used_bytes}", field=field_path(path, "memory_used_bytes")
+            )
         return cls(msg.index, msg.utilization_percent, msg.memory_used_bytes, msg.temperature_c, msg.power_w)
 
     def to_proto(self) -> common_pb2.GpuUsage:
@@ -485,11 +514,20 @@ class NodeUsage:
         return sum(g.power_w for g in self.gpus)
 
     @classmethod
-    def from_proto(cls, msg: common_pb2.NodeUsage) -> NodeUsage:
+    def from_proto(cls, msg: common_pb2.NodeUsage, path: str = "usage") -> NodeUsage:
+        """Validated (see :meth:`GpuUsage.from_proto`)."""
+        _reading(msg.cpu_percent, field_path(path, "cpu_percent"), 0.0, 100_000.0)
+        _reading(msg.load1, field_path(path, "load1"), 0.0, 1e9)
+        if msg.memory_used_bytes < 0:
+            raise InvalidArgument(
+                f"must be >= 0, got {msg.memory_used_bytes}", field=field_path(path, "memory_used_bytes")
+            )
         return cls(
             cpu_percent=msg.cpu_percent,
             memory_used_bytes=msg.memory_used_bytes,
-            gpus=tuple(GpuUsage.from_proto(g) for g in msg.gpus),
+            gpus=tuple(
+                GpuUsage.from_proto(g, f"{field_path(path, 'gpus')}[{i}]") for i, g in enumerate(msg.gpus)
+            ),
             load1=msg.load1,
         )
 

@@ -7,11 +7,12 @@ Domain errors become gRPC status codes in exactly one place (:func:`rpc_method` 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
@@ -19,9 +20,11 @@ import grpc.aio
 from domainos.errors import (
     DeadlineExceeded,
     DomainOSError,
+    InvalidArgument,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    clip,
     error_from_status,
 )
 from domainos.security._pki import CertFiles, Identity, check_usable
@@ -106,8 +109,93 @@ class _ReloadingServerCerts:
         return cfg
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse (corrupt wire format, a string that is
+    not UTF-8), so that it is refused with INVALID_ARGUMENT; gRPC itself would answer UNKNOWN
+    "Unexpected DecodeError"."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # protobuf's DecodeError
+            return _Malformed(str(exc))
+
+    return deserialize
+
+
+async def _refuse(context: Any, bad: _Malformed) -> NoReturn:
+    await abort_with(context, InvalidArgument(f"the request is not a valid message: {bad.error}"))
+
+
+async def _guarded(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    async for msg in requests:
+        if isinstance(msg, _Malformed):
+            await _refuse(context, msg)
+        yield msg
+
+
+class _GuardedContext:
+    """A stream's servicer context whose ``read()`` refuses a message that did not parse."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    async def read(self) -> Any:
+        msg = await self._context.read()
+        if isinstance(msg, _Malformed):
+            await _refuse(self._context, msg)
+        return msg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class _MalformedRequests(_Interceptor):
+    """Outermost interceptor of every DomainOS server: unparsable requests get INVALID_ARGUMENT."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            unary_inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                if isinstance(request, _Malformed):
+                    await _refuse(context, request)
+                return await unary_inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=parse, response_serializer=handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            stream_inner = handler.stream_stream
+
+            async def bidi(requests: AsyncIterator[Any], context: Any) -> Any:
+                return await stream_inner(_guarded(requests, context), _GuardedContext(context))
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi, request_deserializer=parse, response_serializer=handler.response_serializer
+            )
+        return handler  # DomainOS has no unary-stream or stream-unary methods
+
+
 def create_server(interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] | None = None) -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_MalformedRequests(), *(interceptors or [])])
 
 
 def bind(server: grpc.aio.Server, address: str, tls: CertFiles | None = None) -> int:
@@ -149,6 +237,44 @@ def create_sync_channel(address: str, tls: CertFiles | None = None) -> grpc.Chan
     if tls is None:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     return grpc.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
+
+
+class TLSRefusals:
+    """Why TLS peers refuse this component: :func:`~domainos.security.diagnose_tls`, logged once per reason.
+
+    A refused handshake reaches gRPC callers only as UNAVAILABLE ("Socket closed"); a daemon that
+    keeps reconnecting calls :meth:`explain` after such a failure, so an expired or foreign
+    certificate shows in its log as a sentence (once, not on every retry).
+    """
+
+    _MAX_REMEMBERED = 64
+
+    def __init__(self, files: CertFiles, logger: logging.Logger, what: str = "peer") -> None:
+        self.files = files
+        self._log = logger
+        self._what = what
+        self._seen: dict[str, None] = {}
+
+    def note(self, address: str, reason: str) -> None:
+        """Log ``reason`` (a WARNING) unless it was logged before."""
+        if reason in self._seen:
+            return
+        if len(self._seen) >= self._MAX_REMEMBERED:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[reason] = None
+        self._log.warning("TLS connection to %s %s refused: %s", self._what, address, reason)
+
+    async def explain(self, address: str) -> str | None:
+        """Diagnose ``address`` (a short TLS handshake, in a thread); the reason, logged once, or None."""
+        from domainos.security import diagnose_tls
+
+        try:
+            reason = await asyncio.to_thread(diagnose_tls, address, self.files)
+        except (OSError, ValueError) as exc:  # unreadable files mid-rotation, bad address
+            reason = f"cannot check the TLS files: {exc}"
+        if reason:
+            self.note(address, reason)
+        return reason
 
 
 def peer_identity(context: Any) -> Identity | None:
@@ -203,9 +329,30 @@ def translate_rpc_error(
     return error_from_status(name, details)
 
 
+#: Most bytes of a status message on the wire. gRPC percent-encodes it (a 4-byte character becomes
+#: 12 bytes) and a client drops a response whose trailers pass 8 KiB (soft limit, at random) or
+#: 16 KiB, reporting RESOURCE_EXHAUSTED "metadata size exceeds ..." instead of the real status.
+MAX_STATUS_DETAILS_BYTES = 4096
+
+
+def _wire_size(text: str) -> int:
+    """Length of ``text`` as gRPC sends it in ``grpc-message`` (percent-encoded UTF-8)."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode("utf-8", "replace"))
+
+
+def status_details(text: str) -> str:
+    """``text`` clipped (start and end kept) to fit :data:`MAX_STATUS_DETAILS_BYTES` on the wire."""
+    limit = len(text)
+    clipped = text
+    while _wire_size(clipped) > MAX_STATUS_DETAILS_BYTES and limit > 0:
+        limit = limit * 3 // 4
+        clipped = clip(text, limit, "cut to fit a gRPC status")
+    return clipped
+
+
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DomainOSError) -> NoReturn:
     """The one server-side choke point from DomainOS errors to gRPC status codes."""
-    await context.abort(grpc.StatusCode[err.code], str(err))
+    await context.abort(grpc.StatusCode[err.code], status_details(str(err)))
     raise AssertionError("unreachable")  # context.abort raises
 
 

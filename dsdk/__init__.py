@@ -9,38 +9,52 @@
 
 from domainos.jobspec import JobSpec, RetryPolicy, parse_spec, parse_spec_yaml
 from domainos.resources import Resources
+from domainos.security import CertFiles as TLSFiles
 
-from ._address import domainos_home, resolve_address, state_file
+from ._address import domainos_home, resolve_address, resolve_tls, state_file
+from ._admin import AuditEntry, NewToken, Principal, Tenant, TokenInfo
 from ._client import Client, connect
+from ._credentials import credentials_file, parse_ttl, save_token, token_for
 from ._retry import Retry
 from ._spec import as_spec, load_spec_file
 from ._types import ClusterInfo, Job, JobState, Node, NodeList, Region, SubDomain, Task, TaskLog, TaskState
 from .errors import DomainOSError, WaitTimeout
 
 __all__ = [
+    "AuditEntry",
     "Client",
     "ClusterInfo",
     "DomainOSError",
     "Job",
     "JobSpec",
     "JobState",
+    "NewToken",
     "Node",
     "NodeList",
+    "Principal",
     "Region",
     "Resources",
     "Retry",
     "RetryPolicy",
     "SubDomain",
+    "TLSFiles",
     "Task",
     "TaskLog",
     "TaskState",
+    "Tenant",
+    "TokenInfo",
     "WaitTimeout",
     "as_spec",
     "connect",
+    "credentials_file",
     "domainos_home",
     "load_spec_file",
     "parse_spec",
     "parse_spec_yaml",
+    "parse_ttl",
     "resolve_address",
+    "resolve_tls",
+    "save_token",
     "state_file",
+    "token_for",
 ]

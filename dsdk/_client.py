@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
 from domainos.clock import Clock, SystemClock
-from domainos.errors import InvalidArgument
+from domainos.errors import InvalidArgument, Unavailable
 from domainos.ids import new_request_id
 from domainos.jobspec import JobSpec
-from domainos.rpc import CHANNEL_OPTIONS, TLSFiles, translate_rpc_error
+from domainos.rpc import TLSFiles, create_sync_channel, translate_rpc_error
 
-from ._address import resolve_address
+from ._address import resolve_address, resolve_tls
+from ._admin import ROLE_NUMBERS, AuditEntry, NewToken, Principal, Tenant, TokenInfo
+from ._credentials import check_token_text, parse_ttl, token_for
 from ._retry import Retry, call_with_retry
 from ._spec import SpecLike, as_spec
 from ._types import ClusterInfo, Job, JobState, Node, NodeList, Region, TaskLog
@@ -32,11 +35,6 @@ MAX_LOG_BYTES = 64 * 1024 * 1024
 _LIST_PAGE = 500
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class Client:
     """A connection to a DomainOS master.
 
@@ -44,6 +42,12 @@ class Client:
     place. Calls the master could not take (UNAVAILABLE) are retried per ``retry`` with the
     injectable ``sleep``; a submit or cancel is retried with the same request id, so a retry can
     never run a job twice.
+
+    The connection is mutual TLS: ``tls`` names the CA, certificate and key, else they are found
+    as :func:`dsdk.resolve_tls` says (environment, the local federation, ``~/.domainos/pki``).
+    ``insecure=True`` (or ``DOMAINOS_INSECURE=1``) talks plaintext to a master run with
+    ``insecure: true``. ``home`` replaces ``$DOMAINOS_HOME`` in that search. When the master refuses this client's certificate, the error says why
+    (expired, signed by another CA, ...).
     """
 
     def __init__(
@@ -52,6 +56,9 @@ class Client:
         *,
         timeout: float = 5.0,
         tls: TLSFiles | None = None,
+        insecure: bool = False,
+        home: str | os.PathLike[str] | None = None,
+        token: str | None = None,
         retry: Retry | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Clock | None = None,
@@ -63,13 +70,15 @@ class Client:
         self.retry = retry or Retry()
         self._sleep = sleep
         self._clock: Clock = clock or SystemClock()
-        if tls is None:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        else:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
-            )
-            self._channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+        #: The TLS files in use; None when talking plaintext (insecure).
+        self.tls: TLSFiles | None = resolve_tls(tls, insecure=insecure, address=address, home=home)
+        # The bearer token sent with every call: ``token``, else $DOMAINOS_TOKEN, else the
+        # credentials file's entry for this address (or its default). None: no token is sent.
+        bearer = token if token is not None else token_for(address, home=home)
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {check_token_text(bearer)}"),) if bearer else None
+        )
+        self._channel = create_sync_channel(address, self.tls)
         self._stub: Any = master_pb2_grpc.DomainControlStub(self._channel)
         self._closed = False
 
@@ -82,11 +91,28 @@ class Client:
 
         def once() -> Any:
             try:
-                return rpc(request, timeout=deadline)
+                return rpc(request, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as exc:
                 raise translate_rpc_error(exc, self.address) from exc
 
-        return call_with_retry(once, self.retry, self._sleep, what=f"{method} to {self.address}")
+        try:
+            return call_with_retry(once, self.retry, self._sleep, what=f"{method} to {self.address}")
+        except Unavailable as exc:
+            reason = self._tls_refusal()
+            if reason is None:
+                raise
+            raise Unavailable(f"cannot reach the DomainOS master at {self.address}: {reason}") from exc
+
+    def _tls_refusal(self) -> str | None:
+        """Why the master refuses this client's TLS identity (gRPC only says "Socket closed")."""
+        if self.tls is None:
+            return None
+        from domainos.security import diagnose_tls
+
+        try:
+            return diagnose_tls(self.address, self.tls)
+        except (OSError, ValueError):  # unreadable files, an address ssl cannot dial
+            return None
 
     def close(self) -> None:
         """Close the channel (idempotent)."""
@@ -277,6 +303,97 @@ class Client:
             self._call("GetClusterInfo", master_pb2.GetClusterInfoRequest()), self.address
         )
 
+    # -- identity, tenants, tokens, audit -------------------------------------------------------
+
+    def whoami(self) -> Principal:
+        """Who the master takes this client for: role, tenant, token id, certificate."""
+        from domainos.api.v1 import master_pb2
+
+        return Principal.from_proto(self._call("WhoAmI", master_pb2.WhoAmIRequest()))
+
+    def create_tenant(
+        self, name: str, *, labels: Mapping[str, str] | None = None, request_id: str | None = None
+    ) -> Tenant:
+        """Create a tenant (admins). A retry with the same ``request_id`` returns it again."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.CreateTenantRequest(
+            name=name, labels=dict(labels or {}), request_id=request_id or new_request_id()
+        )
+        return Tenant.from_proto(self._call("CreateTenant", request))
+
+    def tenants(self) -> list[Tenant]:
+        """Every tenant (admins)."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call("ListTenants", master_pb2.ListTenantsRequest())
+        return [Tenant.from_proto(t) for t in reply.tenants]
+
+    def create_token(
+        self,
+        *,
+        tenant: str = "",
+        role: str = "user",
+        ttl: float | str | None = None,
+        description: str = "",
+        request_id: str | None = None,
+    ) -> NewToken:
+        """Create a token (admins): ``role`` user (needs ``tenant``) or admin; ``ttl`` in seconds or
+        ``"30d"``/``"12h"``/``"90m"`` (None: never expires). The secret is in the result only."""
+        from domainos.api.v1 import master_pb2
+
+        if role not in ROLE_NUMBERS:
+            raise InvalidArgument(f"unknown role {role!r}; allowed: user, admin", field="role")
+        request = master_pb2.CreateTokenRequest(
+            tenant=tenant,
+            role=f"ROLE_{role.upper()}",
+            ttl_seconds=0.0 if ttl is None else parse_ttl(ttl),
+            description=description,
+            request_id=request_id or new_request_id(),
+        )
+        reply = self._call("CreateToken", request)
+        return NewToken(info=TokenInfo.from_proto(reply.info), token=reply.token)
+
+    def tokens(self, tenant: str | None = None, *, include_revoked: bool = False) -> list[TokenInfo]:
+        """Tokens (admins), oldest first; revoked ones only with ``include_revoked``."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call(
+            "ListTokens", master_pb2.ListTokensRequest(tenant=tenant or "", include_revoked=include_revoked)
+        )
+        return [TokenInfo.from_proto(t) for t in reply.tokens]
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        """Revoke a token (admins; idempotent). It stops working at once."""
+        from domainos.api.v1 import master_pb2
+
+        token_id = token_id.strip()
+        if token_id.startswith("dos_"):  # a whole token was pasted: use its id, never send the secret
+            token_id = token_id[4:16]
+        reply = self._call(
+            "RevokeToken", master_pb2.RevokeTokenRequest(token_id=token_id, request_id=new_request_id())
+        )
+        return TokenInfo.from_proto(reply)
+
+    def audit(self, limit: int = 100, *, since: float | None = None) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries (admins), newest first; ``since``: unix seconds."""
+        from domainos.api.v1 import master_pb2
+
+        if limit < 1:
+            raise InvalidArgument(f"must be at least 1, got {limit}", field="limit")
+        out: list[AuditEntry] = []
+        token = ""
+        while len(out) < limit:
+            request = master_pb2.ReadAuditRequest(
+                limit=min(1000, limit - len(out)), page_token=token, since=since or 0.0
+            )
+            reply = self._call("ReadAudit", request)
+            out.extend(AuditEntry.from_proto(e) for e in reply.entries)
+            token = reply.next_page_token
+            if not token or not reply.entries:
+                break
+        return out[:limit]
+
 
 def _job_id(job_id: str) -> str:
     job_id = job_id.strip() if isinstance(job_id, str) else ""
@@ -290,6 +407,9 @@ def connect(
     *,
     timeout: float = 5.0,
     tls: TLSFiles | None = None,
+    insecure: bool = False,
+    home: str | os.PathLike[str] | None = None,
+    token: str | None = None,
     retry: Retry | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Client:
@@ -299,5 +419,23 @@ def connect(
     ``domainctl up`` (``$DOMAINOS_HOME``/``~/.domainos`` ``local/cluster.json``); raises
     :class:`~domainos.errors.Unavailable` when none is found. The channel connects lazily:
     an unreachable master surfaces on the first call.
+
+    Mutual TLS with ``tls``, else ``$DOMAINOS_TLS_CA``/``_CERT``/``_KEY``, else the local
+    federation's files, else ``~/.domainos/pki`` (``domainctl certs init``); raises
+    :class:`~domainos.errors.ConfigError` saying how to get them when none is found.
+    ``insecure=True`` or ``DOMAINOS_INSECURE=1``: plaintext. ``home`` (a DomainOS home directory)
+    replaces ``$DOMAINOS_HOME`` in both searches.
+
+    The bearer token is ``token``, else ``$DOMAINOS_TOKEN``, else the credentials file
+    (``<home>/credentials``, written by ``domainctl login``) for this address or its default.
     """
-    return Client(resolve_address(address), timeout=timeout, tls=tls, retry=retry, sleep=sleep)
+    return Client(
+        resolve_address(address, home=home),
+        timeout=timeout,
+        tls=tls,
+        insecure=insecure,
+        home=home,
+        token=token,
+        retry=retry,
+        sleep=sleep,
+    )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from domainos.config import load, parse_set_flags
+from domainos.config import add_tls_flags, load, parse_set_flags, tls_overrides
 from domainos.daemon import run, setup_logging
 from domainos.errors import DomainOSError, InvalidArgument
 from master_domain._config import MasterConfig
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", default=[], help="override any config field"
     )
+    add_tls_flags(p)
     return p
 
 
@@ -35,17 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         overrides = parse_set_flags(args.set)
-        overrides.update(
-            {
-                "id": args.id,
-                "listen": args.listen,
-                "advertise": args.advertise,
-                "store": args.store,
-                "metrics_listen": args.metrics_listen,
-                "log_level": args.log_level,
-                "log_format": args.log_format,
-            }
-        )
+        flags = {
+            "id": args.id,
+            "listen": args.listen,
+            "advertise": args.advertise,
+            "store": args.store,
+            "metrics_listen": args.metrics_listen,
+            "log_level": args.log_level,
+            "log_format": args.log_format,
+            **tls_overrides(args),
+        }
+        overrides.update({k: v for k, v in flags.items() if v is not None})  # unset flags keep --set
         config = load(MasterConfig, args.config, overrides)
     except InvalidArgument as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from domainos.config import check_address
+from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -39,6 +39,19 @@ class MasterConfig:
     subdomain_lost_grace_s: float = 30.0
     #: Largest page ``ListJobs`` returns (and its default).
     max_jobs_listed: int = 500
+    #: When set and the store holds no usable admin token, the master mints one at start and
+    #: writes it (``dos_...``) to this file with mode 0600; the secret is never logged.
+    bootstrap_token_file: str = ""
+    #: The audit log keeps about this many newest entries (pruned in batches).
+    audit_max_entries: int = 100_000
+    #: Requests per second each principal may make to DomainControl (0 = unlimited) ...
+    rate_limit_per_s: float = 200.0
+    #: ... with bursts of up to this many.
+    rate_limit_burst: int = 400
+    #: Mutual TLS (the cluster CA, this master's certificate and key); required unless ``insecure``.
+    tls: TLSConfig | None = None
+    #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
+    insecure: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
@@ -77,3 +90,17 @@ class MasterConfig:
             raise ConfigError(
                 f"must be between 1 and 100000, got {self.max_jobs_listed}", field="max_jobs_listed"
             )
+        if not 1 <= self.audit_max_entries <= 100_000_000:
+            raise ConfigError(
+                f"must be between 1 and 100000000, got {self.audit_max_entries}", field="audit_max_entries"
+            )
+        if not 0 <= self.rate_limit_per_s <= 1_000_000:
+            raise ConfigError(
+                f"must be between 0 (unlimited) and 1000000, got {self.rate_limit_per_s}",
+                field="rate_limit_per_s",
+            )
+        if not 1 <= self.rate_limit_burst <= 10_000_000:
+            raise ConfigError(
+                f"must be between 1 and 10000000, got {self.rate_limit_burst}", field="rate_limit_burst"
+            )
+        check_transport(self.tls, self.insecure)

@@ -108,14 +108,25 @@ def parse_place_command_id(command_id: str) -> model.TaskRef | None:
     return model.TaskRef(parts[0], int(parts[1]), int(parts[2]))
 
 
-def place_task_command(ref: model.TaskRef, spec: JobSpec, master_address: str) -> subdomain_pb2.MasterCommand:
+#: The variable that carries a task's job-scoped credential (set by the master only).
+TOKEN_ENV = "DOMAINOS_TOKEN"
+
+
+def place_task_command(
+    ref: model.TaskRef, spec: JobSpec, master_address: str, token: str = ""
+) -> subdomain_pb2.MasterCommand:
+    """``token`` is the job's own credential; it becomes the task's ``DOMAINOS_TOKEN``."""
+    env = dict(spec.env)
+    env.pop(TOKEN_ENV, None)
+    if token:
+        env[TOKEN_ENV] = token
     return subdomain_pb2.MasterCommand(
         place_task=subdomain_pb2.PlaceTask(
             command_id=place_command_id(ref),
             spec=model.TaskSpec(
                 ref=ref,
                 command=tuple(spec.command),
-                env=spec.env,
+                env=env,
                 resources=spec.resources,
                 tenant=spec.tenant,
                 master_address=master_address,

@@ -191,6 +191,13 @@ class Job:
     tasks: list[Task] = field(default_factory=list)
     cancel_requested: bool = False
     misdispatches: int = 0
+    #: Who submitted it (``token:<id>``, see :class:`master_domain._auth.Principal`).
+    created_by: str = ""
+    #: The job-scoped credential (``dos_...``) its tasks get as ``DOMAINOS_TOKEN``, and its id.
+    #: Kept in the record so tasks placed after a master restart get it too; as sensitive as the
+    #: job itself. Dropped from the record once the job is finished (the token is revoked then).
+    token: str = ""
+    token_id: str = ""
     #: Bumped on every change that must be persisted (not stored).
     version: int = 0
     #: Number of tasks in each state, kept in step with ``tasks`` (not stored).
@@ -224,6 +231,9 @@ class Job:
             "finished_at": self.finished_at,
             "cancel_requested": self.cancel_requested,
             "misdispatches": self.misdispatches,
+            "created_by": self.created_by,
+            "token": "" if self.terminal else self.token,
+            "token_id": self.token_id,
             "tasks": [t.to_list(with_message=task_messages) for t in self.tasks],
         }
 
@@ -242,6 +252,9 @@ class Job:
             tasks=tasks,
             cancel_requested=bool(data.get("cancel_requested", False)),
             misdispatches=int(data.get("misdispatches", 0)),
+            created_by=str(data.get("created_by", "")),
+            token=str(data.get("token", "")),
+            token_id=str(data.get("token_id", "")),
         )
         job.counts = Counter(t.state for t in tasks)
         return job

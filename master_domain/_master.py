@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import json
 import logging
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -26,10 +27,13 @@ import grpc.aio
 import domainos
 from domainos.api.v1 import common_pb2, master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
 from domainos.clock import Clock, SystemClock
+from domainos.config import open_transport
 from domainos.errors import (
+    AlreadyExists,
     DomainOSError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     StoreError,
     Unavailable,
 )
@@ -37,10 +41,13 @@ from domainos.ids import new_job_id, new_request_id
 from domainos.jobspec import JobSpec
 from domainos.model import TaskRef
 from domainos.rpc import bind, create_server
-from domainos.store import MAX_VALUE_BYTES, AsyncStore, absent, open_store, put_op
+from domainos.store import MAX_VALUE_BYTES, AsyncStore, Op, absent, open_store, put_op
 from domainos.topology import check_name
+from master_domain._audit import AuditLog
+from master_domain._auth import Principal, Role, TokenRecord, contains_token
 from master_domain._config import MasterConfig
 from master_domain._convert import (
+    TOKEN_ENV,
     ack_tasks_command,
     parse_place_command_id,
     place_task_command,
@@ -69,8 +76,10 @@ from master_domain._jobs import (
 )
 from master_domain._metrics import MasterMetrics, MasterStats
 from master_domain._placement import NoFit, Placer, check_fits_federation
+from master_domain._ratelimit import RateLimiter
 from master_domain._registry import Registry, Session, SubdomainRecord
-from master_domain._summary import Summary
+from master_domain._summary import MAX_NODES, Summary
+from master_domain._tenants import SYSTEM_TENANT, Directory, token_key
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,16 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def _key(prefix: str, name: str) -> str:
     return prefix + name
+
+
+def job_tenant(job: Job) -> str:
+    """The tenant a job belongs to (records from before tenants belong to ``system``)."""
+    return job.spec.tenant or SYSTEM_TENANT
+
+
+def _job_not_found(job_id: str) -> NotFound:
+    # The same words whether the job does not exist or belongs to someone the caller may not see.
+    return NotFound(f"job {job_id} not found", field="job_id")
 
 
 class MasterDomain:
@@ -115,7 +134,13 @@ class MasterDomain:
         self._finished_counts: Counter[JobState] = Counter()
         self._finished_cache: OrderedDict[str, Job] = OrderedDict()
         self._dirty: dict[str, None] = {}
+        # job id -> (tenant, submitted by) of every job ever seen: ListJobs filters by it.
+        self._owners: dict[str, tuple[str, str]] = {}
         self._store: AsyncStore | None = None
+        self._directory: Directory | None = None
+        self._audit: AuditLog | None = None
+        #: Requests per principal on DomainControl (checked by the service's gate).
+        self.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst, clock=self._clock)
         self._server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
@@ -149,16 +174,22 @@ class MasterDomain:
         self._started_at = self._clock.time()
         self._started_mono = self._clock.monotonic()
         try:
+            tls = open_transport(self.config.tls, role="master", ident=None, log=log)
             store = await asyncio.to_thread(open_store, self.config.store)
             self._store = AsyncStore(store)
             await self._load()
+            await self._open_auth()
             # Imported here: the servicers call back into this class.
-            from master_domain._service import DomainControlServicer, SubDomainGatewayServicer
+            from master_domain._service import (
+                DomainControlGate,
+                DomainControlServicer,
+                SubDomainGatewayServicer,
+            )
 
-            server = create_server()
+            server = create_server([DomainControlGate(self)])
             subdomain_pb2_grpc.add_SubDomainGatewayServicer_to_server(SubDomainGatewayServicer(self), server)
             master_pb2_grpc.add_DomainControlServicer_to_server(DomainControlServicer(self), server)
-            port = bind(server, self.config.listen)
+            port = bind(server, self.config.listen, tls)
             self._server = server
             await server.start()
             host = self.config.listen.rpartition(":")[0]
@@ -227,10 +258,50 @@ class MasterDomain:
             self._wake.set()
 
     @property
+    def secure(self) -> bool:
+        """True when callers are authenticated by mutual TLS (False only with ``insecure: true``)."""
+        return self.config.tls is not None
+
+    @property
     def store(self) -> AsyncStore:
         if self._store is None:
             raise Unavailable("the master's store is not open")
         return self._store
+
+    @property
+    def directory(self) -> Directory:
+        """Tenants and tokens."""
+        if self._directory is None:
+            raise Unavailable("the master's store is not open")
+        return self._directory
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            raise Unavailable("the master's store is not open")
+        return self._audit
+
+    async def _open_auth(self) -> None:
+        """Tenants, tokens and the audit log; the bootstrap admin token when configured."""
+        self._directory = Directory(self.store, self._clock)
+        self._audit = AuditLog(
+            self.store, self._clock, max_entries=self.config.audit_max_entries, spawn=self._spawn
+        )
+        await self._audit.load()
+        await self._directory.ensure_tenant(SYSTEM_TENANT, "master")
+        path = self.config.bootstrap_token_file
+        if path:
+            token_id = await self._directory.bootstrap(path)
+            if token_id is None:
+                log.info("an admin token exists already; %s was not written", path)
+            else:
+                log.info(
+                    "created the bootstrap admin token %s and wrote it to %s (mode 0600)", token_id, path
+                )
+
+    def job_active(self, job_id: str) -> bool:
+        """A job-scoped token is good only while its job is in the active table."""
+        return job_id in self._jobs
 
     async def _load(self) -> None:
         """Rebuild memory from the store: registry, then every job (active ones in full)."""
@@ -249,6 +320,7 @@ class MasterDomain:
                 log.error("skipping unreadable job record %s: %s", kv.key, exc)
                 continue
             self._ids.append(job.job_id)
+            self._owners[job.job_id] = (job_tenant(job), job.created_by)
             if job.state in TERMINAL_JOB_STATES:
                 self._finished_state[job.job_id] = job.state
                 self._finished_counts[job.state] += 1
@@ -281,7 +353,9 @@ class MasterDomain:
             for e in effects:
                 if isinstance(e, PlaceTask):
                     if ok:  # else: the placement times out and is redone
-                        self._send(e.subdomain_id, place_task_command(e.ref, e.spec, self.advertise))
+                        job = self._jobs.get(e.ref.job_id)
+                        token = job.token if job is not None else ""
+                        self._send(e.subdomain_id, place_task_command(e.ref, e.spec, self.advertise, token))
                 elif isinstance(e, StopTask):
                     self._send(e.subdomain_id, stop_task_command(e.ref, e.reason))
                 elif isinstance(e, AckTasks) and ok:  # else: the sub-domain re-sends them
@@ -290,6 +364,15 @@ class MasterDomain:
                 for job_id in done:
                     self._retire(job_id)
             return ok
+
+    async def _revoke_job_token(self, job: Job) -> None:
+        """The job is over: its credential stops working (it already did: see job_active)."""
+        if not job.token_id or self._directory is None:
+            return
+        try:
+            await self._directory.revoke(job.token_id)
+        except DomainOSError as exc:
+            log.warning("could not revoke token %s of finished job %s: %s", job.token_id, job.job_id, exc)
 
     async def _flush(self) -> None:
         """Write every dirty job's current record (one writer at a time: the commit lock)."""
@@ -311,6 +394,8 @@ class MasterDomain:
         job = self._jobs.retire(job_id)
         if job is None:
             return
+        if job.token_id:
+            self._spawn(self._revoke_job_token(job), f"revoke-token-{job_id}")
         self._finished_state[job_id] = job.state
         self._finished_counts[job.state] += 1
         self._cache_finished(job)
@@ -415,7 +500,18 @@ class MasterDomain:
         check_name(sd, "hello.subdomain_id")
         if hello.region:
             check_name(hello.region, "hello.region")
-        summary = Summary.from_proto(hello.summary)
+        # Kept in the registry (and the store) after the stream ends, and shown by ListDomains.
+        if not 0 <= hello.max_nodes <= MAX_NODES:
+            raise InvalidArgument(
+                f"must be between 0 and {MAX_NODES}, got {hello.max_nodes}", field="hello.max_nodes"
+            )
+        for name, most in (("address", 255), ("incarnation", 128)):
+            if len(getattr(hello, name)) > most:
+                raise InvalidArgument(
+                    f"must be at most {most} characters, got {len(getattr(hello, name))}",
+                    field=f"hello.{name}",
+                )
+        summary = Summary.from_proto(hello.summary, "hello.summary")
         session = Session(sd, hello.incarnation, peer)
         rec = self._registry.connect(
             session, region=hello.region, address=hello.address, max_nodes=hello.max_nodes, summary=summary
@@ -488,7 +584,7 @@ class MasterDomain:
             if msg.summary.incarnation and msg.summary.incarnation != session.incarnation:
                 log.warning("ignoring summary from sub-domain %s with a wrong incarnation", sd)
                 return
-            summary = Summary.from_proto(msg.summary.summary)
+            summary = Summary.from_proto(msg.summary.summary, "summary.summary")
             rec = self._registry.get(sd)
             if self._registry.update_summary(sd, summary) and rec is not None:
                 await self._persist_subdomain(rec)
@@ -529,31 +625,72 @@ class MasterDomain:
 
     # -- the client API --------------------------------------------------------------------------
 
-    async def submit(self, spec_msg: master_pb2.JobSpec, request_id: str) -> tuple[Job, bool]:
-        """Validate and store a job (idempotent by ``request_id``); returns (job, duplicate)."""
+    async def submit(
+        self,
+        spec_msg: master_pb2.JobSpec,
+        request_id: str,
+        *,
+        principal: Principal | None = None,
+        audit: Callable[[Job], Op] | None = None,
+    ) -> tuple[Job, bool]:
+        """Validate and store a job (idempotent by ``request_id``); returns (job, duplicate).
+
+        The job belongs to ``principal``'s tenant (admins: ``spec.tenant``, default ``system``)
+        and gets its own job-scoped token, stored in the same transaction as the job and, when
+        given, the ``audit`` entry. ``principal`` None is the master itself (no restriction).
+        """
         spec = JobSpec.from_proto(spec_msg)
         if request_id and not _REQUEST_ID_RE.match(request_id):
             raise InvalidArgument("must be 1-128 letters, digits, '.', '_', ':' or '-'", field="request_id")
+        if TOKEN_ENV in spec.env:
+            raise InvalidArgument(
+                "is reserved: the master gives every job its own credential in DOMAINOS_TOKEN",
+                field=f"env.{TOKEN_ENV}",
+            )
+        for var, text in spec.env.items():
+            if contains_token(text):  # a person's token must never reach a task
+                raise InvalidArgument(
+                    "holds a DomainOS token; tasks get a credential of their own in DOMAINOS_TOKEN",
+                    field=f"env.{var}",
+                )
+        tenant = await self._submit_tenant(spec.tenant, principal)
+        spec = dataclasses.replace(spec, tenant=tenant)
         rid = request_id or new_request_id()
         req_key = _key(REQUESTS_PREFIX, rid)
         first = await self._job_for_request(req_key)
         if first is not None:
-            return first, True
+            return self._duplicate(first, principal), True
         check_fits_federation(spec.resources, self._registry.summaries())
         job = self._jobs.new_job(new_job_id(), spec, rid)
+        job.created_by = principal.name if principal is not None else ""
+        record, job.token = TokenRecord.mint(
+            Role.JOB,
+            tenant,
+            now=self._clock.time(),
+            created_by=job.created_by,
+            description=f"credential of job {job.job_id}",
+            job_id=job.job_id,
+        )
+        job.token_id = record.token_id
         job_key = _key(JOBS_PREFIX, job.job_id)
         value = json.dumps(job.to_dict(), separators=(",", ":")).encode()
         pointer = json.dumps({"job_id": job.job_id}).encode()
+        ops = [put_op(job_key, value), put_op(req_key, pointer), self.directory.token_op(record)]
+        if audit is not None:
+            ops.append(audit(job))
         result = await self.store.txn(
-            [absent(req_key), absent(job_key)], [put_op(job_key, value), put_op(req_key, pointer)]
+            [absent(req_key), absent(job_key), absent(token_key(record.token_id))], ops
         )
         if not result.succeeded:  # a concurrent retry with the same request id won
             first = await self._job_for_request(req_key)
             if first is None:
                 raise Unavailable("job id collision; retry the request")
-            return first, True
+            return self._duplicate(first, principal), True
+        if audit is not None:
+            self.audit.added()
         self._jobs.add(job)
         bisect.insort(self._ids, job.job_id)
+        self._owners[job.job_id] = (tenant, job.created_by)
         log.info(
             "job %s submitted (request %s): %d x %s",
             job.job_id,
@@ -564,6 +701,30 @@ class MasterDomain:
         self.wake()
         return job, False
 
+    async def _submit_tenant(self, wanted: str, principal: Principal | None) -> str:
+        if principal is None or principal.is_admin:
+            tenant = wanted or SYSTEM_TENANT
+            await self.directory.require_tenant(tenant, "tenant")
+            return tenant
+        if wanted and wanted != principal.tenant:
+            raise PermissionDenied(
+                f"{principal.name} (role {principal.role.value}, tenant {principal.tenant!r}) cannot "
+                f"submit jobs for tenant {wanted!r}; leave tenant empty or set it to {principal.tenant!r}",
+                field="tenant",
+            )
+        return principal.tenant
+
+    def _duplicate(self, first: Job, principal: Principal | None) -> Job:
+        """A retried submit gets its first job, unless that job is not the caller's to see."""
+        if principal is not None and not principal.can_see_job(
+            job_tenant(first), first.job_id, first.created_by
+        ):
+            raise AlreadyExists(
+                "this request id was already used by another request; use a new request id",
+                field="request_id",
+            )
+        return first
+
     async def _job_for_request(self, req_key: str) -> Job | None:
         kv = await self.store.get(req_key)
         if kv is None:
@@ -571,8 +732,21 @@ class MasterDomain:
         job_id = json.loads(kv.value)["job_id"]
         return await self.get_job(job_id)
 
-    async def get_job(self, job_id: str) -> Job:
-        """The job, active or finished; NotFound if no such job."""
+    def visible(self, job_id: str, principal: Principal | None) -> bool:
+        """Whether ``principal`` may know that ``job_id`` exists (None: the master itself)."""
+        if principal is None or principal.is_admin:
+            return True
+        owner = self._owners.get(job_id)
+        return owner is not None and principal.can_see_job(owner[0], job_id, owner[1])
+
+    async def get_job(self, job_id: str, principal: Principal | None = None) -> Job:
+        """The job, active or finished; NotFound if no such job or ``principal`` may not see it."""
+        job = await self._find_job(job_id)
+        if principal is not None and not principal.can_see_job(job_tenant(job), job.job_id, job.created_by):
+            raise _job_not_found(job_id)
+        return job
+
+    async def _find_job(self, job_id: str) -> Job:
         if not job_id:
             raise InvalidArgument("is required", field="job_id")
         job = self._jobs.get(job_id) or self._finished_cache.get(job_id)
@@ -585,12 +759,13 @@ class MasterDomain:
                 if job.job_id not in self._jobs:
                     self._cache_finished(job)
                 return job
-        raise NotFound(f"job {job_id} not found", field="job_id")
+        raise _job_not_found(job_id)
 
     async def list_jobs(
-        self, states: Iterable[JobState], limit: int, page_token: str
+        self, states: Iterable[JobState], limit: int, page_token: str, principal: Principal | None = None
     ) -> tuple[list[Job], str]:
-        """Newest first, optionally filtered by state; returns (jobs, next page token)."""
+        """Newest first, optionally filtered by state, only jobs ``principal`` may see; returns
+        (jobs, next page token)."""
         wanted = set(states)
         if limit < 0:
             raise InvalidArgument(f"must not be negative, got {limit}", field="limit")
@@ -602,7 +777,7 @@ class MasterDomain:
             job_id = self._ids[pos]
             active = self._jobs.get(job_id)
             state = active.state if active is not None else self._finished_state.get(job_id)
-            if state is None or (wanted and state not in wanted):
+            if state is None or (wanted and state not in wanted) or not self.visible(job_id, principal):
                 continue
             ids.append(job_id)
         more = False
@@ -611,25 +786,32 @@ class MasterDomain:
             job_id = self._ids[pos]
             active = self._jobs.get(job_id)
             state = active.state if active is not None else self._finished_state.get(job_id)
-            more = state is not None and (not wanted or state in wanted)
+            more = state is not None and (not wanted or state in wanted) and self.visible(job_id, principal)
         jobs: list[Job] = []
         for job_id in ids:
             with contextlib.suppress(NotFound):
                 jobs.append(await self.get_job(job_id))
         return jobs, (ids[-1] if more and ids else "")
 
-    async def cancel_job(self, job_id: str, reason: str) -> Job:
+    async def cancel_job(self, job_id: str, reason: str, principal: Principal | None = None) -> Job:
         """Stop every task of a job (idempotent; a finished job is returned unchanged)."""
+        found = await self.get_job(job_id, principal)
         job = self._jobs.get(job_id)
         if job is None:
-            return await self.get_job(job_id)
+            return found
         ok = await self._commit(self._jobs.handle(Cancel(job_id, reason)))
         if not ok:
             raise Unavailable("the cancel could not be recorded (store unavailable); retry")
         return job
 
     async def read_logs(
-        self, job_id: str, task_index: int, stream: str, offset: int, max_bytes: int
+        self,
+        job_id: str,
+        task_index: int,
+        stream: str,
+        offset: int,
+        max_bytes: int,
+        principal: Principal | None = None,
     ) -> list[master_pb2.TaskLog]:
         """Fetch a chunk of one task's (or every task's) output from the nodes that ran them."""
         stream = stream or "stdout"
@@ -638,7 +820,7 @@ class MasterDomain:
         if max_bytes < 0:
             raise InvalidArgument(f"must not be negative, got {max_bytes}", field="max_bytes")
         max_bytes = min(max_bytes or MAX_LOG_BYTES, MAX_LOG_BYTES)
-        job = await self.get_job(job_id)
+        job = await self.get_job(job_id, principal)
         n = len(job.tasks)
         if task_index == -1:
             indexes = list(range(n))

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
 
 from domainos.api.v1 import master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
-from domainos.errors import DomainOSError, InvalidArgument
-from domainos.rpc import abort_with, rpc_method
+from domainos.errors import (
+    DomainOSError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from domainos.rpc import abort_with, require_peer, rpc_method
+from domainos.store import Op
+from master_domain._audit import AuditEntry
+from master_domain._auth import LOGIN_HINT, MUTATING, Principal, Role, authorize, bearer_token, parse_token
+from master_domain._auth_tls import check_client_cert
 from master_domain._convert import job_state_from_proto, job_to_proto
 from master_domain._jobs import JobState
 from master_domain._registry import Session
@@ -51,6 +63,8 @@ class SubDomainGatewayServicer(subdomain_pb2_grpc.SubDomainGatewayServicer):  # 
                 InvalidArgument("the first message on a SubDomainGateway stream must be a Hello"),
             )
         try:
+            # Only a sub-domain certificate naming this very sub-domain may open its stream.
+            require_peer(context, "subdomain", first.hello.subdomain_id, secure=self._master.secure)
             session = await self._master.attach(first.hello, context.peer())
         except DomainOSError as err:
             log.warning("refusing sub-domain %r: %s", first.hello.subdomain_id, err)
@@ -88,8 +102,221 @@ class SubDomainGatewayServicer(subdomain_pb2_grpc.SubDomainGatewayServicer):  # 
             session.close()
 
 
+@dataclass
+class Call:
+    """One ``DomainControl`` request as the gate saw it (reachable from the servicer through
+    :func:`current_call`)."""
+
+    method: str
+    peer: str
+    request_id: str = ""
+    #: Set once the caller is authenticated.
+    principal: Principal | None = None
+    #: The token id presented (even when it did not authenticate), for the audit log.
+    claimed: str = ""
+    #: The caller's certificate identity (``client/<id>``); empty on an insecure master.
+    cert: str = ""
+    #: The servicer wrote this call's audit entry in the transaction of its change.
+    audited: bool = False
+
+    @property
+    def who(self) -> str:
+        if self.principal is not None:
+            return self.principal.name
+        if self.claimed:
+            return f"token:{self.claimed}"
+        return f"cert:{self.cert}" if self.cert else "anonymous"
+
+    @property
+    def rate_key(self) -> str:
+        """Whose bucket a request spends: the verified token, else the certificate, else the address."""
+        if self.principal is not None and self.principal.token_id:
+            return self.principal.name
+        if self.cert:
+            return f"cert:{self.cert}"
+        host = self.peer.rpartition(":")[0] if self.peer.count(":") > 1 else self.peer
+        return f"peer:{host}"
+
+
+_CALL: contextvars.ContextVar[Call] = contextvars.ContextVar("domainos_master_call")
+_SERVICE_PREFIX = "/domainos.api.v1.DomainControl/"
+
+
+def current_call() -> Call:
+    """The call being served (set by :class:`DomainControlGate` for the servicer's methods)."""
+    return _CALL.get()
+
+
+def _target(method: str, request: Any, response: Any) -> str:
+    """What a mutating call acted on, for the audit log."""
+    if method == "SubmitJob":
+        if response is not None:
+            return str(response.job.job_id)
+        return f"tenant {request.spec.tenant}" if request.spec.tenant else ""
+    if method == "CreateTenant":
+        return str(request.name)
+    if method == "CreateToken":
+        if response is not None:
+            return str(response.info.token_id)
+        return f"tenant {request.tenant}" if request.tenant else ""
+    return str(getattr(request, "job_id", "") or getattr(request, "token_id", ""))
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class DomainControlGate(_Interceptor):
+    """The one door into ``DomainControl``, in front of every method.
+
+    In order: the caller's client certificate (mutual TLS, :func:`check_client_cert`), its
+    bearer token (UNAUTHENTICATED when missing, malformed, unknown, expired or revoked), its rate
+    limit (RESOURCE_EXHAUSTED), then the RBAC table (:func:`master_domain._auth.authorize`,
+    PERMISSION_DENIED). Mutating calls are written to the audit log whatever their outcome (the
+    servicer writes successful changes' entries in the change's own transaction). Which *jobs* a
+    caller may see is the master's business (tenant isolation: :meth:`MasterDomain.get_job`).
+    """
+
+    def __init__(self, master: MasterDomain) -> None:
+        self._master = master
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(_SERVICE_PREFIX):
+            return handler
+        if handler.unary_unary is None:
+            return None  # only unary methods are guarded: anything else is UNIMPLEMENTED
+        method = details.method[len(_SERVICE_PREFIX) :]
+        inner = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await self._guard(method, inner, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _guard(
+        self, method: str, inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        master = self._master
+        mutating = method in MUTATING
+        call = Call(method, context.peer(), request_id=str(getattr(request, "request_id", "") or ""))
+        try:
+            call.principal = await self._authenticate(call, context)
+        except DomainOSError as err:
+            await self._admit(call, context)
+            await self._deny(call, err, context, mutating, _target(method, request, None))
+        await self._admit(call, context)
+        try:
+            authorize(call.principal, method)
+        except PermissionDenied as err:
+            await self._deny(call, err, context, mutating, _target(method, request, None))
+        reset = _CALL.set(call)
+        try:
+            response = await inner(request, context)
+        except grpc.aio.AbortError:
+            if mutating and not call.audited:
+                code = context.code()
+                await record(
+                    master,
+                    call,
+                    code=getattr(code, "name", "UNKNOWN"),
+                    message=str(context.details() or ""),
+                    target=_target(method, request, None),
+                )
+            raise
+        finally:
+            _CALL.reset(reset)
+        if mutating and not call.audited:
+            await record(master, call, code="OK", message="", target=_target(method, request, response))
+        return response
+
+    async def _authenticate(self, call: Call, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        cert = check_client_cert(context, self._master.secure)
+        call.cert = str(cert) if cert is not None else ""
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            raise Unauthenticated(f"no token: {LOGIN_HINT}")
+        call.claimed = parse_token(token).token_id
+        rec = await self._master.directory.authenticate(token)
+        if rec.role is Role.JOB and not self._master.job_active(rec.job_id):
+            raise Unauthenticated(
+                f"token {rec.token_id} is the credential of job {rec.job_id}, which has finished; "
+                f"{LOGIN_HINT}"
+            )
+        return Principal(
+            role=rec.role,
+            tenant=rec.tenant,
+            token_id=rec.token_id,
+            cert_role=cert.role if cert is not None else "",
+            cert_id=cert.id if cert is not None else "",
+            job_id=rec.job_id,
+        )
+
+    async def _admit(self, call: Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # Over the limit: refused without an audit entry -- writing one per refused request would
+        # hand a flood the very store writes the limit is there to prevent.
+        try:
+            self._master.limiter.admit(call.rate_key)
+        except ResourceExhausted as err:
+            await abort_with(context, err)
+
+    async def _deny(
+        self,
+        call: Call,
+        err: DomainOSError,
+        context: grpc.aio.ServicerContext[Any, Any],
+        mutating: bool,
+        target: str,
+    ) -> NoReturn:
+        if mutating:
+            await record(self._master, call, code=err.code, message=str(err), target=target)
+        log.info("refused %s %s from %s (%s): %s", call.method, target, call.who, call.peer, err)
+        await abort_with(context, err)
+
+
+def entry(master: MasterDomain, call: Call, *, code: str, message: str, target: str) -> AuditEntry:
+    p = call.principal
+    return master.audit.entry(
+        principal=call.who,
+        tenant=p.tenant if p is not None else "",
+        role=p.role.value if p is not None else "",
+        method=call.method,
+        target=target,
+        request_id=call.request_id,
+        code=code,
+        message=message,
+        peer=call.peer,
+        cert=call.cert,
+    )
+
+
+async def record(master: MasterDomain, call: Call, *, code: str, message: str, target: str) -> None:
+    """Write the audit entry of a call on its own (denied, failed, or changed nothing)."""
+    try:
+        await master.audit.write(entry(master, call, code=code, message=message, target=target))
+    except DomainOSError as exc:  # the answer to the caller stands; the operator must hear of it
+        log.error("could not write the audit entry of %s by %s: %s", call.method, call.who, exc)
+    call.audited = True
+
+
+def _ok_op(master: MasterDomain, call: Call, target: str) -> Op:
+    """The audit entry of a successful change, to write in the change's own transaction."""
+    return master.audit.op(entry(master, call, code="OK", message="", target=target))
+
+
+def _principal(call: Call) -> Principal:
+    assert call.principal is not None  # the gate authenticated it
+    return call.principal
+
+
 class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ignore[misc]
-    """The client API (domainctl, the DSDK)."""
+    """The client API (domainctl, the DSDK). Every method runs behind :class:`DomainControlGate`."""
 
     def __init__(self, master: MasterDomain) -> None:
         self._master = master
@@ -98,14 +325,21 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
     async def SubmitJob(
         self, request: master_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> master_pb2.SubmitJobResponse:
-        job, duplicate = await self._master.submit(request.spec, request.request_id)
+        call = current_call()
+        job, duplicate = await self._master.submit(
+            request.spec,
+            request.request_id,
+            principal=_principal(call),
+            audit=lambda job: _ok_op(self._master, call, job.job_id),
+        )
+        call.audited = not duplicate
         return master_pb2.SubmitJobResponse(job=job_to_proto(job), duplicate=duplicate)
 
     @rpc_method
     async def GetJob(
         self, request: master_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> master_pb2.Job:
-        return job_to_proto(await self._master.get_job(request.job_id))
+        return job_to_proto(await self._master.get_job(request.job_id, _principal(current_call())))
 
     @rpc_method
     async def ListJobs(
@@ -117,7 +351,9 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
             if state is None:
                 raise InvalidArgument(f"unknown job state {value}", field="states")
             states.append(state)
-        jobs, token = await self._master.list_jobs(states, request.limit, request.page_token)
+        jobs, token = await self._master.list_jobs(
+            states, request.limit, request.page_token, _principal(current_call())
+        )
         return master_pb2.ListJobsResponse(
             jobs=[job_to_proto(j, with_tasks=False) for j in jobs], next_page_token=token
         )
@@ -126,14 +362,20 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
     async def CancelJob(
         self, request: master_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> master_pb2.Job:
-        return job_to_proto(await self._master.cancel_job(request.job_id, request.reason))
+        principal = _principal(current_call())
+        return job_to_proto(await self._master.cancel_job(request.job_id, request.reason, principal))
 
     @rpc_method
     async def ReadLogs(
         self, request: master_pb2.ReadLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> master_pb2.ReadLogsResponse:
         logs = await self._master.read_logs(
-            request.job_id, request.task_index, request.stream, request.offset, request.max_bytes
+            request.job_id,
+            request.task_index,
+            request.stream,
+            request.offset,
+            request.max_bytes,
+            _principal(current_call()),
         )
         return master_pb2.ReadLogsResponse(logs=logs)
 
@@ -155,3 +397,91 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
         self, request: master_pb2.GetClusterInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> master_pb2.ClusterInfo:
         return self._master.cluster_info()
+
+    # -- identity, tenants, tokens, audit ------------------------------------------------------
+
+    @rpc_method
+    async def WhoAmI(
+        self, request: master_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.Principal:
+        return _principal(current_call()).to_proto()
+
+    @rpc_method
+    async def CreateTenant(
+        self, request: master_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.Tenant:
+        call = current_call()
+        tenant, created = await self._master.directory.create_tenant(
+            request.name,
+            labels=dict(request.labels),
+            request_id=request.request_id,
+            created_by=_principal(call).name,
+            extra_ops=[_ok_op(self._master, call, request.name)],
+        )
+        if created:
+            self._master.audit.added()
+            call.audited = True
+            log.info("tenant %s created by %s", tenant.name, call.who)
+        return tenant.to_proto()
+
+    @rpc_method
+    async def ListTenants(
+        self, request: master_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ListTenantsResponse:
+        tenants = await self._master.directory.tenants()
+        return master_pb2.ListTenantsResponse(tenants=[t.to_proto() for t in tenants])
+
+    @rpc_method
+    async def CreateToken(
+        self, request: master_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.CreateTokenResponse:
+        call = current_call()
+        record, token = await self._master.directory.create_token(
+            role=Role.from_proto(request.role),
+            tenant=request.tenant,
+            ttl_s=request.ttl_seconds,
+            description=request.description,
+            request_id=request.request_id,
+            created_by=_principal(call).name,
+            audit=lambda rec: _ok_op(self._master, call, rec.token_id),
+        )
+        self._master.audit.added()
+        call.audited = True
+        log.info(
+            "token %s (role %s, tenant %r) created by %s",
+            record.token_id,
+            record.role.value,
+            record.tenant,
+            call.who,
+        )
+        return master_pb2.CreateTokenResponse(info=record.to_proto(), token=token)
+
+    @rpc_method
+    async def ListTokens(
+        self, request: master_pb2.ListTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ListTokensResponse:
+        if request.tenant:
+            await self._master.directory.require_tenant(request.tenant)
+        records = await self._master.directory.tokens(request.tenant, request.include_revoked)
+        return master_pb2.ListTokensResponse(tokens=[r.to_proto() for r in records])
+
+    @rpc_method
+    async def RevokeToken(
+        self, request: master_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.TokenInfo:
+        call = current_call()
+        record, changed = await self._master.directory.revoke(
+            request.token_id, extra_ops=[_ok_op(self._master, call, request.token_id)]
+        )
+        if changed:
+            self._master.audit.added()
+            call.audited = True
+            log.info("token %s revoked by %s", record.token_id, call.who)
+        return record.to_proto()
+
+    @rpc_method
+    async def ReadAudit(
+        self, request: master_pb2.ReadAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ReadAuditResponse:
+        entries, token = await self._master.audit.read(request.limit, request.page_token, request.since)
+        return master_pb2.ReadAuditResponse(entries=[e.to_proto() for e in entries], next_page_token=token)

@@ -5,14 +5,33 @@ Its size depends on the number of node shapes, never on the number of nodes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from domainos.api.v1 import common_pb2
+from domainos.errors import InvalidArgument
 from domainos.resources import Resources
 
 _NONE = Resources()
+#: Bound of a summary's node counts (ten times a sub-domain's largest ``max_nodes``): their sums
+#: over every sub-domain are int32 fields of ``ClusterInfo``.
+MAX_NODES = 1_000_000
+#: Bound of its other counts (tasks, GPUs).
+MAX_COUNT = 100_000_000
+
+
+def _count(value: int, fld: str, most: int) -> None:
+    if not 0 <= value <= most:
+        raise InvalidArgument(f"must be between 0 and {most}, got {value}", field=fld)
+
+
+def _resources(msg: common_pb2.Resources, fld: str) -> Resources:
+    for name in ("cpu_millis", "memory_bytes", "gpus"):
+        if getattr(msg, name) < 0:
+            raise InvalidArgument(f"must not be negative, got {getattr(msg, name)}", field=f"{fld}.{name}")
+    return Resources.from_proto(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +84,43 @@ class Summary:
     power_draw_w: float = 0.0
 
     @classmethod
-    def from_proto(cls, msg: common_pb2.SubDomainSummary) -> Summary:
+    def from_proto(cls, msg: common_pb2.SubDomainSummary, path: str = "summary") -> Summary:
+        """Validated: counts within bounds, no negative resources, a finite power draw.
+
+        A summary feeds the client API's totals (int32 on the wire) and placement; one bad one
+        must be refused, not break ``GetClusterInfo`` for every caller (InvalidArgument).
+        """
+        for name in ("nodes_total", "nodes_ready", "nodes_suspect", "nodes_dead", "nodes_simulated"):
+            _count(getattr(msg, name), f"{path}.{name}", MAX_NODES)
+        _count(msg.max_nodes, f"{path}.max_nodes", MAX_NODES)
+        _count(msg.running_tasks, f"{path}.running_tasks", MAX_COUNT)
+        for name in ("gpus_by_model", "free_gpus_by_model"):
+            for model, n in getattr(msg, name).items():
+                _count(n, f"{path}.{name}[{model!r}]", MAX_COUNT)
+        for i, s in enumerate(msg.shapes):
+            _count(s.count, f"{path}.shapes[{i}].count", MAX_NODES)
+            _count(s.free_gpus, f"{path}.shapes[{i}].free_gpus", MAX_COUNT)
+        if not math.isfinite(msg.power_draw_w) or msg.power_draw_w < 0:
+            raise InvalidArgument(
+                f"must be a finite number >= 0, got {msg.power_draw_w}", field=f"{path}.power_draw_w"
+            )
         return cls(
             nodes_total=msg.nodes_total,
             nodes_ready=msg.nodes_ready,
             nodes_suspect=msg.nodes_suspect,
             nodes_dead=msg.nodes_dead,
             nodes_simulated=msg.nodes_simulated,
-            capacity=Resources.from_proto(msg.capacity),
-            free=Resources.from_proto(msg.free),
+            capacity=_resources(msg.capacity, f"{path}.capacity"),
+            free=_resources(msg.free, f"{path}.free"),
             shapes=tuple(
-                Shape(s.gpu_model, s.free_gpus, s.count, Resources.from_proto(s.best)) for s in msg.shapes
+                Shape(s.gpu_model, s.free_gpus, s.count, _resources(s.best, f"{path}.shapes[{i}].best"))
+                for i, s in enumerate(msg.shapes)
             ),
             running_tasks=msg.running_tasks,
             max_nodes=msg.max_nodes,
             gpus_by_model=dict(msg.gpus_by_model),
             free_gpus_by_model=dict(msg.free_gpus_by_model),
-            largest_node=Resources.from_proto(msg.largest_node),
+            largest_node=_resources(msg.largest_node, f"{path}.largest_node"),
             power_draw_w=msg.power_draw_w,
         )
 

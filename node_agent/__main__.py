@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=LOG_FORMATS, help="log format (default json)")
     p.add_argument("--ready-file", metavar="PATH", help="write the ready facts (JSON) here once started")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any field")
+    _config.add_tls_flags(p)
     return p
 
 
@@ -50,6 +51,7 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         "simulated": args.simulated,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        **_config.tls_overrides(args),
     }
     overrides.update({k: v for k, v in named.items() if v is not None})
     return _config.load(AgentConfig, args.config, overrides)

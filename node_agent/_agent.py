@@ -30,10 +30,17 @@ import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from domainos.clock import Clock, SystemClock
-from domainos.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from domainos.config import open_transport
+from domainos.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from domainos.ids import new_incarnation
 from domainos.model import HealthStatus, NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
-from domainos.rpc import create_channel
+from domainos.rpc import TLSFiles, TLSRefusals, create_channel
 from domainos.topology import SimInventory
 from node_agent import _metrics
 from node_agent._config import AgentConfig
@@ -131,6 +138,10 @@ class NodeAgent:
         self._closing = False
         self._shutdown_task: asyncio.Task[None] | None = None
         self._lock_file: IO[str] | None = None
+        #: Mutual TLS files (None: insecure). Read again on every reconnect, so certificates
+        #: re-issued in place are used without restarting the agent.
+        self._tls: TLSFiles | None = None
+        self._refusals: TLSRefusals | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -180,6 +191,9 @@ class NodeAgent:
 
     async def _start(self) -> dict[str, Any]:
         cfg = self.config
+        self._tls = open_transport(cfg.tls, role="agent", ident=self.node_id, log=log)
+        if self._tls is not None:
+            self._refusals = TLSRefusals(self._tls, log, "sub-domain")
         state_dir = Path(cfg.state_dir)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +213,10 @@ class NodeAgent:
             apply_affinity=not hw.simulated,
             clock=self._clock,
             on_change=self._on_task_change,
+            task_user=cfg.task_user,
+            tenant_users=cfg.tenant_users,
+            task_client_tls=cfg.task_client_tls.files() if cfg.task_client_tls is not None else None,
+            private_files=[cfg.tls.files().key] if cfg.tls is not None else [],
         )
         self._planner = ReportPlanner(
             clock=self._clock,
@@ -418,7 +436,12 @@ class NodeAgent:
         """One stream: register, then serve commands until it ends. Never raises (but cancels)."""
         runner, planner = self._runner, self._planner
         assert runner is not None and planner is not None
-        channel = create_channel(address)
+        try:
+            channel = create_channel(address, self._tls)
+        except ConfigError as exc:  # our own certificate: missing or expired (mid-rotation?)
+            if self._refusals is not None:
+                self._refusals.note(address, str(exc))
+            return _Outcome(False, "UNAVAILABLE", str(exc))
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=OUTBOUND_QUEUE_SIZE)
         reporter: asyncio.Task[None] | None = None
         call: Any = None
@@ -457,7 +480,11 @@ class NodeAgent:
         except grpc.RpcError as exc:
             # Only classified here (next address, or back off); nothing is raised to a caller.
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
-            return _Outcome(registered, _code_name(exc), details or str(exc))
+            code = _code_name(exc)
+            if code == "UNAVAILABLE" and not registered and self._refusals is not None:
+                # A refused TLS handshake only says "Socket closed": ask why (logged once).
+                details = await self._refusals.explain(address) or details
+            return _Outcome(registered, code, details or str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -658,7 +685,10 @@ def _lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the state directory: a second agent there would kill our tasks
     as leftovers of a previous run."""
     path = state_dir / "agent.lock"
-    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the agent's lifetime
+    # 0600: the state directory is traversable by task users; what the agent keeps there is its own.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    f = open(fd, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the agent's lifetime
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

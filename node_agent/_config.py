@@ -7,10 +7,11 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from domainos.config import check_address
+from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError, InvalidArgument
 from domainos.model import check_node_id
 from domainos.topology import SimInventory
+from node_agent._runner import DEFAULT_TASK_USER, TaskUsers
 
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -54,6 +55,18 @@ class AgentConfig:
     stop_tasks_on_shutdown: bool = True
     #: Informational: the region this node is in (also a node label).
     region: str = ""
+    #: When the agent runs as root, tasks run as this unprivileged user (name or uid), never as
+    #: root; ignored when the agent is not root (tasks then run as the agent's own user).
+    task_user: str = DEFAULT_TASK_USER
+    #: Tenant -> user (name or uid) its tasks run as instead of ``task_user``, to separate tenants.
+    tenant_users: dict[str, str] = field(default_factory=dict)
+    #: A client certificate (role ``client``) copied into each task's directory for tasks that call
+    #: the master (``DOMAINOS_TLS_CA/CERT/KEY``); never the agent's own certificate.
+    task_client_tls: TLSConfig | None = None
+    #: Mutual TLS (the cluster CA, this agent's certificate and key); required unless ``insecure``.
+    tls: TLSConfig | None = None
+    #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         # Defaults that depend on the machine or on other fields (frozen: set through object).
@@ -102,3 +115,31 @@ class AgentConfig:
         for key in self.labels:
             if not _LABEL_KEY_RE.match(key):
                 raise ConfigError(f"{key!r} is not a valid label key", field="labels")
+        self._validate_task_isolation()
+        check_transport(self.tls, self.insecure)
+
+    def _validate_task_isolation(self) -> None:
+        """``task_user``, ``tenant_users`` and ``task_client_tls``."""
+        for name, user in (("task_user", self.task_user), *self._tenant_fields()):
+            if user.strip() in ("root", "0"):
+                raise ConfigError(
+                    f"tasks never run as root; name an unprivileged user, e.g. {DEFAULT_TASK_USER}",
+                    field=name,
+                )
+        if os.geteuid() == 0:  # only a root agent switches users: look them up where they are used
+            TaskUsers.resolve(self.task_user, self.tenant_users)
+        if self.task_client_tls is None:
+            return
+        self.task_client_tls.check("task_client_tls")
+        if self.tls is not None:
+            for name in ("cert", "key"):
+                mine = os.path.realpath(os.path.expanduser(getattr(self.tls, name)))
+                if os.path.realpath(os.path.expanduser(getattr(self.task_client_tls, name))) == mine:
+                    raise ConfigError(
+                        f"is the agent's own {name} (tls.{name}); tasks get a client certificate of "
+                        "their own (role client)",
+                        field=f"task_client_tls.{name}",
+                    )
+
+    def _tenant_fields(self) -> list[tuple[str, str]]:
+        return [(f"tenant_users.{tenant}", user) for tenant, user in self.tenant_users.items()]

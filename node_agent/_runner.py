@@ -1,11 +1,26 @@
 """The task runner: local processes, their directories, their logs and their exit codes.
 
-One task attempt = one process group started with ``start_new_session=True`` in
-``<state_dir>/tasks/<job_id>/<index>.<attempt>/`` with ``stdout`` and ``stderr`` files there and a
-``status.json`` rewritten (atomically) on every transition, so a restarted agent knows what it had.
+One task attempt = one process group started with ``start_new_session=True``. Its directory::
 
-Exit codes: the process's own, or 128 + N when signal N killed it. When the main process exits,
-whatever it left in its process group is killed, so a task never outlives its record.
+    <state_dir>/tasks/<job_id>/<index>.<attempt>/   the agent's, 0711 (0700 when the agent is not root)
+        status.json                                 the agent's, 0600: rewritten (atomically) on every
+                                                    transition, so a restarted agent knows what it had
+        stdout, stderr                              the task user's, 0600: the task's output
+        home/                                       the task user's, 0700: its working directory and HOME
+        tls/                                        the client certificate of ``task_client_tls`` (if any)
+
+Least privilege: an agent running as root never runs a task as root. A task runs as the tenant's
+user (``tenant_users``) or ``task_user`` (default ``nobody``), with no supplementary groups and umask
+077. It can write its own output and home but cannot list the agent's state directory, read another
+task's files (when tenants have different users), or read ``status.json`` (which holds the job's
+credential) -- and the agent writes nothing into a directory a task can change, so a task cannot
+redirect the agent's writes or forge the record a restarted agent trusts. An agent that is not root
+runs tasks as its own user. Tasks that share a user are not isolated from each other (the kernel
+sees one user): give tenants different users to separate them.
+
+Exit codes: the process's own, or 128 + N when signal N killed it; 127 when the program is not
+found, 126 when it cannot be executed or its directory cannot be prepared. When the main process
+exits, whatever it left in its process group is killed, so a task never outlives its record.
 """
 
 from __future__ import annotations
@@ -14,18 +29,26 @@ import asyncio
 import contextlib
 import json
 import logging
+import marshal
 import math
 import os
+import pwd
 import signal
+import stat
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domainos.clock import Clock, SystemClock
-from domainos.errors import InvalidArgument, ResourceExhausted
+from domainos.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
+
+if TYPE_CHECKING:  # domainos.security imports cryptography: only when task_client_tls is set
+    from domainos.security import CertFiles
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +63,130 @@ LOG_STREAMS = ("stdout", "stderr")
 LOST_ON_RESTART = "agent restarted; task not re-adopted"
 _STATUS_VERSION = 1
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The task's working directory and HOME, inside its task directory.
+HOME_DIR = "home"
+#: Where the task's copy of the ``task_client_tls`` files lives, inside its task directory.
+TLS_DIR = "tls"
+#: The task user used for every tenant unless ``tenant_users`` maps it.
+DEFAULT_TASK_USER = "nobody"
+#: umask of task processes run as another user: what they create is theirs alone.
+TASK_UMASK = 0o077
+# Directories on a task's path (state dir, tasks/, tasks/<job>/, the task dir): traversable by
+# the task users, listable only by the agent. 0700 when tasks run as the agent's own user.
+_SHARED_DIR_MODE = 0o711
+_PRIVATE_DIR_MODE = 0o700
+_FILE_MODE = 0o600
 
 OnChange = Callable[[TaskStatus], None]
 
 
+@dataclass(frozen=True, slots=True)
+class TaskUser:
+    """An unprivileged account tasks run as (never uid 0, never primary group 0)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.name} (uid {self.uid})"
+
+
+def resolve_task_user(value: str, field: str = "task_user") -> TaskUser:
+    """The account named by ``value`` (a user name or a uid) from the passwd database.
+
+    Raises :class:`ConfigError` naming ``field`` for an empty value, an unknown user, root
+    (uid 0) or a user whose primary group is root (gid 0).
+    """
+    name = value.strip()
+    if not name:
+        raise ConfigError("a user name or uid is required, e.g. nobody", field=field)
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, OverflowError):
+        raise ConfigError(
+            f"no user {name!r} on this machine; name an existing unprivileged user (name or uid), "
+            f"e.g. {DEFAULT_TASK_USER}",
+            field=field,
+        ) from None
+    if entry.pw_uid == 0:
+        raise ConfigError(
+            f"{name!r} is root (uid 0) and tasks never run as root; name an unprivileged user, "
+            f"e.g. {DEFAULT_TASK_USER}",
+            field=field,
+        )
+    if entry.pw_gid == 0:
+        raise ConfigError(
+            f"the primary group of {name!r} is root (gid 0); name a user whose primary group is not root",
+            field=field,
+        )
+    return TaskUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUsers:
+    """Who a root agent runs each tenant's tasks as: the tenant's mapped user, else ``default``."""
+
+    default: TaskUser
+    tenants: Mapping[str, TaskUser] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(
+        cls, task_user: str = DEFAULT_TASK_USER, tenant_users: Mapping[str, str] | None = None
+    ) -> TaskUsers:
+        """Look every user up (:func:`resolve_task_user`); :class:`ConfigError` names the field."""
+        tenants: dict[str, TaskUser] = {}
+        for tenant, user in (tenant_users or {}).items():
+            if not tenant.strip():
+                raise ConfigError("a tenant name is required as the key", field="tenant_users")
+            tenants[tenant] = resolve_task_user(user, f"tenant_users.{tenant}")
+        return cls(resolve_task_user(task_user, "task_user"), tenants)
+
+    def for_tenant(self, tenant: str) -> TaskUser:
+        return self.tenants.get(tenant, self.default)
+
+    def all(self) -> list[TaskUser]:
+        """Every distinct user, the default first."""
+        users = [self.default]
+        users += [u for u in self.tenants.values() if u not in users]
+        return users
+
+
+def user_may(user: TaskUser, st: os.stat_result, bit: int) -> bool:
+    """Whether ``user`` (primary group only: tasks get no supplementary groups) has permission
+    ``bit`` (4 read, 2 write, 1 search/execute) on a file with status ``st``. ACLs are not read."""
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid == user.gid:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def blocking_dir(user: TaskUser, path: str | os.PathLike[str]) -> Path | None:
+    """The first directory above ``path`` that ``user`` cannot traverse (None: it can reach it)."""
+    p = Path(os.path.abspath(path))
+    for parent in reversed(p.parents):
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return parent
+        if not user_may(user, st, 1):
+            return parent
+    return None
+
+
+def readable_by(user: TaskUser, path: str | os.PathLike[str]) -> bool:
+    """Whether ``user`` can open ``path`` for reading (it exists, its directories let it through)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return blocking_dir(user, path) is None and user_may(user, st, 4)
+
+
 def base_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The minimal environment every task starts from: PATH (the agent's, then the system's), HOME, LANG."""
+    """The minimal environment every task starts from: PATH (the agent's, then the system's), HOME
+    (replaced by the task's own home when it starts), LANG. Nothing else of the agent's."""
     environ = os.environ if environ is None else environ
     path = [p for p in environ.get("PATH", "").split(os.pathsep) if p]
     path += [p for p in _DEFAULT_PATH.split(os.pathsep) if p not in path]
@@ -63,8 +204,14 @@ def task_environment(
     node_id: str,
     subdomain_id: str,
     base: Mapping[str, str],
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Base, then the job's ``env``, then the DomainOS variables (which the job cannot override)."""
+    """Base, then the job's ``env``, then the DomainOS variables and ``extra`` (which the job cannot
+    override).
+
+    Nothing else of the agent's environment reaches the task: the job-scoped credential
+    (``DOMAINOS_TOKEN``) comes in the job's ``env`` from the master, never from the agent.
+    """
     env = dict(base)
     env.update(spec.env)
     gpus = ",".join(str(i) for i in gpu_indexes)
@@ -84,6 +231,7 @@ def task_environment(
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
     )
+    env.update(extra or {})
     return env
 
 
@@ -127,6 +275,12 @@ class TaskRunner:
 
     ``on_change`` is called (on the event loop, synchronously) after every state transition,
     once ``status.json`` has been written.
+
+    When the agent runs as root, each task runs as its tenant's user from ``tenant_users``, else
+    as ``task_user``; both are checked here (:class:`ConfigError`: unknown user, root).
+    ``task_client_tls`` (a certificate of role ``client``) is copied into each task's directory,
+    readable by the task, and named by ``DOMAINOS_TLS_CA/CERT/KEY``. ``private_files`` (the
+    agent's own keys) must not be readable by any task user, or the runner refuses to start.
     """
 
     def __init__(
@@ -140,9 +294,30 @@ class TaskRunner:
         on_change: OnChange | None = None,
         max_tasks: int = DEFAULT_MAX_TASKS,
         base_env: Mapping[str, str] | None = None,
+        task_user: str = DEFAULT_TASK_USER,
+        tenant_users: Mapping[str, str] | None = None,
+        task_client_tls: CertFiles | None = None,
+        private_files: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
+        #: Who tasks run as (the agent is root); None: they run as the agent's own user.
+        self.users: TaskUsers | None = None
+        if os.geteuid() == 0:
+            self.users = TaskUsers.resolve(task_user, tenant_users)
+        else:
+            # Logged once, when the agent starts: nothing can be done about it but running as root.
+            log.log(
+                logging.WARNING if tenant_users else logging.INFO,
+                "the agent is not root: tasks run as its own user (uid %d) and can read what it can; "
+                "tenants are not separated by uid (run the agent as root to use task_user/tenant_users)",
+                os.geteuid(),
+            )
+        self._dir_mode = _SHARED_DIR_MODE if self.users is not None else _PRIVATE_DIR_MODE
+        self._task_tls = task_client_tls
+        self._check_task_tls(private_files)
+        self._prepare_dirs()
+        self._check_isolation(private_files)
         self.node_id = node_id
         #: Sub-domain id given to tasks as DOMAINOS_SUBDOMAIN (set when the agent registers).
         self.subdomain_id = ""
@@ -207,8 +382,8 @@ class TaskRunner:
                 f"the agent holds {len(self._tasks)} tasks (max {self._max_tasks}); "
                 "acknowledge terminal tasks first"
             )
-        task_dir = self.task_dir(ref)
-        task_dir.mkdir(parents=True, exist_ok=True)
+        task_dir = self._make_task_dir(ref)
+        user = self.users.for_tenant(spec.tenant) if self.users is not None else None
         cores = self._pick_cores(spec.resources.cpu_millis)
         t = _Task(
             ref=ref,
@@ -227,29 +402,47 @@ class TaskRunner:
         self._reserve(t)
         self._persist(t)
 
-        env = task_environment(
-            spec, gpu_indexes, node_id=self.node_id, subdomain_id=self.subdomain_id, base=self._base_env
-        )
         program = spec.command[0]
+        home = task_dir / HOME_DIR
         failure: tuple[int, str] | None = None
         proc: asyncio.subprocess.Process | None = None
-        with open(task_dir / "stdout", "wb") as out, open(task_dir / "stderr", "wb") as err:
+        with _open_output(task_dir / "stdout", user) as out, _open_output(task_dir / "stderr", user) as err:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *spec.command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=env,
-                    cwd=str(task_dir),
-                    start_new_session=True,
-                )
-            except FileNotFoundError:
-                failure = (127, f"command not found: {program}")
-            except PermissionError:
-                failure = (126, f"permission denied: {program}")
+                extra = self._prepare_task(task_dir, home, user)
             except OSError as exc:
-                failure = (126, f"cannot execute {program}: {exc.strerror or exc}")
+                failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
+            else:
+                env = task_environment(
+                    spec,
+                    gpu_indexes,
+                    node_id=self.node_id,
+                    subdomain_id=self.subdomain_id,
+                    base={**self._base_env, "HOME": str(home)},
+                    extra=extra,
+                )
+                try:
+                    if user is None:
+                        proc = await asyncio.create_subprocess_exec(
+                            *spec.command,
+                            stdin=asyncio.subprocess.DEVNULL,
+                            stdout=out,
+                            stderr=err,
+                            env=env,
+                            cwd=str(home),
+                            start_new_session=True,
+                        )
+                    else:
+                        proc = await _spawn_as(
+                            user,
+                            spec.command,
+                            env,
+                            cwd=str(home),
+                            stdout=out,
+                            stderr=err,
+                            scratch=self.state_dir,
+                        )
+                except OSError as exc:
+                    failure = _spawn_failure(exc, program, str(home), user)
             if failure is not None:
                 err.write(f"domainos-agent: {failure[1]}\n".encode())
         if failure is not None or proc is None:
@@ -273,7 +466,14 @@ class TaskRunner:
         t.create_time = _create_time(proc.pid)
         self.started_total += 1
         self._transition(t, state=TaskState.RUNNING, pid=proc.pid, started_at=self._clock.time())
-        log.info("task %s started: pid %d, gpus %s, cpus %s", ref, proc.pid, list(gpu_indexes), cores)
+        log.info(
+            "task %s started: pid %d, user %s, gpus %s, cpus %s",
+            ref,
+            proc.pid,
+            user if user is not None else f"uid {os.geteuid()} (the agent's)",
+            list(gpu_indexes),
+            cores,
+        )
         t.waiter = asyncio.create_task(self._wait(t), name=f"task-wait-{ref}")
         if t.stop_reason:  # a stop (shutdown) arrived while the process was being spawned
             t.stopper = asyncio.create_task(self._stop(t, t.stop_grace_s), name=f"task-stop-{ref}")
@@ -356,8 +556,7 @@ class TaskRunner:
         self, ref: TaskRef, state: TaskState, message: str, gpu_indexes: Sequence[int] = ()
     ) -> TaskStatus:
         ref.validate()
-        task_dir = self.task_dir(ref)
-        task_dir.mkdir(parents=True, exist_ok=True)
+        task_dir = self._make_task_dir(ref)
         status = TaskStatus(
             ref,
             state,
@@ -538,6 +737,92 @@ class TaskRunner:
         assert load == self._core_load, f"core load {self._core_load} != {load}"
         assert counts == self._counts, f"state counts {self._counts} != {counts}"
 
+    # ------------------------------------------------------------------ isolation
+
+    def _check_task_tls(self, private_files: Sequence[str]) -> None:
+        files = self._task_tls
+        if files is None:
+            return
+        from domainos.security import check_usable
+
+        ident = check_usable(files)
+        if ident is None or ident.role != "client":
+            raise ConfigError(
+                f"{files.cert} names {ident or 'no DomainOS identity'}; tasks get a certificate of "
+                "role client, never a component's",
+                field="task_client_tls.cert",
+            )
+        key = os.path.realpath(files.key)
+        if any(os.path.realpath(p) == key for p in private_files):
+            raise ConfigError(
+                f"{files.key} is the agent's own key; tasks get a client key of their own",
+                field="task_client_tls.key",
+            )
+
+    def _prepare_dirs(self) -> None:
+        try:
+            _make_dir(self.state_dir, self._dir_mode, None, parents=True, follow=True)
+            _make_dir(self.tasks_dir, self._dir_mode, None)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot prepare the state directory {self.state_dir}: {exc.strerror or exc}"
+            ) from exc
+
+    def _check_isolation(self, private_files: Sequence[str]) -> None:
+        if self.users is None:
+            return
+        for user in self.users.all():
+            for path in private_files:
+                if readable_by(user, path):
+                    raise ConfigError(
+                        f"the agent's key {path} is readable by the task user {user}; tasks must "
+                        "never read a component key: make it mode 0600 (or its directory 0700)"
+                    )
+            blocked = blocking_dir(user, self.tasks_dir / "job")
+            if blocked is not None:
+                mode = _mode_of(blocked)
+                log.warning(
+                    "task user %s cannot traverse %s (%s): its tasks start in their directory but "
+                    "cannot reach it by path ($HOME, DOMAINOS_TLS_* files); put state_dir under "
+                    "directories it can traverse, e.g. /var/lib/domainos/agent",
+                    user,
+                    blocked,
+                    mode,
+                )
+        log.info(
+            "tasks run as %s%s, never as root",
+            self.users.default,
+            "".join(f"; tenant {t} as {u}" for t, u in sorted(self.users.tenants.items())),
+        )
+
+    def _make_task_dir(self, ref: TaskRef) -> Path:
+        """``tasks/<job>/<index>.<attempt>/``: the agent's, traversable (not listable) by task users."""
+        _make_dir(self.tasks_dir, self._dir_mode, None)
+        _make_dir(self.tasks_dir / ref.job_id, self._dir_mode, None)
+        task_dir = self.task_dir(ref)
+        _make_dir(task_dir, self._dir_mode, None)
+        return task_dir
+
+    def _prepare_task(self, task_dir: Path, home: Path, user: TaskUser | None) -> dict[str, str]:
+        """The task's home (its own, 0700) and its copy of the client TLS files; the env naming them."""
+        _make_dir(home, _PRIVATE_DIR_MODE, user)
+        files = self._task_tls
+        if files is None:
+            return {}
+        tls = task_dir / TLS_DIR
+        _make_dir(tls, self._dir_mode, None)
+        env: dict[str, str] = {}
+        # Read at every start: a rotated client certificate reaches the next tasks.
+        for var, src, name, mode in (
+            ("DOMAINOS_TLS_CA", files.ca, "ca.crt", 0o444),
+            ("DOMAINOS_TLS_CERT", files.cert, "client.crt", 0o444),
+            ("DOMAINOS_TLS_KEY", files.key, "client.key", 0o400),
+        ):
+            dst = tls / name
+            _write_file(dst, Path(src).read_bytes(), mode, user)
+            env[var] = str(dst)
+        return env
+
     # ------------------------------------------------------------------ internals
 
     def _transition(self, t: _Task, *, state: TaskState, notify: bool = True, **changes: Any) -> None:
@@ -582,7 +867,8 @@ class TaskRunner:
         path = t.dir / STATUS_FILE
         tmp = t.dir / f".{STATUS_FILE}.tmp"
         try:
-            tmp.write_text(json.dumps(data), encoding="utf-8")
+            # 0600: the record holds the job's env (its DOMAINOS_TOKEN included).
+            _write_file(tmp, json.dumps(data).encode(), _FILE_MODE, None)
             os.replace(tmp, path)
         except OSError as exc:  # a full disk must not take the agent down; the parent still hears
             log.error("task %s: cannot write %s: %s", t.ref, path, exc)
@@ -639,6 +925,200 @@ def _status_from_dict(ref: TaskRef, data: Mapping[str, Any]) -> TaskStatus:
         gpu_indexes=tuple(int(i) for i in data.get("gpu_indexes", ())),
         cpu_set=tuple(int(i) for i in data.get("cpu_set", ())),
     )
+
+
+def _make_dir(
+    path: Path, mode: int, owner: TaskUser | None, *, parents: bool = False, follow: bool = False
+) -> None:
+    """Create ``path`` (if missing) with exactly ``mode``, owned by ``owner`` (None: the agent).
+
+    Only used inside directories the agent owns, so nothing can swap ``path`` between the checks;
+    ``follow`` (the configured state directory only) accepts a symlink to a directory.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=_PRIVATE_DIR_MODE, parents=parents)
+    st = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(20, "not a directory", str(path))
+    if owner is not None and (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
+        os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def _open_fd(path: Path, mode: int, owner: TaskUser | None) -> int:
+    """Open ``path`` for writing (truncated; never through a symlink) with ``mode`` and ``owner``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.uid, owner.gid)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_output(path: Path, owner: TaskUser | None) -> Any:
+    """A task's stdout or stderr file: 0600 and the task user's (so ``/dev/stdout`` reopens work)."""
+    return os.fdopen(_open_fd(path, _FILE_MODE, owner), "wb")
+
+
+def _write_file(path: Path, data: bytes, mode: int, owner: TaskUser | None) -> None:
+    with os.fdopen(_open_fd(path, mode, owner), "wb") as f:
+        f.write(data)
+
+
+def _mode_of(path: Path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
+
+
+# Run as root by _spawn_as with an empty environment, -I (no PYTHON* variables, no user site) and
+# -S (no site): reads what to run from the file on fd argv[1], drops to the task user (no
+# supplementary groups), then execs the task; what failed before the exec goes to the pipe on fd
+# argv[2] (close-on-exec: a successful exec closes it, and the agent reads end-of-file). After the
+# switch it imports nothing (the interpreter's library may be unreadable to the task user), so it
+# searches PATH itself, as execvp does: the first error other than "not found" wins; a directory of
+# PATH the task user cannot search (e.g. under /root) counts as "not found" there.
+_DROP_AND_EXEC = """
+import marshal, os, sys
+spec_fd, err_fd = int(sys.argv[1]), int(sys.argv[2])
+os.set_inheritable(err_fd, False)
+stage = "read"
+try:
+    with os.fdopen(spec_fd, "rb") as f:
+        p = marshal.load(f)
+    stage = "setuid"
+    os.setgroups([])
+    os.setgid(p["gid"])
+    os.setuid(p["uid"])
+    if (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) != (
+        p["uid"], p["uid"], p["gid"], p["gid"], []
+    ):
+        raise PermissionError(1, "the user switch did not take")
+    os.umask(p["umask"])
+    stage = "exec"
+    argv, env = p["argv"], p["env"]
+    prog = argv[0]
+    search = "/" not in prog
+    if search:
+        tries = [d + "/" + prog if d else prog for d in env.get("PATH", "/bin:/usr/bin").split(":")]
+    else:
+        tries = [prog]
+    found = missing = None
+    for path in tries:
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            gone = isinstance(e, (FileNotFoundError, NotADirectoryError))
+            if search and isinstance(e, PermissionError):
+                gone = not os.access(path.rpartition("/")[0] or ".", os.X_OK)
+            if gone:
+                missing = missing or FileNotFoundError(2, "No such file or directory", path)
+            else:
+                found = found or e
+    raise found or missing
+except BaseException as e:
+    errno = getattr(e, "errno", None) or 0
+    text = getattr(e, "strerror", None) or repr(e)
+    name = getattr(e, "filename", None)
+    os.write(err_fd, marshal.dumps((stage, errno, text, name if isinstance(name, str) else "")))
+    os._exit(127)
+"""
+
+
+async def _spawn_as(
+    user: TaskUser,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str,
+    stdout: Any,
+    stderr: Any,
+    scratch: Path,
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` as ``user`` (no supplementary groups, umask 077) in ``cwd``, in a new session.
+
+    Not ``create_subprocess_exec(user=..., group=...)``: CPython switches users only on its
+    ``fork()`` path (never ``vfork()``), and ``fork()`` in a process with gRPC's threads runs
+    gRPC's fork handlers, which crash the child now and then. So a short Python helper started
+    the usual (vfork) way, with a clean environment -- the job's ``LD_PRELOAD`` or ``PYTHONPATH``
+    must not reach anything that still runs as root -- drops to the user, then execs the task
+    with its environment. The pid is the task's. Raises :class:`OSError` (the program's, or the
+    user switch's) when the task could not be started, after reaping the helper.
+    """
+    payload = marshal.dumps(
+        {"uid": user.uid, "gid": user.gid, "umask": TASK_UMASK, "argv": list(argv), "env": dict(env)}
+    )
+    # The job's environment (its token included) travels in an unlinked root-only file, not argv.
+    with tempfile.TemporaryFile(dir=scratch) as data:
+        data.write(payload)
+        data.flush()
+        data.seek(0)
+        read_end, write_end = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                _DROP_AND_EXEC,
+                str(data.fileno()),
+                str(write_end),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env={},
+                cwd=cwd,
+                start_new_session=True,
+                pass_fds=(data.fileno(), write_end),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+    report = await asyncio.to_thread(_read_to_end, read_end)
+    if not report:
+        return proc
+    await proc.wait()
+    stage, errno, text, filename = marshal.loads(report)
+    if stage == "exec":
+        raise OSError(errno, text, filename or argv[0])
+    raise _UserSwitchError(errno, f"cannot switch to the task user: {text}")
+
+
+class _UserSwitchError(OSError):
+    """The helper could not read its orders or become the task user (nothing of the task ran)."""
+
+
+def _read_to_end(fd: int) -> bytes:
+    """Everything until end-of-file; closes ``fd`` (the reading thread owns it)."""
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _spawn_failure(exc: OSError, program: str, cwd: str, user: TaskUser | None) -> tuple[int, str]:
+    """(exit code, message) for a task whose process could not be started."""
+    as_user = f" (the task runs as {user})" if user is not None else ""
+    if isinstance(exc, _UserSwitchError):
+        return 126, f"cannot start {program}{as_user}: {exc.strerror}"
+    if exc.filename == cwd:
+        return 126, f"cannot enter the task's directory {cwd}{as_user}: {exc.strerror or exc}"
+    if isinstance(exc, FileNotFoundError):
+        return 127, f"command not found: {program}"
+    if isinstance(exc, PermissionError):
+        return 126, f"permission denied: {program}{as_user}"
+    return 126, f"cannot execute {program}{as_user}: {exc.strerror or exc}"
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", default=[], help="override any config field"
     )
+    _config.add_tls_flags(p)
     return p
 
 
@@ -59,6 +60,7 @@ def load_config(args: argparse.Namespace) -> SubDomainConfig:
             "log_format",
         )
     }
+    overrides.update(_config.tls_overrides(args))
     overrides.update(_config.parse_set_flags(args.set))
     return _config.load(SubDomainConfig, args.config, overrides)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from domainos.config import check_address
+from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
 from domainos.topology import check_name
 
@@ -45,6 +45,10 @@ class SubDomainConfig:
     summary_interval_s: float = 1.0
     log_level: str = "info"
     log_format: str = "json"
+    #: Mutual TLS (the cluster CA, this sub-domain's certificate and key); required unless ``insecure``.
+    tls: TLSConfig | None = None
+    #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
+    insecure: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field on any bad value."""
@@ -84,3 +88,4 @@ class SubDomainConfig:
             raise ConfigError(
                 f"expected one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}", field="log_format"
             )
+        check_transport(self.tls, self.insecure)

@@ -24,6 +24,7 @@ import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2, subdomain_pb2
 from domainos.clock import Clock, SystemClock
+from domainos.config import open_transport
 from domainos.errors import DomainOSError, InvalidArgument, StoreError, Unavailable
 from domainos.ids import new_incarnation, new_request_id
 from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskState, TaskStatus
@@ -143,14 +144,17 @@ class SubDomainManager:
         self._started = True
         cfg = self.config
         try:
+            tls = open_transport(cfg.tls, role="subdomain", ident=cfg.id, log=log)
             store = await asyncio.to_thread(open_store, cfg.store)
             self._store = AsyncStore(store)
             self._effects_runner = self._spawn(self._run_effect_lists(), "effects")
             await self._reload()
             self._server = create_server()
-            agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(self), self._server)
+            agent_pb2_grpc.add_AgentGatewayServicer_to_server(
+                AgentGatewayService(self, secure=tls is not None), self._server
+            )
             host = cfg.listen.rpartition(":")[0]
-            port = bind(self._server, cfg.listen)
+            port = bind(self._server, cfg.listen, tls)
             await self._server.start()
             shown = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::", "") else host
             self.listen_address = f"{shown}:{port}"
@@ -166,6 +170,7 @@ class SubDomainManager:
                     cfg.master,
                     incarnation=self.incarnation,
                     summary_interval_s=cfg.summary_interval_s,
+                    tls=tls,
                 )
                 self._spawn(self._upstream.run(), "upstream")
         except BaseException:
@@ -484,10 +489,12 @@ class SubDomainManager:
             if not register.incarnation:
                 raise InvalidArgument("is required", field="register.incarnation")
             reported = [TaskStatus.from_proto(t) for t in register.tasks]
+            usage = (
+                NodeUsage.from_proto(register.usage, "register.usage") if register.HasField("usage") else None
+            )
         except InvalidArgument:
             self.refused["invalid"] += 1
             raise
-        usage = NodeUsage.from_proto(register.usage) if register.HasField("usage") else None
         health = NodeHealth.from_proto(register.health) if register.HasField("health") else None
         node_id = inventory.node_id
         if conn is not None and conn.node_id != node_id:
@@ -584,11 +591,17 @@ class SubDomainManager:
         if report.seq and conn.last_seq and report.seq != conn.last_seq + 1:
             log.debug("node %s: report seq gap %d -> %d", conn.node_id, conn.last_seq, report.seq)
         conn.last_seq = report.seq
+        usage = None
+        if report.HasField("usage"):
+            try:
+                usage = NodeUsage.from_proto(report.usage, "report.usage")
+            except InvalidArgument as exc:  # keep the last good usage; the rest of the report counts
+                log.warning("node %s reported a malformed usage: %s", conn.node_id, exc)
         events = self.registry.report(
             conn.node_id,
             self.clock.monotonic(),
             conn_token=conn.token,
-            usage=NodeUsage.from_proto(report.usage) if report.HasField("usage") else None,
+            usage=usage,
             health=NodeHealth.from_proto(report.health) if report.HasField("health") else None,
         )
         effects: list[_AnyEffect] = self._node_effects(events)

@@ -19,7 +19,7 @@ import grpc.aio
 
 from domainos.api.v1 import agent_pb2_grpc
 from domainos.errors import DomainOSError, Internal, InvalidArgument, ResourceExhausted
-from domainos.rpc import abort_with
+from domainos.rpc import abort_with, require_peer
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,10 @@ class AgentHandler(Protocol):
 class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
     """The sub-domain side of ``agent.proto``."""
 
-    def __init__(self, handler: AgentHandler) -> None:
+    def __init__(self, handler: AgentHandler, *, secure: bool = True) -> None:
         self._handler = handler
+        #: False only on a sub-domain that runs ``insecure: true`` (no certificates to check).
+        self._secure = secure
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         peer = context.peer()
@@ -106,6 +108,12 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[
             await abort_with(
                 context, InvalidArgument("the first message on AgentGateway.Connect must be a Register")
             )
+        try:
+            # Only an agent certificate naming this very node may register it.
+            require_peer(context, "agent", first.register.inventory.node_id, secure=self._secure)
+        except DomainOSError as err:
+            log.warning("registration from %s refused: %s", peer, err)
+            await abort_with(context, err)
         try:
             conn = await self._handler.agent_register(first.register, peer, None)
         except DomainOSError as err:

@@ -21,9 +21,9 @@ import grpc
 import grpc.aio
 
 from domainos.api.v1 import subdomain_pb2, subdomain_pb2_grpc
-from domainos.errors import DomainOSError, Unavailable
+from domainos.errors import ConfigError, DomainOSError, Unavailable
 from domainos.model import TaskRef, TaskStatus
-from domainos.rpc import create_channel, translate_rpc_error
+from domainos.rpc import TLSFiles, TLSRefusals, create_channel, translate_rpc_error
 
 from ._registry import Summary
 
@@ -62,9 +62,14 @@ class Upstream:
         summary_interval_s: float,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        tls: TLSFiles | None = None,
     ) -> None:
         self._owner = owner
         self.address = address
+        #: Mutual TLS files (None: plaintext). Read again for every session, so a certificate
+        #: re-issued in place is used from the next reconnect on, without a restart.
+        self._tls = tls
+        self._refusals = TLSRefusals(tls, log, "master") if tls is not None else None
         self._incarnation = incarnation
         self._summary_interval_s = summary_interval_s
         self._sleep = sleep
@@ -120,7 +125,21 @@ class Upstream:
                 raise
             except grpc.aio.AioRpcError as exc:
                 err = translate_rpc_error(exc, self.address)
+                if (
+                    self._refusals is not None
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and self.sessions == welcomed_before
+                ):
+                    # A refused TLS handshake only says "Socket closed": ask why (logged once).
+                    reason = await self._refusals.explain(self.address)
+                    if reason:
+                        err = Unavailable(f"cannot reach the master at {self.address}: {reason}")
                 log.warning("stream to master %s failed (%s): %s", self.address, exc.code().name, err)
+            except ConfigError as err:  # our own certificate: missing, expired (mid-rotation?)
+                if self._refusals is not None:
+                    self._refusals.note(self.address, str(err))
+                else:
+                    log.warning("stream to master %s failed: %s", self.address, err)
             except DomainOSError as err:
                 log.warning("stream to master %s failed: %s", self.address, err)
             except Exception:
@@ -133,7 +152,7 @@ class Upstream:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _session(self) -> None:
-        channel = create_channel(self.address)
+        channel = create_channel(self.address, self._tls)
         workers: list[asyncio.Task[None]] = []
         call: Any = None
         try:

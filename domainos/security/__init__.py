@@ -4,9 +4,11 @@ from domainos.security._diagnose import diagnose_tls
 from domainos.security._pki import (
     ROLES,
     CertFiles,
+    CertInfo,
     Identity,
     check_usable,
     create_ca,
+    describe,
     files_for,
     identity_of,
     init_ca,
@@ -18,9 +20,11 @@ from domainos.security._pki import (
 __all__ = [
     "ROLES",
     "CertFiles",
+    "CertInfo",
     "Identity",
     "check_usable",
     "create_ca",
+    "describe",
     "diagnose_tls",
     "files_for",
     "identity_of",

@@ -179,6 +179,45 @@ def identity_of(cert_pem: bytes) -> Identity | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """What a certificate says (``domainctl certs show``)."""
+
+    identity: Identity | None
+    subject: str
+    issuer: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: int
+    hosts: tuple[str, ...]
+    is_ca: bool
+
+
+def describe(cert_pem: bytes) -> CertInfo:
+    """Identity, names, validity, DNS/IP names and CA flag of a PEM certificate (ValueError if not one)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        hosts = (*san.get_values_for_type(x509.DNSName), *ips)
+    except x509.ExtensionNotFound:
+        hosts = ()
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return CertInfo(
+        identity=identity_of(cert_pem),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=cert.serial_number,
+        hosts=hosts,
+        is_ca=is_ca,
+    )
+
+
 def validity(cert_pem: bytes) -> tuple[dt.datetime, dt.datetime]:
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.not_valid_before_utc, cert.not_valid_after_utc

@@ -39,6 +39,7 @@ def fake_master(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeMaster, s
     monkeypatch.setattr(dsdk, "connect", fast_connect)
     with running_fake_master() as (fake, address):
         monkeypatch.setenv("DOMAINOS_MASTER", address)
+        monkeypatch.setenv("DOMAINOS_INSECURE", "1")  # the fake master is plaintext
         yield fake, address
 
 

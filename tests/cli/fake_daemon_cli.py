@@ -107,7 +107,13 @@ def run_master(cfg: dict[str, Any], ready: str) -> int:
     async def main() -> None:
         server = grpc.aio.server()
         master_pb2_grpc.add_DomainControlServicer_to_server(Servicer(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        if cfg.get("tls"):  # `domainctl up` runs mutual TLS unless --insecure
+            from domainos.rpc import bind
+            from domainos.security import CertFiles
+
+            port = bind(server, "127.0.0.1:0", CertFiles(**cfg["tls"]))
+        else:
+            port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         _write_ready(ready, {"id": "master-1", "listen": f"127.0.0.1:{port}", "metrics": "127.0.0.1:2"})
         stop = asyncio.Event()

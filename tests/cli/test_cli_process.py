@@ -56,7 +56,7 @@ def test_help_imports_no_grpc_yaml_or_generated_code() -> None:
 
 def test_unreachable_master_exits_3_with_one_line(tmp_path: pathlib.Path) -> None:
     started = time.perf_counter()
-    proc = domainctl("jobs", "--master", "127.0.0.1:1", env={"DOMAINOS_HOME": str(tmp_path)})
+    proc = domainctl("jobs", "--master", "127.0.0.1:1", "--insecure", env={"DOMAINOS_HOME": str(tmp_path)})
     took = time.perf_counter() - started
     print(f"\n`domainctl jobs` against a closed port: {took * 1000:.0f} ms (3 tries with backoff)")
     assert proc.returncode == 3

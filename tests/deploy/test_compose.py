@@ -90,3 +90,38 @@ def test_a_broken_config_is_refused_by_the_daemon_validation(tmp_path: pathlib.P
     bad.write_text("id: east-1\nregion: east\nmax_nodez: 3\n")
     with pytest.raises(ConfigError, match="unknown field max_nodez"):
         dconfig.load(SubDomainConfig, str(bad))
+
+
+def test_every_daemon_runs_mutual_tls_with_its_own_certificate() -> None:
+    services = _compose()["services"]
+    daemons = {n: s for n, s in services.items() if s["command"][0] == "domainctl"}
+    assert len(daemons) == 7
+    for name, svc in daemons.items():
+        kind = svc["command"][1]
+        assert "./pki:/etc/domainos/pki:ro" in svc["volumes"], name
+        cfg = dconfig.load(KIND_CONFIG[kind], str(DEPLOY / "config" / f"{name}.yaml"))
+        ident = cfg.node_id if kind == "agent" else cfg.id
+        assert cfg.tls is not None and not cfg.insecure, name
+        assert (cfg.tls.ca, cfg.tls.cert, cfg.tls.key) == (
+            "/etc/domainos/pki/ca.crt",
+            f"/etc/domainos/pki/{kind}-{ident}.crt",
+            f"/etc/domainos/pki/{kind}-{ident}.key",
+        )
+
+
+def test_compose_pki_issues_every_certificate_the_configs_name(tmp_path: pathlib.Path) -> None:
+    from domainctl.__main__ import main
+    from domainos.security import CertFiles, Identity, check_usable
+
+    argv = ["compose", "--topology", str(DEPLOY / "topology.yaml"), "--out", str(tmp_path), "--pki"]
+    assert main(argv) == 0
+    for path in (tmp_path / "config").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        files = CertFiles(
+            **{k: v.replace("/etc/domainos/pki", str(tmp_path / "pki")) for k, v in data["tls"].items()}
+        )
+        role = pathlib.Path(files.cert).stem.split("-", 1)[0]
+        assert check_usable(files) == Identity(role, data.get("node_id") or data["id"])
+    assert check_usable(
+        CertFiles(*(str(tmp_path / "pki" / f) for f in ("ca.crt", "client-admin.crt", "client-admin.key")))
+    )

@@ -24,3 +24,4 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> No
     """No test sees the developer's DOMAINOS_MASTER or ~/.domainos."""
     monkeypatch.delenv("DOMAINOS_MASTER", raising=False)
     monkeypatch.setenv("DOMAINOS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOMAINOS_INSECURE", "1")  # the fake master is plaintext; TLS: tests/security

@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,7 +79,7 @@ class Federation:
         return next(c for c in self.state["components"] if c["name"] == name)
 
     def client(self) -> dsdk.Client:
-        return dsdk.connect(self.state["master"])
+        return dsdk.connect(self.state["master"], home=self.home)  # its certificate and token
 
     def down(self) -> None:
         self.ctl("down", "--home", str(self.home))
@@ -226,10 +228,24 @@ def test_master_restart_keeps_every_job(fed: Federation) -> None:
     assert fed.ctl("logs", running.job_id, check=True).stdout == "survived\n"
 
 
+@pytest.fixture
+def shared_dir() -> Iterator[pathlib.Path]:
+    """A directory tasks can write: agents running as root run tasks as ``nobody``, which cannot
+    enter pytest's tmp_path (under a 0700 directory of root's)."""
+    path = pathlib.Path(
+        tempfile.mkdtemp(prefix="domainos-e2e-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    )
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def test_sigkilled_agent_loses_its_tasks_and_they_retry_elsewhere(
-    fed: Federation, tmp_path: pathlib.Path
+    fed: Federation, shared_dir: pathlib.Path
 ) -> None:
-    flag = tmp_path / "first-attempt-started"
+    flag = shared_dir / "first-attempt-started"
     script = (
         "import os, sys, time\n"
         "flag = sys.argv[1]\n"

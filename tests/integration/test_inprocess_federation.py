@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from domainos.topology import SimInventory
 from master_domain import MasterConfig, MasterDomain
 from node_agent import AgentConfig, NodeAgent
 from sub_domain import SubDomainConfig, SubDomainManager
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "master_domain"))
+from master_helpers import bearer_channel  # an admin's channel
 
 
 async def until(cond: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "") -> Any:
@@ -44,11 +48,20 @@ class Fed:
         self.stub: Any = None
 
     async def add_master(self) -> None:
-        master = MasterDomain(MasterConfig(listen="127.0.0.1:0", metrics_listen="", store="memory://"))
+        token_file = self.tmp / "admin.token"
+        master = MasterDomain(
+            MasterConfig(
+                listen="127.0.0.1:0",
+                metrics_listen="",
+                store="memory://",
+                insecure=True,
+                bootstrap_token_file=str(token_file),
+            )
+        )
         info = await master.start()
         self.stack.push_async_callback(master.shutdown)
         self.master_addr = info["listen"]
-        channel = create_channel(self.master_addr)
+        channel = bearer_channel(self.master_addr, token_file.read_text().strip())
         self.stack.push_async_callback(channel.close)
         self.stub = master_pb2_grpc.DomainControlStub(channel)
 
@@ -62,6 +75,7 @@ class Fed:
                 metrics_listen="",
                 max_nodes=max_nodes,
                 dead_after_s=1.0,
+                insecure=True,
             )
         )
         info = await sd.start()
@@ -78,6 +92,7 @@ class Fed:
                 metrics_listen="",
                 simulated=True,
                 inventory=SimInventory(cpus=4, memory="8Gi", **kw),
+                insecure=True,
             )
         )
         await agent.start()

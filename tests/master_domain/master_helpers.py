@@ -17,7 +17,7 @@ from domainos.api.v1 import common_pb2, subdomain_pb2, subdomain_pb2_grpc
 from domainos.clock import FakeClock
 from domainos.jobspec import JobSpec, RetryPolicy
 from domainos.resources import Resources
-from domainos.rpc import create_channel
+from domainos.rpc import CHANNEL_OPTIONS, create_channel
 from master_domain._jobs import Effect, Event, Job, JobTable, TaskReport, TaskState, TaskUpdates
 
 T = TypeVar("T")
@@ -93,6 +93,35 @@ async def wait_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+# -- credentials ------------------------------------------------------------------------------------
+
+
+async def admin_token(master: Any) -> str:
+    """Mint an admin token straight into a started master's store (``dos_...``)."""
+    from master_domain._auth import Role, TokenRecord
+
+    record, token = TokenRecord.mint(Role.ADMIN, "", now=time.time(), created_by="tests")
+    await master.store.txn([], [master.directory.token_op(record)])
+    return token
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <token>`` to every unary call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("authorization", f"Bearer {self._token}")
+        return await continuation(details._replace(metadata=metadata), request)
+
+
+def bearer_channel(address: str, token: str) -> grpc.aio.Channel:
+    """A plaintext channel whose every unary call carries ``token``."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=[_Bearer(token)])
 
 
 # -- a fake sub-domain ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from master_helpers import FakeSubdomain, run, wait_async, wait_for
+from master_helpers import FakeSubdomain, admin_token, bearer_channel, run, wait_async, wait_for
 
 from domainos.api.v1 import common_pb2, master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
 from domainos.rpc import create_channel
@@ -28,17 +28,18 @@ JS = master_pb2
 def config(**kw: Any) -> MasterConfig:
     base: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "", "store": "memory://"}
     base.update(kw)
+    base.setdefault("insecure", "tls" not in base)  # this tier runs plaintext; TLS: tests/security
     return MasterConfig(**base)
 
 
 class Cluster:
     """A started master plus a DomainControl client."""
 
-    def __init__(self, master: MasterDomain, info: dict[str, Any]) -> None:
+    def __init__(self, master: MasterDomain, info: dict[str, Any], token: str) -> None:
         self.master = master
         self.info = info
         self.address = info["listen"]
-        self.channel = create_channel(self.address)
+        self.channel = bearer_channel(self.address, token)  # an admin's
         self.api = master_pb2_grpc.DomainControlStub(self.channel)
         self.fakes: list[FakeSubdomain] = []
 
@@ -81,7 +82,7 @@ class Cluster:
 async def cluster(**kw: Any) -> AsyncIterator[Cluster]:
     master = MasterDomain(config(**kw))
     info = await master.start()
-    c = Cluster(master, info)
+    c = Cluster(master, info, await admin_token(master))
     try:
         yield c
     finally:

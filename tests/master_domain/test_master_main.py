@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_valid() -> None:
-    cfg = MasterConfig()
+    cfg = MasterConfig(insecure=True)
     cfg.validate()
     assert (cfg.id, cfg.listen, cfg.store, cfg.place_timeout_s, cfg.subdomain_lost_grace_s) == (
         "master-1",
@@ -52,7 +52,7 @@ def test_bad_fields_name_the_field(field: str, value: object, text: str) -> None
 
 def test_file_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "master.yaml"
-    path.write_text("id: m-file\nplace_timeout_s: 3\nstore: memory://\n")
+    path.write_text("id: m-file\nplace_timeout_s: 3\nstore: memory://\ninsecure: true\n")
     cfg = load(MasterConfig, str(path), {"id": "m-flag", "listen": None})
     assert (cfg.id, cfg.place_timeout_s, cfg.listen) == ("m-flag", 3.0, "127.0.0.1:7070")
 
@@ -94,6 +94,9 @@ def test_daemon_serves_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) ->
             str(ready),
             "--log-format",
             "text",
+            "--insecure",
+            "--set",
+            f"bootstrap_token_file={tmp_path}/admin.token",
         ],
         cwd=tmp_path,
         env=env,
@@ -110,7 +113,12 @@ def test_daemon_serves_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) ->
         assert info["id"] == "m-proc" and info["store"].startswith("sqlite:///")
         with grpc.insecure_channel(info["listen"]) as channel:
             stub = master_pb2_grpc.DomainControlStub(channel)
-            cluster = stub.GetClusterInfo(master_pb2.GetClusterInfoRequest(), timeout=5)
+            token = (tmp_path / "admin.token").read_text().strip()
+            cluster = stub.GetClusterInfo(
+                master_pb2.GetClusterInfoRequest(),
+                timeout=5,
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
             assert cluster.master_id == "m-proc"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,9 +17,33 @@ import grpc.aio
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from domainos.model import TaskRef, TaskSpec, TaskState
 from domainos.rpc import bind, create_server
+from node_agent._runner import DEFAULT_TASK_USER, blocking_dir, resolve_task_user, user_may
 
 T = TypeVar("T")
-PY = sys.executable
+
+
+def task_python() -> str:
+    """A Python interpreter that tasks can run.
+
+    Run as root, the agent runs tasks as ``nobody``, and this interpreter (a virtual environment's
+    python linked to e.g. ``/root/.pyenv/...``) may sit under a directory ``nobody`` cannot enter:
+    then a system ``python3`` does (task code in these tests uses the standard library only).
+    """
+    if os.geteuid() != 0:
+        return sys.executable
+    user = resolve_task_user(DEFAULT_TASK_USER)
+    system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    for candidate in (sys.executable, system):
+        if not candidate:
+            continue
+        real = os.path.realpath(candidate)
+        if blocking_dir(user, real) is None and user_may(user, os.stat(real), 1):
+            return candidate
+    return sys.executable  # tasks will fail with "permission denied: <it> (the task runs as nobody ...)"
+
+
+#: The interpreter of task commands (see :func:`task_python`).
+PY = task_python()
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_fill_in_from_the_machine() -> None:
-    cfg = AgentConfig(subdomains=["127.0.0.1:7100"])
+    cfg = AgentConfig(subdomains=["127.0.0.1:7100"], insecure=True)
     cfg.validate()
     assert cfg.node_id == socket.gethostname()
     assert cfg.state_dir == os.path.expanduser(f"~/.domainos/agent/{cfg.node_id}")
@@ -44,6 +44,7 @@ def test_yaml_with_flags_overriding(tmp_path: Path) -> None:
         "simulated: true\n"
         "inventory: {cpus: 16, memory: 64Gi, gpus: 8, gpu_model: H100}\n"
         "labels: {rack: r1}\n"
+        "insecure: true\n"
     )
     cfg = dconfig.load(AgentConfig, str(path), {"subdomains": ["127.0.0.1:9"], "log_format": "text"})
     assert cfg.subdomains == ["127.0.0.1:9"] and cfg.log_format == "text"
@@ -124,6 +125,7 @@ def test_daemon_process_registers_and_stops_its_tasks_on_sigterm(tmp_path: Path)
             str(ready),
             "--set",
             "stop_grace_s=2",
+            "--insecure",
             cwd=str(REPO),
             env=env,
             stdout=asyncio.subprocess.DEVNULL,

@@ -287,3 +287,89 @@ def test_table_is_bounded(tmp_path: Path) -> None:
         runner.validate()
 
     run(main())
+
+
+def test_task_directory_layout_and_modes(tmp_path: Path) -> None:
+    """The agent's files are the agent's (0600); the task's output and home are the task's."""
+    root = os.geteuid() == 0
+    code = "import os; print(os.getcwd() == os.environ['HOME'], os.path.basename(os.getcwd()))"
+
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        s = spec("job-m", 0, 0, (PY, "-c", code))
+        await runner.start(s)
+        assert (await runner.wait(s.ref)) is not None
+        assert runner.read_log(s.ref).data == b"True home\n"
+        task_dir = runner.task_dir(s.ref)
+
+        def mode(p: Path) -> int:
+            return stat.S_IMODE(os.lstat(p).st_mode)
+
+        shared = 0o711 if root else 0o700  # traversable by task users, listable by the agent only
+        for d in (runner.state_dir, runner.tasks_dir, task_dir.parent, task_dir):
+            assert mode(d) == shared, d
+        assert mode(task_dir / "status.json") == 0o600
+        assert os.lstat(task_dir / "status.json").st_uid == os.geteuid()
+        assert mode(task_dir / "stdout") == mode(task_dir / "stderr") == 0o600
+        assert mode(task_dir / "home") == 0o700
+        task_uid = runner.users.default.uid if runner.users is not None else os.geteuid()
+        assert os.lstat(task_dir / "home").st_uid == os.lstat(task_dir / "stdout").st_uid == task_uid
+        assert not (root and task_uid == 0)
+
+    run(main())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root agent switches users (through its helper)")
+def test_exec_errors_as_the_task_user(tmp_path: Path) -> None:
+    """PATH entries the task user cannot search (say /root/bin) are skipped as "not found"; a
+    program it may not run is "permission denied" and names the user."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    tool = locked / "tool"
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, base_env={**base_environment(), "PATH": f"{locked}:/usr/bin:/bin"})
+        found = spec("job-x", 0, 0, ("id", "-u"))  # after the locked directory on PATH
+        await runner.start(found)
+        st = await runner.wait(found.ref)
+        assert st is not None and st.state is TaskState.SUCCEEDED
+        assert runner.read_log(found.ref).data.strip() != b"0"
+        hidden = (await runner.start(spec("job-x", 1, 0, ("tool",)))).status
+        assert (hidden.state, hidden.exit_code, hidden.message) == (
+            TaskState.FAILED,
+            127,
+            "command not found: tool",
+        )
+        denied = (await runner.start(spec("job-x", 2, 0, (str(tool),)))).status
+        assert (denied.state, denied.exit_code) == (TaskState.FAILED, 126)
+        assert runner.users is not None
+        who = f"nobody (uid {runner.users.default.uid})"
+        assert denied.message == f"permission denied: {tool} (the task runs as {who})"
+        assert denied.message.encode() in runner.read_log(TaskRef("job-x", 2, 0), "stderr").data
+        runner.validate()
+
+    run(main())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root agent switches users (through its helper)")
+def test_the_job_env_never_reaches_anything_running_as_root(tmp_path: Path) -> None:
+    """The helper that drops root starts with an empty environment and ignores PYTHON* variables:
+    a job's PYTHONPATH (or LD_PRELOAD) cannot run code as root before the switch."""
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    marker = tmp_path / "ran-as-root"
+    (trap / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    (trap / "marshal.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    env = {"PYTHONPATH": str(trap), "PYTHONSTARTUP": str(trap / "marshal.py"), "PYTHONHOME": str(trap)}
+
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        s = spec("job-y", 0, 0, ("id", "-u"), env=env)  # not Python: only the helper could import
+        await runner.start(s)
+        st = await runner.wait(s.ref)
+        assert st is not None and st.state is TaskState.SUCCEEDED, runner.read_log(s.ref, "stderr").data
+        assert not marker.exists()
+
+    run(main())

@@ -57,6 +57,7 @@ def config(tmp_path: Path, *addresses: str, **kw: Any) -> AgentConfig:
         "stop_grace_s": 1.0,
     }
     base.update(kw)
+    base.setdefault("insecure", "tls" not in base)  # this tier runs plaintext; TLS: tests/security
     cfg = AgentConfig(**base)
     cfg.validate()
     return cfg

@@ -39,6 +39,7 @@ async def running(
         master=master,
         full_sync_interval_s=0.5,
         summary_interval_s=0.1,
+        insecure=kw.pop("insecure", "tls" not in kw),  # this tier runs plaintext; TLS: tests/security
         **kw,
     )
     mgr = SubDomainManager(cfg, clock=clock)

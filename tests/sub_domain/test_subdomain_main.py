@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
     path = tmp_path / "sd.yaml"
-    path.write_text("id: east-1\nregion: east\nmax_nodes: 500\nlisten: 127.0.0.1:0\n")
+    path.write_text("id: east-1\nregion: east\nmax_nodes: 500\nlisten: 127.0.0.1:0\ninsecure: true\n")
     cfg = load(SubDomainConfig, str(path), {"max_nodes": 20, "master": None})
     assert (cfg.id, cfg.region, cfg.max_nodes, cfg.master) == ("east-1", "east", 20, "")
     assert cfg.store == "memory://" and cfg.silent_after_s == 15.0 and cfg.dead_after_s == 5.0
@@ -81,6 +81,7 @@ def test_daemon_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
             "text",
             "--ready-file",
             str(ready),
+            "--insecure",
         ],
         cwd=ROOT,
         env=env,

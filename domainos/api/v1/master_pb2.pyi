@@ -169,7 +169,7 @@ class RevokeTokenRequest(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
-    __slots__ = ("entry_id", "time", "principal", "tenant", "role", "method", "target", "request_id", "code", "message", "peer")
+    __slots__ = ("entry_id", "time", "principal", "tenant", "role", "method", "target", "request_id", "code", "message", "peer", "cert")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class AuditEntry(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
+    CERT_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     time: float
     principal: str
@@ -192,7 +193,8 @@ class AuditEntry(_message.Message):
     code: str
     message: str
     peer: str
-    def __init__(self, entry_id: _Optional[str] = ..., time: _Optional[float] = ..., principal: _Optional[str] = ..., tenant: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., method: _Optional[str] = ..., target: _Optional[str] = ..., request_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+    cert: str
+    def __init__(self, entry_id: _Optional[str] = ..., time: _Optional[float] = ..., principal: _Optional[str] = ..., tenant: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., method: _Optional[str] = ..., target: _Optional[str] = ..., request_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., peer: _Optional[str] = ..., cert: _Optional[str] = ...) -> None: ...
 
 class ReadAuditRequest(_message.Message):
     __slots__ = ("limit", "page_token", "since")
