@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
+from domainos.ratelimit import check_rate
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _STORE_SCHEMES = ("sqlite:///", "memory://", "etcd://")
@@ -48,6 +49,9 @@ class MasterConfig:
     rate_limit_per_s: float = 200.0
     #: ... with bursts of up to this many.
     rate_limit_burst: int = 400
+    #: Messages per second each sub-domain stream may send (0 = unlimited), with bursts of ...
+    subdomain_message_rate_per_s: float = 5_000.0
+    subdomain_message_burst: int = 20_000
     #: Mutual TLS (the cluster CA, this master's certificate and key); required unless ``insecure``.
     tls: TLSConfig | None = None
     #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
@@ -94,13 +98,11 @@ class MasterConfig:
             raise ConfigError(
                 f"must be between 1 and 100000000, got {self.audit_max_entries}", field="audit_max_entries"
             )
-        if not 0 <= self.rate_limit_per_s <= 1_000_000:
-            raise ConfigError(
-                f"must be between 0 (unlimited) and 1000000, got {self.rate_limit_per_s}",
-                field="rate_limit_per_s",
-            )
-        if not 1 <= self.rate_limit_burst <= 10_000_000:
-            raise ConfigError(
-                f"must be between 1 and 10000000, got {self.rate_limit_burst}", field="rate_limit_burst"
-            )
+        check_rate(self.rate_limit_per_s, self.rate_limit_burst, "rate_limit_per_s", "rate_limit_burst")
+        check_rate(
+            self.subdomain_message_rate_per_s,
+            self.subdomain_message_burst,
+            "subdomain_message_rate_per_s",
+            "subdomain_message_burst",
+        )
         check_transport(self.tls, self.insecure)

@@ -40,6 +40,7 @@ from domainos.errors import (
 from domainos.ids import new_job_id, new_request_id
 from domainos.jobspec import JobSpec
 from domainos.model import TaskRef
+from domainos.ratelimit import RateLimiter
 from domainos.rpc import bind, create_server
 from domainos.store import MAX_VALUE_BYTES, AsyncStore, Op, absent, open_store, put_op
 from domainos.topology import check_name
@@ -76,7 +77,6 @@ from master_domain._jobs import (
 )
 from master_domain._metrics import MasterMetrics, MasterStats
 from master_domain._placement import NoFit, Placer, check_fits_federation
-from master_domain._ratelimit import RateLimiter
 from master_domain._registry import Registry, Session, SubdomainRecord
 from master_domain._summary import MAX_NODES, Summary
 from master_domain._tenants import SYSTEM_TENANT, Directory, token_key
@@ -187,7 +187,17 @@ class MasterDomain:
             )
 
             server = create_server([DomainControlGate(self)])
-            subdomain_pb2_grpc.add_SubDomainGatewayServicer_to_server(SubDomainGatewayServicer(self), server)
+            subdomain_pb2_grpc.add_SubDomainGatewayServicer_to_server(
+                SubDomainGatewayServicer(
+                    self,
+                    RateLimiter(
+                        self.config.subdomain_message_rate_per_s,
+                        self.config.subdomain_message_burst,
+                        clock=self._clock,
+                    ),
+                ),
+                server,
+            )
             master_pb2_grpc.add_DomainControlServicer_to_server(DomainControlServicer(self), server)
             port = bind(server, self.config.listen, tls)
             self._server = server

@@ -47,6 +47,8 @@ class Session:
         #: Why the stream ended from this side ("" = the peer ended it).
         self.close_reason = ""
         self.overflowed = False
+        #: True when the sub-domain sent more messages than its rate limit allows.
+        self.limited = False
 
     def send(self, command: Any) -> bool:
         """Queue a command without waiting; False when the session is closed or overflowed."""

@@ -26,6 +26,7 @@ from domainos.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from domainos.ratelimit import RateLimiter, stream_limit
 from domainos.rpc import abort_with, require_peer, rpc_method
 from domainos.store import Op
 from master_domain._audit import AuditEntry
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 class SubDomainGatewayServicer(subdomain_pb2_grpc.SubDomainGatewayServicer):  # type: ignore[misc]
     """One long-lived stream per sub-domain: reports in, commands out."""
 
-    def __init__(self, master: MasterDomain) -> None:
+    def __init__(self, master: MasterDomain, messages: RateLimiter | None = None) -> None:
         self._master = master
+        self._messages = messages if messages is not None else RateLimiter(0, 1)
 
     async def Connect(
         self,
@@ -84,12 +86,20 @@ class SubDomainGatewayServicer(subdomain_pb2_grpc.SubDomainGatewayServicer):  # 
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             await self._master.detach(session)
-        if session.overflowed:
+        if session.overflowed or session.limited:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, session.close_reason)
 
     async def _read(self, session: Session, messages: AsyncIterator[subdomain_pb2.SubDomainMessage]) -> None:
         try:
             async for msg in messages:
+                over = stream_limit(
+                    self._messages, session.subdomain_id, f"sub-domain {session.subdomain_id}"
+                )
+                if over is not None:
+                    log.warning("closing the stream of sub-domain %s: %s", session.subdomain_id, over)
+                    session.limited = True
+                    session.close(str(over))
+                    return
                 try:
                     await self._master.on_message(session, msg)
                 except DomainOSError as err:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
+from domainos.ratelimit import check_rate
 from domainos.topology import check_name
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -43,6 +44,12 @@ class SubDomainConfig:
     dead_after_s: float = 5.0
     #: Send a changed summary to the master at most this often.
     summary_interval_s: float = 1.0
+    #: Messages per second each agent stream may send (0 = unlimited), with bursts of ...
+    agent_message_rate_per_s: float = 200.0
+    agent_message_burst: int = 1_000
+    #: Registrations per second per node id (reconnect storms), with bursts of ...
+    register_rate_per_s: float = 2.0
+    register_burst: int = 10
     log_level: str = "info"
     log_format: str = "json"
     #: Mutual TLS (the cluster CA, this sub-domain's certificate and key); required unless ``insecure``.
@@ -74,6 +81,13 @@ class SubDomainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"must be a positive number of seconds, got {value!r}", field=name)
+        check_rate(
+            self.agent_message_rate_per_s,
+            self.agent_message_burst,
+            "agent_message_rate_per_s",
+            "agent_message_burst",
+        )
+        check_rate(self.register_rate_per_s, self.register_burst, "register_rate_per_s", "register_burst")
         if self.silent_after_s <= self.full_sync_interval_s:
             raise ConfigError(
                 f"must be greater than full_sync_interval_s ({self.full_sync_interval_s}), got "

@@ -28,6 +28,7 @@ from domainos.config import open_transport
 from domainos.errors import DomainOSError, InvalidArgument, StoreError, Unavailable
 from domainos.ids import new_incarnation, new_request_id
 from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskState, TaskStatus
+from domainos.ratelimit import RateLimiter
 from domainos.rpc import bind, create_server
 from domainos.store import AsyncStore, Op, delete_op, open_store, put_op
 
@@ -151,7 +152,15 @@ class SubDomainManager:
             await self._reload()
             self._server = create_server()
             agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-                AgentGatewayService(self, secure=tls is not None), self._server
+                AgentGatewayService(
+                    self,
+                    secure=tls is not None,
+                    messages=RateLimiter(
+                        cfg.agent_message_rate_per_s, cfg.agent_message_burst, clock=self.clock
+                    ),
+                    registrations=RateLimiter(cfg.register_rate_per_s, cfg.register_burst, clock=self.clock),
+                ),
+                self._server,
             )
             host = cfg.listen.rpartition(":")[0]
             port = bind(self._server, cfg.listen, tls)

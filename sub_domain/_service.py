@@ -19,6 +19,7 @@ import grpc.aio
 
 from domainos.api.v1 import agent_pb2_grpc
 from domainos.errors import DomainOSError, Internal, InvalidArgument, ResourceExhausted
+from domainos.ratelimit import RateLimiter, stream_limit
 from domainos.rpc import abort_with, require_peer
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,21 @@ class AgentHandler(Protocol):
 class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
     """The sub-domain side of ``agent.proto``."""
 
-    def __init__(self, handler: AgentHandler, *, secure: bool = True) -> None:
+    def __init__(
+        self,
+        handler: AgentHandler,
+        *,
+        secure: bool = True,
+        messages: RateLimiter | None = None,
+        registrations: RateLimiter | None = None,
+    ) -> None:
         self._handler = handler
         #: False only on a sub-domain that runs ``insecure: true`` (no certificates to check).
         self._secure = secure
+        # Per node id: stream messages, and registrations (a reconnect storm must not cost a
+        # registry update per attempt). Both maps are bounded LRUs.
+        self._messages = messages if messages is not None else RateLimiter(0, 1)
+        self._registrations = registrations if registrations is not None else RateLimiter(0, 1)
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         peer = context.peer()
@@ -114,6 +126,16 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[
         except DomainOSError as err:
             log.warning("registration from %s refused: %s", peer, err)
             await abort_with(context, err)
+        node_id = first.register.inventory.node_id
+        wait = self._registrations.check(node_id)
+        if wait:
+            await abort_with(
+                context,
+                ResourceExhausted(
+                    f"node {node_id} registers too often: at most {self._registrations.rate:g}/s "
+                    f"(burst {self._registrations.burst}); retry in {max(wait, 0.01):.2f} s"
+                ),
+            )
         try:
             conn = await self._handler.agent_register(first.register, peer, None)
         except DomainOSError as err:
@@ -145,6 +167,9 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[
                     log.info("node %s closed its stream", conn.node_id)
                     conn.close()
                     return
+                over = stream_limit(self._messages, conn.node_id, f"node {conn.node_id}")
+                if over is not None:
+                    raise over
                 await self._handler.agent_message(conn, msg)
         except asyncio.CancelledError:
             raise

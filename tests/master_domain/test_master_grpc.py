@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import urllib.request
 from collections import Counter
@@ -508,5 +510,33 @@ def test_unconfirmed_placement_is_redone_after_the_timeout() -> None:
             await wait_async(moved, what="placement redone on west-1")
             await wait_for(lambda: mute.stopped, what="stop of the stale placement")
             assert mute.stopped[0].attempt == 0
+
+    run(body())
+
+
+def test_a_subdomain_flooding_its_stream_is_cut_off_and_others_are_unaffected() -> None:
+    async def body() -> None:
+        async with cluster(subdomain_message_rate_per_s=5, subdomain_message_burst=5) as c:
+            noisy = await c.subdomain("noisy-1")
+            calm = await c.subdomain("calm-1", "west")
+            report = subdomain_pb2.SubDomainMessage(
+                summary=subdomain_pb2.SummaryReport(
+                    incarnation=noisy.incarnation, seq=1, summary=noisy.summary
+                )
+            )
+            for _ in range(20):
+                if noisy.ended.is_set():
+                    break
+                # Writing after the server ended the stream fails on the client side; the status
+                # arrives on the reading side.
+                with contextlib.suppress(Exception):
+                    await noisy.send(report)
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(noisy.ended.wait(), 5)
+            assert noisy.error is not None and noisy.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "sub-domain noisy-1 sent more than 5 messages/s (burst 5)" in (noisy.error.details() or "")
+            assert not calm.ended.is_set()
+            job = await c.submit()
+            assert job.job_id
 
     run(body())

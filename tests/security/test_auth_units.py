@@ -30,7 +30,7 @@ from master_domain._auth import (
     new_token,
     parse_token,
 )
-from master_domain._ratelimit import RateLimiter
+from domainos.ratelimit import RateLimiter
 
 # -- tokens ------------------------------------------------------------------------------------------
 

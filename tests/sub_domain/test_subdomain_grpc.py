@@ -430,3 +430,49 @@ async def test_reconnects_to_the_master_with_a_fresh_hello() -> None:
                 assert [t.job_id for t in master2.hellos[0].tasks] == ["j-re"]
             finally:
                 await master2.stop()
+
+
+@async_test()
+async def test_an_agent_flooding_its_stream_is_cut_off_with_resource_exhausted() -> None:
+    async with running(agent_message_rate_per_s=5, agent_message_burst=5) as mgr:
+        agent = TestAgent(mgr.listen_address, "n-flood")
+        await agent.connect()
+        calm = TestAgent(mgr.listen_address, "n-calm")
+        await calm.connect()
+        for _ in range(20):
+            if agent.ended.is_set():
+                break
+            # A grpc.aio client writing after the server ended the stream fails locally; the
+            # server's status arrives on the reading side (agent.error).
+            with contextlib.suppress(Exception):
+                await agent.report()
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(agent.ended.wait(), 5)
+        assert agent.error is not None and agent.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "node n-flood sent more than 5 messages/s (burst 5)" in (agent.error.details() or "")
+        # The other node is unaffected.
+        await calm.report()
+        await await_for(lambda: mgr.node_state("n-calm") == "ready", what="calm node still ready")
+        assert not calm.ended.is_set()
+        await agent.close()
+        await calm.close()
+
+
+@async_test()
+async def test_a_node_reconnecting_in_a_storm_is_refused_for_a_while() -> None:
+    async with running(register_rate_per_s=0.01, register_burst=2) as mgr:
+        for _ in range(2):
+            agent = TestAgent(mgr.listen_address, "n-storm")
+            await agent.connect()
+            await agent.close()
+            await await_for(lambda: mgr.node_state("n-storm") != "ready", what="stream seen closed")
+        third = TestAgent(mgr.listen_address, "n-storm")
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await third.connect()
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "node n-storm registers too often: at most 0.01/s (burst 2)" in (exc.value.details() or "")
+        await third.close()
+        # Another node is not affected by n-storm's limit.
+        other = TestAgent(mgr.listen_address, "n-other")
+        await other.connect()
+        await other.close()

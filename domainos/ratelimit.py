@@ -1,6 +1,6 @@
-"""Per-principal token buckets for ``DomainControl`` (pure; time from an injected clock).
+"""Token buckets per key (pure; time from an injected clock): client calls, stream messages, registrations.
 
-Each principal (a token id, else the caller's certificate, else its address) gets a bucket of
+Each key (a token id, a certificate, a node or sub-domain id) gets a bucket of
 ``burst`` requests refilled at ``rate`` per second. The map is an LRU bounded to ``max_keys``
 principals: memory stays bounded however many callers appear, and a principal pushed out simply
 starts again with a full bucket.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from domainos.clock import Clock, SystemClock
-from domainos.errors import ResourceExhausted
+from domainos.errors import ConfigError, ResourceExhausted
 
 DEFAULT_MAX_KEYS = 100_000
 
@@ -59,3 +59,21 @@ class RateLimiter:
                 f"rate limit exceeded for {key}: {self.rate:g} requests/s (burst {self.burst}); "
                 f"retry in {max(wait, 0.01):.2f} s"
             )
+
+
+def check_rate(rate: float, burst: int, rate_field: str, burst_field: str) -> None:
+    """Config validation shared by every limit: ``rate`` 0 (unlimited) .. 1e6 per second, ``burst`` >= 1."""
+    if not 0 <= rate <= 1_000_000:
+        raise ConfigError(f"must be between 0 (unlimited) and 1000000, got {rate}", field=rate_field)
+    if not 1 <= burst <= 10_000_000:
+        raise ConfigError(f"must be between 1 and 10000000, got {burst}", field=burst_field)
+
+
+def stream_limit(limiter: RateLimiter, key: str, what: str) -> ResourceExhausted | None:
+    """Count one stream message from ``key``; the error that ends its stream when it sent too many."""
+    if not limiter.check(key):
+        return None
+    return ResourceExhausted(
+        f"{what} sent more than {limiter.rate:g} messages/s (burst {limiter.burst}); "
+        "its stream is closed: reconnect after a backoff and send less"
+    )
