@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from domainos.api.v1 import master_pb2
 from domainos.clock import FakeClock
 from domainos.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from domainos.ratelimit import RateLimiter
 from domainos.store import AsyncStore, open_store
 from master_domain._audit import AUDIT_PREFIX, AuditLog, new_entry_id
 from master_domain._auth import (
@@ -30,7 +31,6 @@ from master_domain._auth import (
     new_token,
     parse_token,
 )
-from domainos.ratelimit import RateLimiter
 
 # -- tokens ------------------------------------------------------------------------------------------
 
