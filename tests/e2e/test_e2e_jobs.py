@@ -296,3 +296,51 @@ def test_the_federation_runs_on_a_real_etcd(etcd_server: str, tmp_path: pathlib.
         assert f"/domainos/master/jobs/{job_id}" in keys
     finally:
         f.down()
+
+
+def test_another_topology_with_simulated_gpu_nodes(tmp_path: pathlib.Path) -> None:
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(
+        "version: 1\n"
+        "name: gpus\n"
+        "regions:\n"
+        "  - name: north\n"
+        "    subdomains:\n"
+        "      - id: north-1\n"
+        "        agents:\n"
+        "          - count: 1\n"
+        "            simulated: true\n"
+        "            inventory: {cpus: 32, memory: 256Gi, gpus: 8, gpu_model: H100-SXM-80GB}\n"
+        "  - name: south\n"
+        "    subdomains:\n"
+        "      - id: south-1\n"
+        "        agents:\n"
+        "          - count: 2\n"
+        "            simulated: true\n"
+        "            inventory: {cpus: 4, memory: 8Gi}\n"
+    )
+    f = Federation(tmp_path / "home")
+    proc = f.ctl("up", "--detach", "--home", str(f.home), "--topology", str(topo), "--timeout", "90")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        regions = json.loads(f.ctl("domains", "-o", "json", check=True).stdout)
+        subs = {sd["subdomain_id"]: sd for r in regions for sd in r["subdomains"]}
+        assert set(subs) == {"north-1", "south-1"}
+        assert subs["north-1"]["nodes_simulated"] == 1 and subs["south-1"]["nodes_simulated"] == 2
+        assert subs["north-1"]["gpus_by_model"] == {"H100-SXM-80GB": 8}
+        nodes = json.loads(f.ctl("nodes", "-o", "json", check=True).stdout)
+        assert len(nodes) == 3 and all(n["simulated"] for n in nodes)
+        assert "simulated" in f.ctl("nodes", check=True).stdout
+
+        run = f.ctl(
+            "run", "--gpus", "2", "--cpus", "1", "--wait", "--timeout", "60", "--",
+            "python3", "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['DOMAINOS_SUBDOMAIN'])",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        devices, subdomain = run.stdout.splitlines()[-1].split()
+        assert subdomain == "north-1"
+        assert len(devices.split(",")) == 2
+        too_many = f.ctl("run", "--gpus", "9", "--", "true")
+        assert too_many.returncode == 2 and "resources.gpus" in too_many.stderr
+    finally:
+        f.down()
