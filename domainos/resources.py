@@ -108,8 +108,9 @@ def format_memory(n: int) -> str:
 
 
 def format_cpus(millis: int) -> str:
-    v = millis / 1000
-    return f"{v:.0f}" if v == int(v) else f"{v:.2f}".rstrip("0")
+    """Cores as people write them: ``2``, ``0.5``, ``0.001`` (exact to the millicore)."""
+    whole, frac = divmod(millis, 1000)
+    return str(whole) if not frac else f"{whole}.{frac:03d}".rstrip("0")
 
 
 @dataclass(frozen=True, slots=True)

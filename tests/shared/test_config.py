@@ -6,7 +6,7 @@ import pytest
 
 from domainos.config import build, load, parse_set_flags
 from domainos.errors import ConfigError
-from domainos.resources import format_memory, parse_cpus, parse_memory
+from domainos.resources import format_cpus, format_memory, parse_cpus, parse_memory
 from domainos.topology import SimInventory, Topology, load_topology
 
 
@@ -79,3 +79,11 @@ def test_parse_cpus_and_format() -> None:
     assert parse_cpus(2) == 2000
     assert parse_cpus(0.25) == 250
     assert format_memory(3 * 2**29) == "1.5Gi"
+
+
+@pytest.mark.parametrize(
+    ("millis", "text"), [(1, "0.001"), (10, "0.01"), (500, "0.5"), (4500, "4.5"), (2000, "2"), (1250, "1.25")]
+)
+def test_format_cpus_is_exact_to_the_millicore(millis: int, text: str) -> None:
+    assert format_cpus(millis) == text
+    assert parse_cpus(text) == millis
