@@ -42,6 +42,8 @@ _HANDLERS = {
     "tenant": "domainctl._auth_commands:cmd_tenant",
     "token": "domainctl._auth_commands:cmd_token",
     "audit": "domainctl._auth_commands:cmd_audit",
+    "quota": "domainctl._sched_commands:cmd_quota",
+    "explain": "domainctl._sched_commands:cmd_explain",
 }
 
 _EPILOG = """\
@@ -52,6 +54,8 @@ examples:
   domainctl jobs --state running
   domainctl logs JOB_ID
   domainctl token create --tenant acme --ttl 30d   (admins; `domainctl login` to use a token)
+  domainctl quota set --tenant acme --region east --gpus 64 --gpu-model H100   (admins)
+  domainctl explain JOB_ID                  why a job is where it is, or why it waits
   domainctl down
 
 The master is found from --master, then $DOMAINOS_MASTER, then the local federation
@@ -138,6 +142,48 @@ def _add_identity_commands(
     p.add_argument("--since", metavar="DURATION", help="only the last DURATION, e.g. 1h, 30m, 7d")
 
 
+def _add_scheduling_commands(
+    add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """quota (set/rm: admins; ls: admins, or a user for its own tenant) and explain."""
+    p = add("quota", "tenant quotas per region and sub-domain: quota set | quota ls | quota rm")
+    quotas = p.add_subparsers(dest="quota_command", metavar="ACTION", required=True)
+
+    def scope(c: argparse.ArgumentParser, *, required: bool) -> None:
+        c.add_argument("--tenant", required=required, metavar="T", help="the tenant")
+        c.add_argument("--region", default="*", metavar="R", help="the region (default *: every region)")
+        c.add_argument(
+            "--subdomain", default="*", metavar="S", help="the sub-domain (default *: every sub-domain)"
+        )
+
+    c = quotas.add_parser(
+        "set",
+        parents=[common],
+        help="set a tenant's limits in a scope (admins); replaces that scope's limits",
+        description="Set a tenant's quota in a region / sub-domain (admins). A job over quota waits, "
+        "with the reason shown by `domainctl job` and `domainctl explain`; it never runs.",
+    )
+    scope(c, required=True)
+    c.add_argument("--cpus", metavar="N", help="CPU cores (e.g. 64, 0.5, 500m)")
+    c.add_argument("--memory", metavar="SIZE", help="memory (e.g. 512Gi)")
+    c.add_argument("--gpus", metavar="N", help="whole GPUs (of --gpu-model; default any model)")
+    c.add_argument("--gpu-model", metavar="MODEL", help="the GPU model --gpus counts (class gpu:MODEL)")
+    c.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="CLASS=AMOUNT",
+        help="any resource class in its unit: cpu (millicores), memory (bytes), gpu:MODEL, gpu:* (repeatable)",
+    )
+    c = quotas.add_parser("ls", parents=[common], help="quotas with usage (users: their own tenant's)")
+    c.add_argument("--tenant", metavar="T", help="only this tenant's quotas")
+    c = quotas.add_parser("rm", parents=[common], help="remove a tenant's quota in a scope (admins)")
+    scope(c, required=True)
+
+    p = add("explain", "why a job is where it is, or why it waits: quota, power, capacity, priority")
+    p.add_argument("job_id", metavar="ID")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render ``--help``)."""
     common = _common()
@@ -172,12 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", metavar="K=V", action="append", default=[], help="environment variable (repeatable)"
     )
     p.add_argument("--retries", metavar="N", help="retries of a task that exits non-zero (default 0)")
+    p.add_argument(
+        "--priority", metavar="CLASS", help="priority class: low | normal (default) | high | system"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job, print its state and output")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD ARGS", help="the program and its arguments")
 
     p = add("submit", "submit a job file (YAML; - for standard input)")
     p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument(
+        "--priority",
+        metavar="CLASS",
+        help="priority class, replacing the file's: low | normal | high | system",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job, print its state and output")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
 
@@ -204,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("info", "the master's identity, store and federation-wide counts")
     _add_identity_commands(add, common)
+    _add_scheduling_commands(add, common)
 
     p = add("up", "start a local federation (master, sub-domains, agents) as processes on this machine")
     p.add_argument(

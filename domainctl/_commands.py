@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -183,6 +184,8 @@ def _run_spec(ns: argparse.Namespace) -> dict[str, Any]:
         spec["resources"] = resources
     if ns.retries is not None:
         spec["retry"] = {"on_exit": _int(ns.retries, "retry.on_exit")}
+    if getattr(ns, "priority", None) is not None:
+        spec["priority"] = ns.priority
     env: dict[str, str] = {}
     for pair in ns.env:
         key, sep, value = pair.partition("=")
@@ -219,6 +222,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
 def cmd_submit(ns: argparse.Namespace) -> int:
     text = sys.stdin.read() if ns.file == "-" else None
     spec = dsdk.load_spec_file(ns.file, text)
+    if getattr(ns, "priority", None) is not None:
+        from domainos.jobspec import parse_priority
+
+        spec = dataclasses.replace(spec, priority=parse_priority(ns.priority, "--priority"))
     with client_for(ns) as c:
         return _submitted(ns, c, c.submit(spec))
 

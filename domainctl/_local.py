@@ -128,7 +128,11 @@ def transport_config(tls: CertFiles | None) -> dict[str, Any]:
     return {"tls": {"ca": tls.ca, "cert": tls.cert, "key": tls.key}}
 
 
-def master_config(paths: Paths, store: str | None, *, tls: CertFiles | None = None) -> dict[str, Any]:
+def master_config(
+    paths: Paths, store: str | None, *, tls: CertFiles | None = None, topology_file: str | None = None
+) -> dict[str, Any]:
+    # The master reads the topology's scheduling data (power budgets, links) itself.
+    topology = {"topology": str(pathlib.Path(topology_file).resolve())} if topology_file else {}
     return {
         "id": MASTER_ID,
         "listen": LOOPBACK_ANY_PORT,
@@ -136,6 +140,7 @@ def master_config(paths: Paths, store: str | None, *, tls: CertFiles | None = No
         "metrics_listen": LOOPBACK_ANY_PORT,
         "log_format": "json",
         "bootstrap_token_file": str(paths.admin_token.resolve()),
+        **topology,
         **transport_config(tls),
     }
 
@@ -502,7 +507,11 @@ class Launcher:
             self.pki = issue_local_pki(self.paths, self.topology)
 
         self.say("starting the master")
-        master = self._spawn("master", "", master_config(self.paths, self.store, tls=self._tls("master")))
+        master = self._spawn(
+            "master",
+            "",
+            master_config(self.paths, self.store, tls=self._tls("master"), topology_file=self.topology_file),
+        )
         self.save("starting")
         self._wait_ready([master])
         self.master = master.listen

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from domainos.resources import format_cpus, format_memory
 
 if TYPE_CHECKING:
-    from dsdk import ClusterInfo, Job, Node, Region, TaskLog
+    from dsdk import ClusterInfo, Explanation, Job, Node, Quota, Region, TaskLog
 
 GAP = "  "
 ELLIPSIS = "…"
@@ -329,6 +329,7 @@ def render_job(job: Job, now: float, max_width: int | None = None, *, command_li
         ("command", fmt_command(job.command, limit=command_limit)),
         ("replicas", job.replicas),
         ("resources", fmt_resources(r.cpu_millis, r.memory_bytes, r.gpus, r.gpu_model) + " per task"),
+        ("priority", job.spec.priority if job.spec is not None else DASH),
         ("created", f"{fmt_clock(job.created_at, date=True)} ({fmt_age(job.created_at, now)} ago)"),
     ]
     if job.finished_at > 0:
@@ -400,6 +401,48 @@ def render_components(components: Sequence[Mapping[str, Any]], alive: Mapping[st
         for c in components
     ]
     return table(COMPONENT_HEADERS, rows, right=(2,))
+
+
+# -- scheduling: quotas and explain ------------------------------------------------------------
+
+QUOTA_HEADERS = ("TENANT", "SCOPE", "CLASS", "USED/LIMIT", "USE")
+
+
+def fmt_amount(resource_class: str, amount: int) -> str:
+    """An amount in its class's unit: ``cpu`` millicores as cores, ``memory`` bytes as a size."""
+    if resource_class == "cpu":
+        return fmt_cpus(amount)
+    if resource_class == "memory":
+        return fmt_mem(amount)
+    return str(amount)
+
+
+def quota_rows(quotas: Sequence[Quota]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for q in quotas:
+        for cls, limit in sorted(q.limits.items()):
+            used = int(q.used.get(cls, 0))
+            share = fmt_percent(100.0 * used / limit) if limit > 0 else ("0%" if not used else "over")
+            rows.append(
+                [q.tenant, q.scope, cls, fmt_ratio(fmt_amount(cls, used), fmt_amount(cls, limit)), share]
+            )
+        if not q.limits:
+            rows.append([q.tenant, q.scope, DASH, DASH, DASH])
+    return rows
+
+
+def render_quotas(quotas: Sequence[Quota], max_width: int | None = None) -> str:
+    """``domainctl quota ls``: one line per quota and resource class, with usage."""
+    if not quotas:
+        return "no quotas (tenants are not limited)"
+    return table(QUOTA_HEADERS, quota_rows(quotas), max_width=max_width)
+
+
+def render_explanation(explanation: Explanation) -> str:
+    """``domainctl explain JOB``: the job and state, then the master's explanation."""
+    head = f"job {explanation.job_id} {explanation.state}".rstrip()
+    text = explanation.text.strip() or "(the master gave no explanation)"
+    return f"{head}\n{text}"
 
 
 # -- JSON -------------------------------------------------------------------------------------

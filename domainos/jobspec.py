@@ -18,6 +18,7 @@ YAML form::
       on_exit: 0                # retries when the process exits non-zero (default 0)
       on_lost: 3                # retries when its node dies (default 3)
     labels: {team: ml}
+    priority: normal            # priority class: low | normal (default) | high | system
 """
 
 from __future__ import annotations
@@ -43,11 +44,14 @@ DEFAULT_CPU_MILLIS = 1000
 DEFAULT_MEMORY = 256 * 2**20
 DEFAULT_RETRY_ON_EXIT = 0
 DEFAULT_RETRY_ON_LOST = 3
+#: The priority classes a job may name (the master's ``PriorityClasses`` defaults), lowest first.
+PRIORITY_CLASSES = ("low", "normal", "high", "system")
+DEFAULT_PRIORITY = "normal"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
-_TOP_FIELDS = ("name", "replicas", "command", "env", "resources", "retry", "labels", "tenant")
+_TOP_FIELDS = ("name", "replicas", "command", "env", "resources", "retry", "labels", "tenant", "priority")
 _RES_FIELDS = ("cpus", "memory", "gpus", "gpu_model")
 _RETRY_FIELDS = ("on_exit", "on_lost")
 
@@ -70,6 +74,7 @@ class JobSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     labels: Mapping[str, str] = field(default_factory=dict)
     tenant: str = ""
+    priority: str = DEFAULT_PRIORITY
 
     def to_proto(self) -> master_pb2.JobSpec:
         from domainos.api.v1 import master_pb2
@@ -84,6 +89,7 @@ class JobSpec:
             has_retry=True,
             tenant=self.tenant,
             labels=dict(self.labels),
+            priority=self.priority,
         )
 
     @classmethod
@@ -97,6 +103,8 @@ class JobSpec:
             "labels": dict(msg.labels),
             "tenant": msg.tenant,
         }
+        if msg.priority:
+            data["priority"] = msg.priority
         res: dict[str, Any] = {}
         if msg.HasField("resources"):
             r = msg.resources
@@ -238,6 +246,7 @@ def parse_spec(data: Any) -> JobSpec:
     if not isinstance(tenant, str):
         raise InvalidArgument(f"expected a string, got {tenant!r}", field="tenant")
     _check_text(tenant, "tenant")
+    priority = parse_priority(data.get("priority", DEFAULT_PRIORITY))
     return JobSpec(
         command=command,
         name=name,
@@ -247,6 +256,20 @@ def parse_spec(data: Any) -> JobSpec:
         retry=retry,
         labels=labels,
         tenant=tenant,
+        priority=priority,
+    )
+
+
+def parse_priority(value: Any, fld: str = "priority") -> str:
+    """A priority class name (``None``/``""``: the default); InvalidArgument listing the allowed ones."""
+    if value is None or value == "":
+        return DEFAULT_PRIORITY
+    if isinstance(value, str) and value in PRIORITY_CLASSES:
+        return value
+    shown = value[:80] if isinstance(value, str) else value
+    raise InvalidArgument(
+        f"unknown priority class {shown!r}; allowed: {'|'.join(PRIORITY_CLASSES)} (default {DEFAULT_PRIORITY})",
+        field=fld,
     )
 
 

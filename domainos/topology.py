@@ -18,10 +18,16 @@ Read by ``domainctl up`` (local processes) and by ``deploy/`` (docker-compose) a
               - count: 2
                 simulated: true          # declared inventory, labelled simulated everywhere
                 inventory: {cpus: 16, memory: 64Gi, gpus: 8, gpu_model: H100-SXM-80GB}
+        power_budget_kw: 40          # optional: the region's GPU power budget (0 = no cap)
+    links:                           # optional: inter-region links, for the cross-region loss model
+      - between: [east, west]
+        bandwidth_gbps: 100
+        distance_km: 1200
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -107,6 +113,38 @@ class Region:
 
     def validate(self) -> None:
         check_name(self.name, "regions.name")
+        if not math.isfinite(self.power_budget_kw) or self.power_budget_kw < 0:
+            raise ConfigError(
+                f"must be a number >= 0 (0 = no cap), got {self.power_budget_kw}",
+                field=f"regions[{self.name}].power_budget_kw",
+            )
+
+
+@dataclass(frozen=True)
+class Link:
+    """An inter-region link: its bandwidth (Gbit/s) and distance (km, for the round-trip time)."""
+
+    between: list[str] = field(default_factory=list)
+    bandwidth_gbps: float = 0.0
+    distance_km: float = 0.0
+
+    def validate(self) -> None:
+        if len(self.between) != 2 or self.between[0] == self.between[1]:
+            raise ConfigError(
+                f"expected two different region names, got {self.between!r}", field="links.between"
+            )
+        for name, value in (("bandwidth_gbps", self.bandwidth_gbps), ("distance_km", self.distance_km)):
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(
+                    f"must be a positive number, got {value}",
+                    field=f"links[{self.between[0]}-{self.between[1]}].{name}",
+                )
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The two regions, sorted (a link has no direction)."""
+        a, b = sorted(self.between)
+        return (a, b)
 
 
 @dataclass(frozen=True)
@@ -126,6 +164,7 @@ class Topology:
     version: int = 1
     name: str = "local"
     regions: list[Region] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.version != 1:
@@ -143,6 +182,26 @@ class Topology:
                 if sd.id in ids:
                     raise ConfigError(f"duplicate sub-domain id {sd.id!r}", field="subdomains")
                 ids.add(sd.id)
+        pairs: set[tuple[str, str]] = set()
+        for i, link in enumerate(self.links):
+            for name in link.between:
+                if name not in seen:
+                    raise ConfigError(
+                        f"unknown region {name!r}; regions: {', '.join(sorted(seen))}",
+                        field=f"links[{i}].between",
+                    )
+            if link.pair in pairs:
+                raise ConfigError(
+                    f"duplicate link between {link.pair[0]} and {link.pair[1]}", field=f"links[{i}].between"
+                )
+            pairs.add(link.pair)
+
+    def region(self, name: str) -> Region | None:
+        return next((r for r in self.regions if r.name == name), None)
+
+    def power_budgets_kw(self) -> dict[str, float]:
+        """Each region's power budget in kW (regions with 0 = no cap are left out)."""
+        return {r.name: r.power_budget_kw for r in self.regions if r.power_budget_kw > 0}
 
     def subdomains(self) -> list[tuple[Region, SubDomainSpec]]:
         return [(r, sd) for r in self.regions for sd in r.subdomains]

@@ -12,7 +12,7 @@ from domainos.resources import Resources
 from domainos.security import CertFiles as TLSFiles
 
 from ._address import domainos_home, resolve_address, resolve_tls, state_file
-from ._admin import AuditEntry, NewToken, Principal, Tenant, TokenInfo
+from ._admin import AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
 from ._client import Client, connect
 from ._credentials import credentials_file, parse_ttl, save_token, token_for
 from ._retry import Retry
@@ -25,6 +25,7 @@ __all__ = [
     "Client",
     "ClusterInfo",
     "DomainOSError",
+    "Explanation",
     "Job",
     "JobSpec",
     "JobState",
@@ -32,6 +33,7 @@ __all__ = [
     "Node",
     "NodeList",
     "Principal",
+    "Quota",
     "Region",
     "Resources",
     "Retry",

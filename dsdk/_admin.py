@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._types import _job_state
+
 #: ``master.proto`` Role numbers -> the names people use.
 _ROLES = {0: "unspecified", 1: "user", 2: "admin", 3: "job"}
 ROLE_NUMBERS = {"user": 1, "admin": 2}
@@ -135,4 +137,50 @@ class AuditEntry:
             message=msg.message,
             peer=msg.peer,
             cert=msg.cert,
+        )
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's quota in one scope (``region``/``subdomain``: a name or ``"*"``).
+
+    ``limits`` and ``used`` map resource classes to amounts: ``cpu`` in millicores, ``memory`` in
+    bytes, ``gpu:<model>`` / ``gpu:*`` in whole GPUs.
+    """
+
+    tenant: str
+    region: str = "*"
+    subdomain: str = "*"
+    limits: Mapping[str, int] = field(default_factory=dict)
+    used: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        """``region/subdomain`` (``east/*``)."""
+        return f"{self.region}/{self.subdomain}"
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> Quota:
+        return cls(
+            tenant=msg.tenant,
+            region=msg.region or "*",
+            subdomain=msg.subdomain or "*",
+            limits=dict(sorted(msg.limits.items())),
+            used=dict(sorted(msg.used.items())),
+        )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a job is where it is, or why it waits (``Client.explain``)."""
+
+    job_id: str
+    text: str
+    state: str = ""
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> Explanation:
+        return cls(
+            job_id=msg.job_id, text=msg.text, state=_job_state(msg.state).value, reasons=tuple(msg.reasons)
         )

@@ -18,7 +18,7 @@ from domainos.jobspec import JobSpec
 from domainos.rpc import TLSFiles, create_sync_channel, translate_rpc_error
 
 from ._address import resolve_address, resolve_tls
-from ._admin import ROLE_NUMBERS, AuditEntry, NewToken, Principal, Tenant, TokenInfo
+from ._admin import ROLE_NUMBERS, AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
 from ._credentials import check_token_text, parse_ttl, token_for
 from ._retry import Retry, call_with_retry
 from ._spec import SpecLike, as_spec
@@ -393,6 +393,79 @@ class Client:
             if not token or not reply.entries:
                 break
         return out[:limit]
+
+    # -- scheduling: quotas and explain ---------------------------------------------------------
+
+    def set_quota(
+        self,
+        tenant: str,
+        limits: Mapping[str, int],
+        *,
+        region: str = "*",
+        subdomain: str = "*",
+        request_id: str | None = None,
+    ) -> Quota:
+        """Set ``tenant``'s quota in ``region``/``subdomain`` (admins; ``"*"`` = all), replacing
+        the limits of that scope. ``limits``: resource class -> amount (``cpu`` millicores,
+        ``memory`` bytes, ``gpu:<model>`` or ``gpu:*`` whole GPUs); 0 allows none."""
+        from domainos.api.v1 import master_pb2
+
+        checked = _check_limits(limits)
+        request = master_pb2.SetQuotaRequest(
+            tenant=_required(tenant, "tenant"),
+            region=region or "*",
+            subdomain=subdomain or "*",
+            limits=checked,
+            request_id=request_id or new_request_id(),
+        )
+        return Quota.from_proto(self._call("SetQuota", request))
+
+    def delete_quota(self, tenant: str, *, region: str = "*", subdomain: str = "*") -> Quota:
+        """Remove ``tenant``'s quota in ``region``/``subdomain`` (admins); returns what it was."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.DeleteQuotaRequest(
+            tenant=_required(tenant, "tenant"),
+            region=region or "*",
+            subdomain=subdomain or "*",
+            request_id=new_request_id(),
+        )
+        return Quota.from_proto(self._call("DeleteQuota", request))
+
+    def quotas(self, tenant: str | None = None) -> list[Quota]:
+        """Quotas with their usage: every tenant's (admins) or the caller's own tenant's (users)."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call("ListQuotas", master_pb2.ListQuotasRequest(tenant=tenant or ""))
+        return [Quota.from_proto(q) for q in reply.quotas]
+
+    def explain(self, job_id: str) -> Explanation:
+        """Why a job is where it is, or why it waits (quota, power, capacity, priority; with numbers)."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call("ExplainJob", master_pb2.ExplainJobRequest(job_id=_job_id(job_id)))
+        return Explanation.from_proto(reply)
+
+
+def _required(value: str, fld: str) -> str:
+    value = value.strip() if isinstance(value, str) else ""
+    if not value:
+        raise InvalidArgument("is required", field=fld)
+    return value
+
+
+def _check_limits(limits: Mapping[str, int]) -> dict[str, int]:
+    """Amounts must be whole and non-negative; the classes themselves are checked by the master."""
+    if not isinstance(limits, Mapping) or not limits:
+        raise InvalidArgument("at least one resource class limit is required", field="limits")
+    out: dict[str, int] = {}
+    for cls, amount in limits.items():
+        if not isinstance(cls, str) or not cls:
+            raise InvalidArgument(f"expected a resource class name, got {cls!r}", field="limits")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise InvalidArgument(f"expected a whole number >= 0, got {amount!r}", field=f"limits[{cls}]")
+        out[cls] = amount
+    return out
 
 
 def _job_id(job_id: str) -> str:

@@ -309,6 +309,7 @@ class Principal:
 _ANY = frozenset(Role)
 _TENANT_USERS = frozenset({Role.ADMIN, Role.USER, Role.JOB})
 _ADMIN = frozenset({Role.ADMIN})
+_PEOPLE = frozenset({Role.ADMIN, Role.USER})
 
 #: DomainControl method -> the roles that may call it. A method missing here is refused to all.
 #: Which *jobs* a user or job credential may act on is decided by :meth:`Principal.can_see_job`.
@@ -328,10 +329,18 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "ListTokens": _ADMIN,
     "RevokeToken": _ADMIN,
     "ReadAudit": _ADMIN,
+    "SetQuota": _ADMIN,
+    "DeleteQuota": _ADMIN,
+    # A user sees its own tenant's quotas only (checked by the servicer).
+    "ListQuotas": _PEOPLE,
+    # Like GetJob: another tenant's job is NOT_FOUND (checked by the master).
+    "ExplainJob": _TENANT_USERS,
 }
 
 #: Methods that change state: each call, allowed or denied, is written to the audit log.
-MUTATING = frozenset({"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken"})
+MUTATING = frozenset(
+    {"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken", "SetQuota", "DeleteQuota"}
+)
 
 
 def authorize(principal: Principal, method: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
 from domainos.ratelimit import check_rate
+from domainos.topology import Topology, load_topology
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _STORE_SCHEMES = ("sqlite:///", "memory://", "etcd://")
@@ -56,6 +57,18 @@ class MasterConfig:
     tls: TLSConfig | None = None
     #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
     insecure: bool = False
+    #: Path of the federation's topology file (regions' power budgets, inter-region links); empty =
+    #: none (no power caps, no link data). Loaded and validated when the config is.
+    topology: str = ""
+
+    def load_topology(self) -> Topology | None:
+        """The topology file named by ``topology`` (None when unset); ConfigError naming the field."""
+        if not self.topology:
+            return None
+        try:
+            return load_topology(self.topology)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field="topology") from None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
@@ -106,3 +119,4 @@ class MasterConfig:
             "subdomain_message_burst",
         )
         check_transport(self.tls, self.insecure)
+        self.load_topology()

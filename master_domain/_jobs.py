@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,8 @@ class Task:
     confirmed: bool = False
     #: A stop was sent for this attempt; whatever it ends in is final.
     stopping: bool = False
+    #: GPU model of the node shape the attempt was placed on (quota and power charges use it).
+    gpu_model: str = ""
     # Not persisted: where the previous attempt ran (for its logs) and which sub-domains
     # rejected this task, with the monotonic time (skip them until a newer summary).
     last_run: tuple[int, str, str] | None = None
@@ -116,7 +118,7 @@ class Task:
             self.exit_retries,
             self.lost_retries,
             int(self.confirmed) | (int(self.stopping) << 1),
-        ]
+        ] + ([self.gpu_model] if self.gpu_model else [])
 
     @classmethod
     def from_list(cls, row: list[Any]) -> Task:
@@ -136,6 +138,7 @@ class Task:
             lost_retries=int(row[11]),
             confirmed=bool(flags & 1),
             stopping=bool(flags & 2),
+            gpu_model=str(row[13]) if len(row) > 13 else "",
         )
 
 
@@ -156,6 +159,7 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
         "retry": {"on_exit": spec.retry.on_exit, "on_lost": spec.retry.on_lost},
         "labels": dict(spec.labels),
         "tenant": spec.tenant,
+        "priority": spec.priority,
     }
 
 
@@ -173,6 +177,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
         retry=RetryPolicy(int(data["retry"]["on_exit"]), int(data["retry"]["on_lost"])),
         labels=dict(data.get("labels", {})),
         tenant=data.get("tenant", ""),
+        priority=data.get("priority", "normal"),
     )
 
 
@@ -319,6 +324,8 @@ class Place:
     index: int
     subdomain_id: str
     region: str = ""
+    #: GPU model of the node shape chosen (recorded on the task for its charges).
+    gpu_model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +435,9 @@ class JobTable:
         self.misdispatch_total = 0
         #: Active jobs per state (kept in step, read by metrics at scrape time).
         self.state_counts: Counter[JobState] = Counter()
+        #: Called with ``(job id, index, attempt)`` when a placed attempt stops holding its place
+        #: (finished, lost, rejected, re-placed): the master releases its quota and power charges.
+        self.on_unplace: Callable[[str, int, int], None] | None = None
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -542,6 +552,7 @@ class JobTable:
         self._set_state(job, task, TaskState.ASSIGNED)
         task.subdomain_id = ev.subdomain_id
         task.region = ev.region
+        task.gpu_model = ev.gpu_model
         task.confirmed = False
         task.stopping = False
         task.message = ""
@@ -754,7 +765,7 @@ class JobTable:
             task.last_run = (task.attempt, task.node_id, task.subdomain_id)
         task.attempt += 1
         self._set_state(job, task, TaskState.PENDING)
-        task.node_id = task.subdomain_id = task.region = ""
+        task.node_id = task.subdomain_id = task.region = task.gpu_model = ""
         task.exit_code = 0
         task.message = message
         task.started_at = task.finished_at = 0.0
@@ -763,6 +774,8 @@ class JobTable:
 
     def _unplace(self, job: Job, task: Task) -> None:
         key = (job.job_id, task.index)
+        if task.subdomain_id and self.on_unplace is not None:
+            self.on_unplace(job.job_id, task.index, task.attempt)
         placed = self._by_subdomain.get(task.subdomain_id)
         if placed is not None:
             placed.pop(key, None)

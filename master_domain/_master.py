@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -44,6 +44,7 @@ from domainos.ratelimit import RateLimiter
 from domainos.rpc import bind, create_server
 from domainos.store import MAX_VALUE_BYTES, AsyncStore, Op, absent, open_store, put_op
 from domainos.topology import check_name
+from master_domain._admission import Admission, Admitted, QuotaRow, allocation_id
 from master_domain._audit import AuditLog
 from master_domain._auth import Principal, Role, TokenRecord, contains_token
 from master_domain._config import MasterConfig
@@ -76,8 +77,11 @@ from master_domain._jobs import (
     Tick,
 )
 from master_domain._metrics import MasterMetrics, MasterStats
-from master_domain._placement import NoFit, Placer, check_fits_federation
+from master_domain._placement import Placer, check_fits_federation
 from master_domain._registry import Registry, Session, SubdomainRecord
+from master_domain._sched._fairshare import capacity_from_summaries
+from master_domain._sched._power import RegionPower
+from master_domain._sched._quota import ANY, Quota, validated_quota
 from master_domain._summary import MAX_NODES, Summary
 from master_domain._tenants import SYSTEM_TENANT, Directory, token_key
 
@@ -86,6 +90,7 @@ log = logging.getLogger(__name__)
 JOBS_PREFIX = "/domainos/master/jobs/"
 REQUESTS_PREFIX = "/domainos/master/requests/"
 SUBDOMAINS_PREFIX = "/domainos/master/subdomains/"
+QUOTAS_PREFIX = "/domainos/master/quotas/"
 
 #: How often the scheduling loop wakes without an event (placement and grace timeouts).
 TICK_S = 1.0
@@ -107,6 +112,15 @@ def job_tenant(job: Job) -> str:
     return job.spec.tenant or SYSTEM_TENANT
 
 
+def _quota_key(quota: Quota) -> str:
+    return f"{QUOTAS_PREFIX}{quota.tenant}/{quota.region}/{quota.subdomain}"
+
+
+def _indexes(indexes: list[int], most: int = 8) -> str:
+    shown = ", ".join(str(i) for i in indexes[:most])
+    return shown + (f" and {len(indexes) - most} more" if len(indexes) > most else "")
+
+
 def _job_not_found(job_id: str) -> NotFound:
     # The same words whether the job does not exist or belongs to someone the caller may not see.
     return NotFound(f"job {job_id} not found", field="job_id")
@@ -125,6 +139,10 @@ class MasterDomain:
         self._clock: Clock = clock or SystemClock()
         self._jobs = JobTable(clock=self._clock, place_timeout_s=config.place_timeout_s)
         self._placer = Placer()
+        # Quotas, region power budgets and the pending order; budgets come from the topology
+        # file at start. Charges are released when the job table unplaces an attempt.
+        self._admission = Admission()
+        self._jobs.on_unplace = self._on_unplace
         self._registry = Registry(self._clock)
         self._metrics = MasterMetrics(self.stats)
         # Every job id ever seen, sorted (ids sort by creation time), and the state of the
@@ -314,7 +332,15 @@ class MasterDomain:
         return job_id in self._jobs
 
     async def _load(self) -> None:
-        """Rebuild memory from the store: registry, then every job (active ones in full)."""
+        """Rebuild memory from the store: registry, quotas, then every job (active ones in full)."""
+        topology = await asyncio.to_thread(self.config.load_topology)
+        if topology is not None:
+            self._admission = Admission([RegionPower.from_topology(r) for r in topology.regions])
+        for kv in await self.store.range(QUOTAS_PREFIX):
+            try:
+                self._admission.put_quota(Quota.from_dict(json.loads(kv.value)))
+            except (ValueError, DomainOSError) as exc:
+                log.error("skipping unreadable quota record %s: %s", kv.key, exc)
         for kv in await self.store.range(SUBDOMAINS_PREFIX):
             try:
                 rec = SubdomainRecord.from_dict(json.loads(kv.value))
@@ -336,6 +362,7 @@ class MasterDomain:
                 self._finished_counts[job.state] += 1
             else:
                 self._jobs.add(job)
+                self._charge_live(job)
                 active += 1
         self._ids.sort()
         if active:
@@ -481,24 +508,79 @@ class MasterDomain:
         return effects
 
     def _place_pending(self) -> list[Effect]:
+        """Place PENDING tasks in fair-share order, each through quota, power, then the placer."""
         effects: list[Effect] = []
-        for job, indexes in self._jobs.pending():
+        adm = self._admission
+        pending = {job.job_id: (job, indexes) for job, indexes in self._jobs.pending()}
+        adm.sync_pending(
+            (job_id, job_tenant(job), job.spec.priority, job.created_at)
+            for job_id, (job, _) in pending.items()
+        )
+        if not pending:
+            return effects
+        adm.set_capacity(capacity_from_summaries(r.summary for r in self._registry.connected()))
+        for job_id in adm.order():
+            job, indexes = pending[job_id]
             request = job.spec.resources
+            tenant = job_tenant(job)
             for index in indexes:
                 task = job.tasks[index]
                 started = time.perf_counter()
-                choice = self._placer.choose(request, task.rejected_by)
+                try:
+                    decision = adm.decide(
+                        tenant, request, self._placer.choose, self._placer.slot_model, task.rejected_by
+                    )
+                except DomainOSError as exc:  # one bad record must not stop every other job
+                    log.error("cannot decide for job %s task %s: %s", job_id, index, exc)
+                    self._jobs.set_waiting(job_id, f"scheduler error: {exc}")
+                    break
                 self._metrics.observe_decision(time.perf_counter() - started)
-                if isinstance(choice, NoFit):
-                    self._jobs.set_waiting(job.job_id, choice.reason)
+                if not isinstance(decision, Admitted):
+                    self._jobs.set_waiting(job_id, decision.reason)
+                    adm.note_wait(job_id, decision)
                     if not task.rejected_by:
-                        break  # the job's other tasks are the same size: none fits either
+                        break  # the job's other tasks are the same size: they would wait too
                     continue
                 effects.extend(
-                    self._jobs.handle(Place(job.job_id, index, choice.subdomain_id, choice.region))
+                    self._jobs.handle(
+                        Place(job_id, index, decision.subdomain_id, decision.region, decision.gpu_model)
+                    )
                 )
-                self._placer.commit(choice.subdomain_id, request)
+                adm.charge(
+                    allocation_id(job_id, index, task.attempt),
+                    tenant,
+                    decision.region,
+                    decision.subdomain_id,
+                    decision.demand,
+                    decision.watts,
+                    decision.why,
+                )
+                self._placer.commit(decision.subdomain_id, request)
         return effects
+
+    def _on_unplace(self, job_id: str, index: int, attempt: int) -> None:
+        self._admission.release(allocation_id(job_id, index, attempt))
+
+    def _charge_live(self, job: Job) -> None:
+        """A loaded job's placed tasks count against quotas and power again (after a restart)."""
+        tenant = job_tenant(job)
+        for task in job.tasks:
+            if not task.live:
+                continue
+            rec = self._registry.get(task.subdomain_id)
+            region = task.region or (rec.region if rec is not None else "")
+            demand, watts = self._admission.demand_and_watts(job.spec.resources, task.gpu_model)
+            try:
+                self._admission.charge(
+                    allocation_id(job.job_id, task.index, task.attempt),
+                    tenant,
+                    region,
+                    task.subdomain_id,
+                    demand,
+                    watts,
+                )
+            except DomainOSError as exc:
+                log.error("charges of task %s/%s not restored: %s", job.job_id, task.index, exc)
 
     # -- sub-domain streams ----------------------------------------------------------------------
 
@@ -545,6 +627,7 @@ class MasterDomain:
             )
         )
         self._placer.update(sd, rec.region, summary, self._clock.monotonic())
+        self._admission.observe(rec.region, sd, summary.power_draw_w)
         reports = [r for r in (task_report_from_proto(t) for t in hello.tasks) if r is not None]
         log.info(
             "sub-domain %s connected (region %s, incarnation %s, %d tasks, %d ready nodes) from %s",
@@ -567,6 +650,7 @@ class MasterDomain:
         if rec is None:
             return
         self._placer.remove(session.subdomain_id)
+        self._admission.observe(rec.region, session.subdomain_id, 0)
         log.warning(
             "sub-domain %s disconnected%s; its %d tasks are kept for %gs",
             session.subdomain_id,
@@ -600,6 +684,7 @@ class MasterDomain:
                 await self._persist_subdomain(rec)
             if rec is not None:
                 self._placer.update(sd, rec.region, summary, self._clock.monotonic())
+                self._admission.observe(rec.region, sd, summary.power_draw_w)
             self.wake()
         elif kind == "task_updates":
             if msg.task_updates.incarnation and msg.task_updates.incarnation != session.incarnation:
@@ -970,6 +1055,79 @@ class MasterDomain:
             nodes_ready=sum(r.summary.nodes_ready for r in connected),
             jobs_active=len(self._jobs),
         )
+
+    # -- quotas and explain (the scheduler's client API) ----------------------------------------
+
+    async def set_quota(self, tenant: str, region: str, subdomain: str, limits: Mapping[str, int]) -> Quota:
+        """Create or replace ``tenant``'s quota in ``region/subdomain`` (empty or ``*``: all).
+
+        InvalidArgument names the bad field; an unknown tenant is NotFound. Stored under
+        ``/domainos/master/quotas/<tenant>/<region>/<subdomain>``; applies from the next pass.
+        """
+        quota = validated_quota(tenant, region or ANY, subdomain or ANY, limits)
+        await self.directory.require_tenant(quota.tenant, "tenant")
+        await self.store.put(_quota_key(quota), json.dumps(quota.to_dict(), separators=(",", ":")).encode())
+        self._admission.put_quota(quota)
+        log.info("quota of tenant %s in %s set: %s", quota.tenant, quota.name, dict(quota.limits))
+        self.wake()
+        return quota
+
+    async def delete_quota(self, tenant: str, region: str, subdomain: str) -> Quota:
+        """Remove one quota (NotFound names it); usage stays with the allocations that hold it."""
+        region, subdomain = region or ANY, subdomain or ANY
+        quota = self._admission.quotas.quota(tenant, region, subdomain)
+        if quota is None:
+            self._admission.remove_quota(tenant, region, subdomain)  # raises NotFound with the words
+            raise AssertionError("unreachable")
+        await self.store.delete(_quota_key(quota))
+        self._admission.remove_quota(tenant, region, subdomain)
+        log.info("quota of tenant %s in %s removed", tenant, quota.name)
+        self.wake()
+        return quota
+
+    async def list_quotas(self, tenant: str = "") -> list[QuotaRow]:
+        """Every quota (of ``tenant``) with what the tenant uses inside its scope, per class."""
+        return self._admission.quota_rows(tenant)
+
+    async def explain(self, job_id: str, principal: Principal | None = None) -> str:
+        """Why the job is where it is, or why it waits: quota, power, capacity, queue position."""
+        job = await self.get_job(job_id, principal)
+        adm = self._admission
+        tenant = job_tenant(job)
+        pc = adm.priority(job.spec.priority)
+        lines = [
+            f"job {job.job_id} (tenant {tenant}, priority {pc.describe()}, {job.spec.replicas} x "
+            f"{job.spec.resources.describe()}): {job.state.value}"
+            + (f" - {job.message}" if job.message else "")
+        ]
+        pending = [t.index for t in job.tasks if t.state is TaskState.PENDING]
+        if pending and job.job_id in self._jobs:
+            lines.append(f"{len(pending)} task(s) pending: {_indexes(pending)}")
+            wait = adm.last_wait(job.job_id)
+            if wait is not None:
+                why = wait.reason if wait.kind != "capacity" else f"capacity: {wait.reason}"
+                lines.append(f"  why it waits: {why}")
+            elif job.message.startswith("waiting:"):
+                lines.append(f"  {job.message}")
+            else:
+                lines.append("  not tried yet: the next scheduling pass will")
+            position = adm.queue_position(job.job_id)
+            if position:
+                lines.append(f"  queue: {position}")
+            for row in adm.quota_rows(tenant):
+                lines.append(f"  quota {row.describe()}")
+        groups: dict[tuple[str, str, str, str], list[int]] = {}
+        for t in job.tasks:
+            if t.live:
+                why = adm.why_placed(allocation_id(job.job_id, t.index, t.attempt))
+                groups.setdefault((t.subdomain_id, t.region, t.state.value, why), []).append(t.index)
+        for (sd, region, state, why), idx in groups.items():
+            lines.append(f"task(s) {_indexes(idx)} {state} on sub-domain {sd} (region {region}): {why}")
+            lines.append(f"  {adm.describe_power(region)}")
+        done = Counter(t.state.value for t in job.tasks if t.terminal)
+        if done:
+            lines.append("finished tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(done.items())))
+        return "\n".join(lines)
 
     # -- introspection ---------------------------------------------------------------------------
 

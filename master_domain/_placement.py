@@ -129,6 +129,12 @@ class Placer:
             return NoFit(f"no sub-domain has a node with {request.describe()} free")
         return Choice(best[2], self._views[best[2]].region)
 
+    def slot_model(self, subdomain_id: str, request: Resources) -> str:
+        """GPU model of the node shape ``request`` would land on there ("" when none or unknown)."""
+        view = self._views.get(subdomain_id)
+        slot = view.fitting_slot(request) if view is not None else None
+        return slot.gpu_model if slot is not None else ""
+
     def commit(self, subdomain_id: str, request: Resources) -> None:
         """Account for a placement on ``subdomain_id`` until its next summary."""
         view = self._views.get(subdomain_id)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,12 +29,14 @@ from domainos.errors import (
 from domainos.ratelimit import RateLimiter, stream_limit
 from domainos.rpc import abort_with, require_peer, rpc_method
 from domainos.store import Op
+from master_domain._admission import QuotaRow
 from master_domain._audit import AuditEntry
 from master_domain._auth import LOGIN_HINT, MUTATING, Principal, Role, authorize, bearer_token, parse_token
 from master_domain._auth_tls import check_client_cert
 from master_domain._convert import job_state_from_proto, job_to_proto
 from master_domain._jobs import JobState
 from master_domain._registry import Session
+from master_domain._sched._quota import Quota
 
 if TYPE_CHECKING:
     from master_domain._master import MasterDomain
@@ -169,6 +171,8 @@ def _target(method: str, request: Any, response: Any) -> str:
         if response is not None:
             return str(response.info.token_id)
         return f"tenant {request.tenant}" if request.tenant else ""
+    if method in ("SetQuota", "DeleteQuota"):
+        return f"quota {request.tenant}/{request.region or '*'}/{request.subdomain or '*'}"
     return str(getattr(request, "job_id", "") or getattr(request, "token_id", ""))
 
 
@@ -318,6 +322,21 @@ async def record(master: MasterDomain, call: Call, *, code: str, message: str, t
 def _ok_op(master: MasterDomain, call: Call, target: str) -> Op:
     """The audit entry of a successful change, to write in the change's own transaction."""
     return master.audit.op(entry(master, call, code="OK", message="", target=target))
+
+
+def quota_to_proto(quota: Quota, used: Mapping[str, int] | None = None) -> master_pb2.QuotaInfo:
+    return master_pb2.QuotaInfo(
+        tenant=quota.tenant,
+        region=quota.region,
+        subdomain=quota.subdomain,
+        limits=dict(quota.limits),
+        used=dict(used or {}),
+    )
+
+
+def quota_rows_to_proto(rows: Iterable[QuotaRow]) -> list[master_pb2.QuotaInfo]:
+    """``MasterDomain.list_quotas`` rows -> one QuotaInfo per quota (limits and usage)."""
+    return [quota_to_proto(row.quota, row.used) for row in rows]
 
 
 def _principal(call: Call) -> Principal:
@@ -495,3 +514,59 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
     ) -> master_pb2.ReadAuditResponse:
         entries, token = await self._master.audit.read(request.limit, request.page_token, request.since)
         return master_pb2.ReadAuditResponse(entries=[e.to_proto() for e in entries], next_page_token=token)
+
+    # -- scheduling: quotas and explain ---------------------------------------------------------
+
+    @rpc_method
+    async def SetQuota(
+        self, request: master_pb2.SetQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.QuotaInfo:
+        call = current_call()
+        quota = await self._master.set_quota(
+            request.tenant, request.region or "*", request.subdomain or "*", dict(request.limits)
+        )
+        log.info("quota %s %s set to %s by %s", quota.tenant, quota.name, dict(quota.limits), call.who)
+        return quota_to_proto(quota)
+
+    @rpc_method
+    async def DeleteQuota(
+        self, request: master_pb2.DeleteQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.QuotaInfo:
+        call = current_call()
+        region, subdomain = request.region or "*", request.subdomain or "*"
+        removed = await self._master.delete_quota(request.tenant, region, subdomain)
+        log.info("quota %s %s/%s deleted by %s", request.tenant, region, subdomain, call.who)
+        if isinstance(removed, Quota):
+            return quota_to_proto(removed)
+        return master_pb2.QuotaInfo(tenant=request.tenant, region=region, subdomain=subdomain)
+
+    @rpc_method
+    async def ListQuotas(
+        self, request: master_pb2.ListQuotasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ListQuotasResponse:
+        principal = _principal(current_call())
+        tenant = request.tenant
+        if principal.role is not Role.ADMIN:
+            if tenant and tenant != principal.tenant:
+                raise PermissionDenied(
+                    f"a user of tenant {principal.tenant!r} may list only its own tenant's quotas, "
+                    f"not {tenant!r}"
+                )
+            tenant = principal.tenant
+        rows = await self._master.list_quotas(tenant)
+        return master_pb2.ListQuotasResponse(quotas=quota_rows_to_proto(rows))
+
+    @rpc_method
+    async def ExplainJob(
+        self, request: master_pb2.ExplainJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ExplainJobResponse:
+        # Visibility first: another tenant's job is NOT_FOUND, in GetJob's words.
+        principal = _principal(current_call())
+        job = await self._master.get_job(request.job_id, principal)
+        text = await self._master.explain(job.job_id, principal)
+        return master_pb2.ExplainJobResponse(
+            job_id=job.job_id,
+            text=text,
+            state=job_to_proto(job, with_tasks=False).state,
+            reasons=[line for line in text.splitlines() if line.strip()],
+        )

@@ -116,6 +116,8 @@ class FakeMaster(master_pb2_grpc.DomainControlServicer):  # type: ignore[misc]
         ]
         self.unreachable: list[str] = []
         self.last_list_jobs: master_pb2.ListJobsRequest | None = None
+        self.quotas: dict[tuple[str, str, str], master_pb2.QuotaInfo] = {}
+        self.last_set_quota: master_pb2.SetQuotaRequest | None = None
 
     # -- helpers for tests ------------------------------------------------------
 
@@ -279,6 +281,40 @@ class FakeMaster(master_pb2_grpc.DomainControlServicer):  # type: ignore[misc]
             nodes_ready=4,
             jobs_active=0,
         )
+
+    # -- scheduling ---------------------------------------------------------------
+
+    async def SetQuota(self, request: Any, context: Any) -> Any:
+        await self._enter("SetQuota", context)
+        self.last_set_quota = request
+        key = (request.tenant, request.region or "*", request.subdomain or "*")
+        info = master_pb2.QuotaInfo(
+            tenant=key[0], region=key[1], subdomain=key[2], limits=dict(request.limits)
+        )
+        self.quotas[key] = info
+        return info
+
+    async def DeleteQuota(self, request: Any, context: Any) -> Any:
+        await self._enter("DeleteQuota", context)
+        key = (request.tenant, request.region or "*", request.subdomain or "*")
+        if key not in self.quotas:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"tenant: no quota of {key[0]} in {key[1]}/{key[2]}"
+            )
+        return self.quotas.pop(key)
+
+    async def ListQuotas(self, request: Any, context: Any) -> Any:
+        await self._enter("ListQuotas", context)
+        rows = [q for k, q in sorted(self.quotas.items()) if not request.tenant or k[0] == request.tenant]
+        return master_pb2.ListQuotasResponse(quotas=rows)
+
+    async def ExplainJob(self, request: Any, context: Any) -> Any:
+        await self._enter("ExplainJob", context)
+        job = self.jobs.get(request.job_id)
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: job {request.job_id} not found")
+        text = f"waiting: quota of tenant acme in */*: gpu:* 8 used + 4 requested > 8 (priority {job.spec.priority or 'normal'})"
+        return master_pb2.ExplainJobResponse(job_id=job.job_id, text=text, state=job.state, reasons=[text])
 
 
 class ServerThread:

@@ -135,10 +135,16 @@ def test_rbac_table(method: str) -> None:
         "ListTokens",
         "RevokeToken",
         "ReadAudit",
+        "SetQuota",
+        "DeleteQuota",
     }
     authorize(Principal(Role.ADMIN), method)
     for role in (Role.USER, Role.JOB):
-        if method in admin_only:
+        if method == "ListQuotas" and role is Role.JOB:  # people only (a user: its own tenant's)
+            with pytest.raises(PermissionDenied) as exc:
+                authorize(Principal(role, "acme", "0123456789ab"), method)
+            assert str(exc.value) == "role job cannot call ListQuotas; it needs user or admin"
+        elif method in admin_only:
             with pytest.raises(PermissionDenied) as exc:
                 authorize(Principal(role, "acme", "0123456789ab"), method)
             assert str(exc.value) == f"role {role.value} cannot call {method}; it needs admin"

@@ -43,10 +43,14 @@ ADMIN_ONLY = {
     "ListTokens",
     "RevokeToken",
     "ReadAudit",
+    "SetQuota",
+    "DeleteQuota",
 }
-MUTATING = {"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken"}
+#: Methods for admins and users (a user: its own tenant), not for job credentials.
+PEOPLE_ONLY = {"ListQuotas"}
+MUTATING = {"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken", "SetQuota", "DeleteQuota"}
 #: Methods that act on one of tenant A's jobs (not the job credential's own).
-ON_A_JOB = {"GetJob", "CancelJob", "ReadLogs"}
+ON_A_JOB = {"GetJob", "CancelJob", "ReadLogs", "ExplainJob"}
 CALLERS = [
     "no-client-cert",
     "foreign-ca-cert",
@@ -69,7 +73,7 @@ def expected(caller: str, method: str) -> grpc.StatusCode:
         return UNAUTH
     if caller == "admin":
         return OK
-    if method in ADMIN_ONLY:
+    if method in ADMIN_ONLY or (caller == "job-of-a" and method in PEOPLE_ONLY):
         return DENIED
     if caller in ("user-b", "job-of-a") and method in ON_A_JOB:
         return NOT_FOUND  # exactly as for a job that does not exist
@@ -181,7 +185,13 @@ class World:
             "ListTokens": lambda: M.ListTokensRequest(),
             "RevokeToken": lambda: None,
             "ReadAudit": lambda: M.ReadAuditRequest(),
+            "SetQuota": lambda: M.SetQuotaRequest(tenant="a", region="*", limits={"cpu": 4000}),
+            "DeleteQuota": lambda: M.DeleteQuotaRequest(tenant="b", region="east"),
+            "ListQuotas": lambda: M.ListQuotasRequest(tenant="" if caller == "admin" else tenant),
+            "ExplainJob": lambda: M.ExplainJobRequest(job_id=job),
         }
+        if method == "DeleteQuota":  # something to delete (before the store snapshot is taken)
+            await self.admin.SetQuota(M.SetQuotaRequest(tenant="b", region="east", limits={"cpu": 1000}))
         if method == "RevokeToken":
             made = await self.admin.CreateToken(M.CreateTokenRequest(tenant="a", role=M.ROLE_USER))
             return M.RevokeTokenRequest(token_id=made.info.token_id)
@@ -277,6 +287,9 @@ def test_matrix(world: World, caller: str, method: str) -> None:
             resp = await getattr(world.api(caller), method)(request)
             ids = {j.job_id for j in resp.jobs}
             assert (world.job_a in ids) == (caller in ("admin", "user-a"))
+        if code == OK and method == "ListQuotas":
+            resp = await getattr(world.api(caller), method)(request)
+            assert {q.tenant for q in resp.quotas} <= ({"a", "b"} if caller == "admin" else {request.tenant})
         if code == OK and method == "WhoAmI":
             me = await world.api(caller).WhoAmI(request)
             assert (me.cert_role, me.cert_id) == ("client", "alice")
@@ -290,5 +303,17 @@ def test_the_job_credential_reaches_its_own_job(world: World) -> None:
         assert (await me.GetJob(M.GetJobRequest(job_id=world.worker))).job_id == world.worker
         who = await me.WhoAmI(M.WhoAmIRequest())
         assert (who.role, who.tenant, who.job_id) == (M.ROLE_JOB, "a", world.worker)
+
+    world.loop.call(body())
+
+
+def test_a_user_cannot_list_another_tenants_quotas(world: World) -> None:
+    async def body() -> None:
+        await world.admin.SetQuota(M.SetQuotaRequest(tenant="b", limits={"gpu:*": 2}))
+        code, details = await code_of(world.api("user-a").ListQuotas(M.ListQuotasRequest(tenant="b")))
+        assert code == DENIED
+        assert "tenant 'a' may list only its own tenant's quotas" in details
+        own = await world.api("user-a").ListQuotas(M.ListQuotasRequest())
+        assert {q.tenant for q in own.quotas} <= {"a"}
 
     world.loop.call(body())

@@ -223,7 +223,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, on_exit: _Optional[int] = ..., on_lost: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry")
+    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class JobSpec(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HAS_RETRY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -256,7 +257,8 @@ class JobSpec(_message.Message):
     tenant: str
     labels: _containers.ScalarMap[str, str]
     has_retry: bool
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ...) -> None: ...
+    priority: str
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("index", "attempt", "state", "node_id", "subdomain_id", "region", "exit_code", "message", "started_at", "finished_at", "exit_retries", "lost_retries")
@@ -465,3 +467,94 @@ class ClusterInfo(_message.Message):
     nodes_ready: int
     jobs_active: int
     def __init__(self, master_id: _Optional[str] = ..., version: _Optional[str] = ..., store: _Optional[str] = ..., started_at: _Optional[float] = ..., subdomains_connected: _Optional[int] = ..., subdomains_known: _Optional[int] = ..., nodes_ready: _Optional[int] = ..., jobs_active: _Optional[int] = ...) -> None: ...
+
+class QuotaInfo(_message.Message):
+    __slots__ = ("tenant", "region", "subdomain", "limits", "used")
+    class LimitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class UsedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    subdomain: str
+    limits: _containers.ScalarMap[str, int]
+    used: _containers.ScalarMap[str, int]
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., subdomain: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., used: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("tenant", "region", "subdomain", "limits", "request_id")
+    class LimitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    subdomain: str
+    limits: _containers.ScalarMap[str, int]
+    request_id: str
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., subdomain: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteQuotaRequest(_message.Message):
+    __slots__ = ("tenant", "region", "subdomain", "request_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    region: str
+    subdomain: str
+    request_id: str
+    def __init__(self, tenant: _Optional[str] = ..., region: _Optional[str] = ..., subdomain: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaInfo]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[QuotaInfo, _Mapping]]] = ...) -> None: ...
+
+class ExplainJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ExplainJobResponse(_message.Message):
+    __slots__ = ("job_id", "text", "state", "reasons")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    text: str
+    state: JobState
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., text: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...

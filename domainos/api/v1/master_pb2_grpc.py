@@ -109,6 +109,26 @@ class DomainControlStub:
                 request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.SerializeToString,
                 response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/SetQuota',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.FromString,
+                _registered_method=True)
+        self.DeleteQuota = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/DeleteQuota',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.DeleteQuotaRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ListQuotas',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ExplainJob',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.FromString,
+                _registered_method=True)
 
 
 class DomainControlServicer:
@@ -213,6 +233,35 @@ class DomainControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Scheduling: quotas per tenant x region x sub-domain, and why a job is where it is.
+        admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQuota(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """admin; a user: its tenant
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainJob(self, request, context):
+        """like GetJob
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +339,26 @@ def add_DomainControlServicer_to_server(servicer, server):
                     servicer.ReadAudit,
                     request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.FromString,
                     response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.SetQuotaRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.SerializeToString,
+            ),
+            'DeleteQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQuota,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.DeleteQuotaRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -697,6 +766,114 @@ class DomainControl:
             '/domainos.api.v1.DomainControl/ReadAudit',
             domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditRequest.SerializeToString,
             domainos_dot_api_dot_v1_dot_master__pb2.ReadAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/SetQuota',
+            domainos_dot_api_dot_v1_dot_master__pb2.SetQuotaRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/DeleteQuota',
+            domainos_dot_api_dot_v1_dot_master__pb2.DeleteQuotaRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.QuotaInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ListQuotas',
+            domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ExplainJob',
+            domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
