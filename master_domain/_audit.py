@@ -190,13 +190,18 @@ class AuditLog:
         self._pruning = self._spawn(self._prune_logged(), "audit-prune")
 
     async def _prune_logged(self) -> None:
-        try:
-            dropped = await self.prune()
-        except StoreError as exc:
-            log.warning("could not prune the audit log: %s; will try again later", exc)
-            return
-        if dropped:
-            log.info("audit log pruned: dropped the %d oldest entries, %d kept", dropped, self._count)
+        # Entries written while a pass runs are not seen by it, and _maybe_prune does not start a
+        # second pass meanwhile: go round again until the log is back under its bound.
+        while True:
+            try:
+                dropped = await self.prune()
+            except StoreError as exc:
+                log.warning("could not prune the audit log: %s; will try again later", exc)
+                return
+            if dropped:
+                log.info("audit log pruned: dropped the %d oldest entries, %d kept", dropped, self._count)
+            if self._count <= self.max_entries + self.slack:
+                return
 
     async def prune(self) -> int:
         """Delete every entry past the newest ``max_entries``; returns how many were deleted."""

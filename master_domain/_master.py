@@ -555,7 +555,7 @@ class MasterDomain:
                     decision.watts,
                     decision.why,
                 )
-                self._placer.commit(decision.subdomain_id, request)
+                self._placer.commit(decision.subdomain_id, request, self._clock.monotonic())
         return effects
 
     def _on_unplace(self, job_id: str, index: int, attempt: int) -> None:
@@ -683,7 +683,9 @@ class MasterDomain:
             if self._registry.update_summary(sd, summary) and rec is not None:
                 await self._persist_subdomain(rec)
             if rec is not None:
-                self._placer.update(sd, rec.region, summary, self._clock.monotonic())
+                self._placer.update(
+                    sd, rec.region, summary, self._clock.monotonic(), applied=msg.summary.placements_applied
+                )
                 self._admission.observe(rec.region, sd, summary.power_draw_w)
             self.wake()
         elif kind == "task_updates":

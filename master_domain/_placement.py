@@ -33,10 +33,15 @@ class NoFit:
     reason: str
 
 
+#: An in-flight placement no summary has confirmed after this long is forgotten (it was never sent,
+#: or the sub-domain never handled it: its rejection or the placement timeout re-places the task).
+INFLIGHT_TTL_S = 30.0
+
+
 class _View:
     """One sub-domain as the placer sees it: its last summary minus what was placed since."""
 
-    __slots__ = ("free", "free_by_model", "inflight", "region", "slots", "summary_at")
+    __slots__ = ("free", "free_by_model", "inflight", "pending", "region", "sent", "slots", "summary_at")
 
     def __init__(self, region: str, summary: Summary, now: float) -> None:
         self.region = region
@@ -52,6 +57,33 @@ class _View:
             self.slots[key] = self.slots.get(key, 0) + shape.count
         self.inflight = 0
         self.summary_at = now
+        #: Placements committed on the current stream (their sequence numbers), and those a summary
+        #: has not reflected yet: (sequence, request, monotonic time of the decision).
+        self.sent = 0
+        self.pending: list[tuple[int, Resources, float]] = []
+
+    def apply(self, request: Resources) -> None:
+        """Deduct one placement of ``request`` (best-fit slot, totals, per-model GPUs)."""
+        self.inflight += 1
+        slot = self.fitting_slot(request)
+        model = request.gpu_model
+        if slot is not None:
+            model = model or slot.gpu_model
+            left = self.slots[slot] - 1
+            if left:
+                self.slots[slot] = left
+            else:
+                del self.slots[slot]
+            rest = slot - request
+            self.slots[rest] = self.slots.get(rest, 0) + 1
+        self.free = Resources(
+            self.free.cpu_millis - request.cpu_millis,
+            self.free.memory_bytes - request.memory_bytes,
+            self.free.gpus - request.gpus,
+            self.free.gpu_model,
+        )
+        if request.gpus and model:
+            self.free_by_model[model] = self.free_by_model.get(model, 0) - request.gpus
 
     def free_gpus(self, model: str) -> int:
         return self.free_by_model.get(model, 0) if model else self.free.gpus
@@ -92,9 +124,25 @@ class Placer:
     def __len__(self) -> int:
         return len(self._views)
 
-    def update(self, subdomain_id: str, region: str, summary: Summary, now: float) -> None:
-        """A new summary from a connected sub-domain (resets what was in flight there)."""
-        self._views[subdomain_id] = _View(region, summary, now)
+    def update(
+        self, subdomain_id: str, region: str, summary: Summary, now: float, *, applied: int | None = None
+    ) -> None:
+        """A new summary from a connected sub-domain.
+
+        ``applied`` is how many placements of this stream the summary already reflects: the ones
+        after it stay deducted (re-applied to the new view). ``None`` (a Hello, a new stream)
+        starts the count afresh. In-flight placements older than ``INFLIGHT_TTL_S`` are dropped
+        whatever the count says, so a placement that was never sent cannot hide capacity forever.
+        """
+        old = self._views.get(subdomain_id)
+        view = _View(region, summary, now)
+        if applied is not None and old is not None:
+            view.sent = old.sent
+            for seq, request, at in old.pending:
+                if seq > applied and now - at < INFLIGHT_TTL_S:
+                    view.apply(request)
+                    view.pending.append((seq, request, at))
+        self._views[subdomain_id] = view
 
     def remove(self, subdomain_id: str) -> None:
         """The sub-domain disconnected: place nothing there."""
@@ -135,31 +183,14 @@ class Placer:
         slot = view.fitting_slot(request) if view is not None else None
         return slot.gpu_model if slot is not None else ""
 
-    def commit(self, subdomain_id: str, request: Resources) -> None:
-        """Account for a placement on ``subdomain_id`` until its next summary."""
+    def commit(self, subdomain_id: str, request: Resources, now: float = 0.0) -> None:
+        """Account for a placement on ``subdomain_id`` until a summary says it has applied it."""
         view = self._views.get(subdomain_id)
         if view is None:
             return
-        view.inflight += 1
-        slot = view.fitting_slot(request)
-        model = request.gpu_model
-        if slot is not None:
-            model = model or slot.gpu_model
-            left = view.slots[slot] - 1
-            if left:
-                view.slots[slot] = left
-            else:
-                del view.slots[slot]
-            rest = slot - request
-            view.slots[rest] = view.slots.get(rest, 0) + 1
-        view.free = Resources(
-            view.free.cpu_millis - request.cpu_millis,
-            view.free.memory_bytes - request.memory_bytes,
-            view.free.gpus - request.gpus,
-            view.free.gpu_model,
-        )
-        if request.gpus and model:
-            view.free_by_model[model] = view.free_by_model.get(model, 0) - request.gpus
+        view.sent += 1
+        view.pending.append((view.sent, request, now))
+        view.apply(request)
 
 
 _Dimension = tuple[str, Callable[[Resources], int], Callable[[int], str], str]

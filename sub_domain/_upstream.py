@@ -82,6 +82,9 @@ class Upstream:
         self._task_seq = 0
         self._summary_seq = 0
         self._last_summary: Summary | None = None
+        # PlaceTask commands handled on the current stream, and the count the last summary carried.
+        self._placements_applied = 0
+        self._placements_reported = 0
         #: Id of the master that welcomed the current session ("" when none).
         self.master_id = ""
         #: Sessions that reached Welcome.
@@ -163,6 +166,7 @@ class Upstream:
             self._pending.clear()
             self._flush.clear()
             self._task_seq = self._summary_seq = 0
+            self._placements_applied = self._placements_reported = 0
             summary = self._owner.summary()
             hello = self._owner.build_hello(summary)
             self._last_summary = summary
@@ -220,6 +224,8 @@ class Upstream:
             if msg is EOF:
                 return
             await self._owner.handle_master_command(msg)
+            if msg.WhichOneof("body") == "place_task":
+                self._placements_applied += 1
 
     async def _writer(self, call: Any) -> None:
         while True:
@@ -250,14 +256,19 @@ class Upstream:
         while True:
             await asyncio.sleep(interval)
             summary = self._owner.summary()
-            if summary == self._last_summary:
+            applied = self._placements_applied
+            if summary == self._last_summary and applied == self._placements_reported:
                 continue
             self._last_summary = summary
+            self._placements_reported = applied
             self._summary_seq += 1
             await self._queue.put(
                 subdomain_pb2.SubDomainMessage(
                     summary=subdomain_pb2.SummaryReport(
-                        incarnation=self._incarnation, seq=self._summary_seq, summary=summary.to_proto()
+                        incarnation=self._incarnation,
+                        seq=self._summary_seq,
+                        summary=summary.to_proto(),
+                        placements_applied=applied,
                     )
                 )
             )

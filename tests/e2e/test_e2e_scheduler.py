@@ -100,18 +100,26 @@ def test_a_job_over_a_regions_power_budget_runs_in_the_other_region(fed: Federat
 
 
 def test_explain_names_the_power_reason(fed: Federation) -> None:
+    """Deterministic: west is full (an 8-GPU job that east's budget refuses), so a 4-GPU job waits, and
+    explain says east was refused for power; when west frees up, the job runs there."""
     with fed.client() as c:
-        job = c.submit(
-            {
-                "name": "hot-running",
-                "command": ["python3", "-c", "import time; time.sleep(60)"],
-                "resources": {"cpus": 1, "gpus": 4},
-            }
-        )
+        big = c.submit(
+            {"name": "west-filler", "command": ["python3", "-c", "import time; time.sleep(120)"],
+             "resources": {"cpus": 1, "gpus": 8}}
+        )  # fmt: skip
+        wait_for(lambda: _job(fed, big.job_id)["state"] == "RUNNING", 60, "the 8-GPU job to run")
+        assert fed.ctl("job", big.job_id, "-o", "json", check=True).stdout.count('"west-1"') >= 1
+        small = c.submit(
+            {"name": "waits-for-power", "command": ["python3", "-c", "print('ok')"],
+             "resources": {"cpus": 1, "gpus": 4}}
+        )  # fmt: skip
     try:
-        wait_for(lambda: _job(fed, job.job_id)["state"] == "RUNNING", 60, "the job to run")
-        explained = fed.ctl("explain", job.job_id, check=True).stdout
-        assert "on sub-domain west-1 (region west)" in explained
-        assert "after skipping east-1 (power)" in explained
+        wait_for(
+            lambda: "power: region east" in fed.ctl("explain", small.job_id).stdout, 30, "the power reason"
+        )
+        explained = fed.ctl("explain", small.job_id, check=True).stdout
+        assert "why it waits" in explained
+        assert _job(fed, small.job_id)["state"] == "PENDING"
     finally:
-        fed.ctl("cancel", job.job_id)
+        fed.ctl("cancel", big.job_id)
+    wait_for(lambda: _job(fed, small.job_id)["state"] == "SUCCEEDED", 60, "the job to run once west is free")

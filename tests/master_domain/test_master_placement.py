@@ -138,3 +138,32 @@ def test_size_check_uses_the_biggest_subdomain_and_skips_empty_ones() -> None:
         check_fits_federation(req(9), sums)
     check_fits_federation(req(999), {"c": sm(nodes=0)})  # nothing known yet: accept and wait
     check_fits_federation(req(999), {})
+
+
+def test_inflight_placements_stay_deducted_until_a_summary_has_applied_them() -> None:
+    p = Placer()
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=0.0)
+    p.commit("east-1", req(3), now=0.0)  # placement 1 on this stream
+    # A summary computed before the sub-domain handled placement 1 must not give the room back.
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=0.1, applied=0)
+    assert isinstance(p.choose(req(3)), NoFit)
+    # The task ran and finished between two summaries: the numbers are back where they were, and
+    # the applied count says placement 1 is in them, so the room is free again.
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=0.2, applied=1)
+    assert p.choose(req(3)) == Choice("east-1", "east")
+
+
+def test_a_new_stream_forgets_old_inflight_placements_and_stale_ones_expire() -> None:
+    from master_domain._placement import INFLIGHT_TTL_S
+
+    p = Placer()
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=0.0)
+    p.commit("east-1", req(3), now=0.0)
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=1.0)  # a Hello: applied=None
+    assert p.choose(req(3)) == Choice("east-1", "east")
+    p.commit("east-1", req(3), now=1.0)
+    # Never confirmed (e.g. the command was never sent): dropped after the TTL.
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=1.0 + INFLIGHT_TTL_S / 2, applied=0)
+    assert isinstance(p.choose(req(3)), NoFit)
+    p.update("east-1", "east", sm(nodes=1, cpus=4), now=1.0 + INFLIGHT_TTL_S + 1, applied=0)
+    assert p.choose(req(3)) == Choice("east-1", "east")

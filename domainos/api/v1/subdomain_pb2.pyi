@@ -42,14 +42,16 @@ class Hello(_message.Message):
     def __init__(self, subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., incarnation: _Optional[str] = ..., address: _Optional[str] = ..., max_nodes: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskStatus, _Mapping]]] = ..., summary: _Optional[_Union[_common_pb2.SubDomainSummary, _Mapping]] = ...) -> None: ...
 
 class SummaryReport(_message.Message):
-    __slots__ = ("incarnation", "seq", "summary")
+    __slots__ = ("incarnation", "seq", "summary", "placements_applied")
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     incarnation: str
     seq: int
     summary: _common_pb2.SubDomainSummary
-    def __init__(self, incarnation: _Optional[str] = ..., seq: _Optional[int] = ..., summary: _Optional[_Union[_common_pb2.SubDomainSummary, _Mapping]] = ...) -> None: ...
+    placements_applied: int
+    def __init__(self, incarnation: _Optional[str] = ..., seq: _Optional[int] = ..., summary: _Optional[_Union[_common_pb2.SubDomainSummary, _Mapping]] = ..., placements_applied: _Optional[int] = ...) -> None: ...
 
 class TaskUpdates(_message.Message):
     __slots__ = ("incarnation", "seq", "tasks")
