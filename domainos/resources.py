@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from domainos.errors import InvalidArgument
 
@@ -153,6 +154,27 @@ class Resources:
         if self.gpus:
             parts.append(f"gpus={self.gpus}" + (f" ({self.gpu_model})" if self.gpu_model else ""))
         return " ".join(parts)
+
+    def to_dict(self) -> dict[str, int | str]:
+        """The JSON form the stores and state files keep."""
+        return {
+            "cpu_millis": self.cpu_millis,
+            "memory_bytes": self.memory_bytes,
+            "gpus": self.gpus,
+            "gpu_model": self.gpu_model,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Resources:
+        """Inverse of :meth:`to_dict`; missing keys are zero (records written by older versions)."""
+        if not data:
+            return cls()
+        return cls(
+            int(data.get("cpu_millis", 0)),
+            int(data.get("memory_bytes", 0)),
+            int(data.get("gpus", 0)),
+            str(data.get("gpu_model", "")),
+        )
 
     def to_proto(self) -> common_pb2.Resources:
         from domainos.api.v1 import common_pb2

@@ -150,12 +150,7 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
         "replicas": spec.replicas,
         "command": list(spec.command),
         "env": dict(spec.env),
-        "resources": {
-            "cpu_millis": r.cpu_millis,
-            "memory_bytes": r.memory_bytes,
-            "gpus": r.gpus,
-            "gpu_model": r.gpu_model,
-        },
+        "resources": r.to_dict(),
         "retry": {"on_exit": spec.retry.on_exit, "on_lost": spec.retry.on_lost},
         "labels": dict(spec.labels),
         "tenant": spec.tenant,
@@ -171,9 +166,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
         name=data.get("name", ""),
         replicas=int(data["replicas"]),
         env=dict(data.get("env", {})),
-        resources=Resources(
-            int(r["cpu_millis"]), int(r["memory_bytes"]), int(r["gpus"]), r.get("gpu_model", "")
-        ),
+        resources=Resources.from_dict(r),
         retry=RetryPolicy(int(data["retry"]["on_exit"]), int(data["retry"]["on_lost"])),
         labels=dict(data.get("labels", {})),
         tenant=data.get("tenant", ""),

@@ -44,24 +44,11 @@ class Shape:
     best: Resources
 
 
-def _res(data: Mapping[str, Any] | None) -> Resources:
-    if not data:
-        return Resources()
-    return Resources(
-        int(data.get("cpu_millis", 0)),
-        int(data.get("memory_bytes", 0)),
-        int(data.get("gpus", 0)),
-        str(data.get("gpu_model", "")),
-    )
+_res = Resources.from_dict
 
 
 def _res_dict(r: Resources) -> dict[str, Any]:
-    return {
-        "cpu_millis": r.cpu_millis,
-        "memory_bytes": r.memory_bytes,
-        "gpus": r.gpus,
-        "gpu_model": r.gpu_model,
-    }
+    return dict(r.to_dict())
 
 
 @dataclass(frozen=True, slots=True)

@@ -880,12 +880,7 @@ def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     return {
         "command": list(spec.command),
         "env": dict(spec.env),
-        "resources": {
-            "cpu_millis": r.cpu_millis,
-            "memory_bytes": r.memory_bytes,
-            "gpus": r.gpus,
-            "gpu_model": r.gpu_model,
-        },
+        "resources": r.to_dict(),
         "tenant": spec.tenant,
         "master_address": spec.master_address,
         "job_name": spec.job_name,
@@ -899,12 +894,7 @@ def _spec_from_dict(ref: TaskRef, data: Mapping[str, Any]) -> TaskSpec:
         ref=ref,
         command=tuple(str(a) for a in data.get("command") or ()),
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
-        resources=Resources(
-            int(r.get("cpu_millis", 0)),
-            int(r.get("memory_bytes", 0)),
-            int(r.get("gpus", 0)),
-            str(r.get("gpu_model", "")),
-        ),
+        resources=Resources.from_dict(r),
         tenant=str(data.get("tenant", "")),
         master_address=str(data.get("master_address", "")),
         job_name=str(data.get("job_name", "")),
