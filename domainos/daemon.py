@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 
 class Daemon(Protocol):
@@ -97,3 +98,30 @@ def run(daemon: Daemon, ready_file: str | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+C = TypeVar("C")
+
+
+def main_entry(
+    component: str,
+    load_config: Callable[[], C],
+    make_daemon: Callable[[C], Daemon],
+    ready_file: str | None,
+) -> int:
+    """The tail every daemon's ``main`` shares: load the config (a bad one prints ``error: ...``
+    and exits 2), configure logging from it, run the daemon, and turn a DomainOSError at start
+    (an expired certificate, a port in use) into ``error: ...`` and its exit code."""
+    from domainos.errors import DomainOSError, InvalidArgument
+
+    try:
+        cfg = load_config()
+    except InvalidArgument as exc:  # ConfigError included
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(component, getattr(cfg, "log_level", "info"), getattr(cfg, "log_format", "json"))
+    try:
+        return run(make_daemon(cfg), ready_file)
+    except DomainOSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

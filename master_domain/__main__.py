@@ -7,8 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from domainos.config import add_tls_flags, load, parse_set_flags, tls_overrides
-from domainos.daemon import run, setup_logging
-from domainos.errors import DomainOSError, InvalidArgument
+from domainos.daemon import main_entry
 from master_domain._config import MasterConfig
 from master_domain._master import MasterDomain
 
@@ -34,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load the config, run the master until SIGTERM/SIGINT; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
+
+    def load_config() -> MasterConfig:
         overrides = parse_set_flags(args.set)
         flags = {
             "id": args.id,
@@ -47,16 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **tls_overrides(args),
         }
         overrides.update({k: v for k, v in flags.items() if v is not None})  # unset flags keep --set
-        config = load(MasterConfig, args.config, overrides)
-    except InvalidArgument as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("master", config.log_level, config.log_format)
-    try:
-        return run(MasterDomain(config), args.ready_file)
-    except DomainOSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return load(MasterConfig, args.config, overrides)
+
+    return main_entry("master", load_config, MasterDomain, args.ready_file)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from typing import Any
 
 from domainos import config as _config
 from domainos import daemon
-from domainos.errors import DomainOSError, InvalidArgument
 from node_agent._agent import NodeAgent
 from node_agent._config import LOG_FORMATS, LOG_LEVELS, AgentConfig
 
@@ -60,17 +59,7 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
 def main(argv: list[str] | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args)
-    except InvalidArgument as exc:  # ConfigError included
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    daemon.setup_logging(COMPONENT, cfg.log_level, cfg.log_format)
-    try:
-        return daemon.run(NodeAgent(cfg), args.ready_file)
-    except DomainOSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return daemon.main_entry(COMPONENT, lambda: load_config(args), NodeAgent, args.ready_file)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from domainos import config as _config
-from domainos.daemon import run, setup_logging
-from domainos.errors import DomainOSError, InvalidArgument
+from domainos.daemon import main_entry
 
 from ._config import SubDomainConfig
 from ._manager import SubDomainManager
@@ -68,17 +67,7 @@ def load_config(args: argparse.Namespace) -> SubDomainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sub-domain manager until SIGTERM/SIGINT; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        cfg = load_config(args)
-    except InvalidArgument as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("sub-domain", cfg.log_level, cfg.log_format)
-    try:
-        return run(SubDomainManager(cfg), args.ready_file)
-    except DomainOSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return main_entry("sub-domain", lambda: load_config(args), SubDomainManager, args.ready_file)
 
 
 if __name__ == "__main__":
