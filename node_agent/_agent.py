@@ -333,12 +333,9 @@ class NodeAgent:
             queue.put_nowait(None)  # ends the request stream: the sub-domain sees a clean close
         except asyncio.QueueFull:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(conn), max(0.0, deadline - loop.time()))
-        except (TimeoutError, asyncio.CancelledError):
-            pass
-        except Exception:  # already logged by _background_done
-            pass
+        # asyncio.wait neither raises the connection's own outcome (logged by _background_done)
+        # nor swallows a cancel of this shutdown; it just waits, at most until the deadline.
+        await asyncio.wait({conn}, timeout=max(0.0, deadline - loop.time()))
 
     # ------------------------------------------------------------------ sampling
 
