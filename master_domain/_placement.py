@@ -41,7 +41,7 @@ INFLIGHT_TTL_S = 30.0
 class _View:
     """One sub-domain as the placer sees it: its last summary minus what was placed since."""
 
-    __slots__ = ("free", "free_by_model", "inflight", "pending", "region", "sent", "slots", "summary_at")
+    __slots__ = ("free", "free_by_model", "pending", "region", "sent", "slots", "summary_at")
 
     def __init__(self, region: str, summary: Summary, now: float) -> None:
         self.region = region
@@ -55,7 +55,6 @@ class _View:
             b = shape.best
             key = Resources(b.cpu_millis, b.memory_bytes, b.gpus, shape.gpu_model or b.gpu_model)
             self.slots[key] = self.slots.get(key, 0) + shape.count
-        self.inflight = 0
         self.summary_at = now
         #: Placements committed on the current stream (their sequence numbers), and those a summary
         #: has not reflected yet: (sequence, request, monotonic time of the decision).
@@ -64,7 +63,6 @@ class _View:
 
     def apply(self, request: Resources) -> None:
         """Deduct one placement of ``request`` (best-fit slot, totals, per-model GPUs)."""
-        self.inflight += 1
         slot = self.fitting_slot(request)
         model = request.gpu_model
         if slot is not None:
@@ -84,6 +82,11 @@ class _View:
         )
         if request.gpus and model:
             self.free_by_model[model] = self.free_by_model.get(model, 0) - request.gpus
+
+    @property
+    def inflight(self) -> int:
+        """Placements this view still deducts (no summary has reflected them yet)."""
+        return len(self.pending)
 
     def free_gpus(self, model: str) -> int:
         return self.free_by_model.get(model, 0) if model else self.free.gpus
