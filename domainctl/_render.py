@@ -14,7 +14,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from domainos.resources import format_cpus, format_memory
+from domainos.resources import Resources, format_cpus, format_memory
 
 if TYPE_CHECKING:
     from dsdk import ClusterInfo, Explanation, Job, Node, Quota, Region, TaskLog
@@ -450,6 +450,8 @@ def render_explanation(explanation: Explanation) -> str:
 
 def to_plain(obj: Any) -> Any:
     """Dataclasses, enums, bytes, tuples and mappings -> JSON-ready values."""
+    if isinstance(obj, Resources):
+        return obj.to_dict()  # share fields only when a share is asked for
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
         if hasattr(obj, "text") and isinstance(getattr(obj, "data", None), bytes):

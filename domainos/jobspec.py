@@ -62,6 +62,50 @@ class RetryPolicy:
     on_lost: int = DEFAULT_RETRY_ON_LOST
 
 
+DEFAULT_GANG_TIMEOUT_S = 300.0
+DEFAULT_MAX_CROSS_DOMAIN_LOSS = 0.02
+
+
+@dataclass(frozen=True)
+class GangPolicy:
+    """All or nothing: the first ``min`` tasks are placed together or not at all."""
+
+    min: int
+    timeout_s: float = DEFAULT_GANG_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """Training ranks: ``tp * pp * dp`` GPUs; one task per TP group (``pp * dp`` tasks).
+
+    Task ``i`` is pipeline stage ``i % pp`` of data-parallel replica ``i // pp``.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The model whose gradients DP replicas all-reduce every iteration."""
+
+    parameters: int
+    bytes_per_parameter: float = 2.0
+
+
+@dataclass(frozen=True)
+class Locality:
+    """Task ``i`` reads shard ``shards[i]`` (or ``i`` when ``shards`` is empty) of ``dataset``."""
+
+    dataset: str
+    shards: tuple[int, ...] = ()
+    wait_s: float = 30.0
+
+    def shard_of(self, index: int) -> int:
+        return self.shards[index] if self.shards else index
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A validated job. Construct with :func:`parse_spec` or :meth:`from_proto`."""
@@ -75,6 +119,26 @@ class JobSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     tenant: str = ""
     priority: str = DEFAULT_PRIORITY
+    exclude_gpu_models: tuple[str, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    gang: GangPolicy | None = None
+    parallelism: Parallelism | None = None
+    model: ModelSize | None = None
+    iteration_time_s: float = 0.0
+    max_cross_domain_loss: float = DEFAULT_MAX_CROSS_DOMAIN_LOSS
+    locality: Locality | None = None
+
+    @property
+    def is_gang(self) -> bool:
+        """Placed all or nothing (an explicit gang, or any training job)."""
+        return self.gang is not None or self.parallelism is not None
+
+    @property
+    def gang_min(self) -> int:
+        """How many tasks (the first ones) are placed together; 0 when not a gang."""
+        if self.gang is not None:
+            return self.gang.min
+        return self.replicas if self.parallelism is not None else 0
 
     def to_proto(self) -> master_pb2.JobSpec:
         from domainos.api.v1 import master_pb2

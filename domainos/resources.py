@@ -116,12 +116,20 @@ def format_cpus(millis: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """CPU in millicores, memory in bytes, whole GPUs (of ``gpu_model`` if set)."""
+    """CPU in millicores, memory in bytes, whole GPUs (of ``gpu_model`` if set).
+
+    A *request* may ask for a fraction of one GPU instead (``gpus == 0``): ``gpu_share`` percent of
+    its compute (1..99) and ``gpu_share_memory`` bytes of its memory (0 = the same fraction of the
+    card). Capacity and free vectors never carry shares (partly used cards are counted apart), so
+    the arithmetic below keeps ``self``'s share fields and ignores ``other``'s.
+    """
 
     cpu_millis: int = 0
     memory_bytes: int = 0
     gpus: int = 0
     gpu_model: str = ""
+    gpu_share: int = 0
+    gpu_share_memory: int = 0
 
     def fits_in(self, free: Resources) -> bool:
         """True when this request fits in ``free`` (GPU model must match when one is asked for)."""
@@ -139,6 +147,8 @@ class Resources:
             self.memory_bytes + other.memory_bytes,
             self.gpus + other.gpus,
             self.gpu_model or other.gpu_model,
+            self.gpu_share,
+            self.gpu_share_memory,
         )
 
     def __sub__(self, other: Resources) -> Resources:
@@ -147,12 +157,19 @@ class Resources:
             self.memory_bytes - other.memory_bytes,
             self.gpus - other.gpus,
             self.gpu_model,
+            self.gpu_share,
+            self.gpu_share_memory,
         )
 
     def describe(self) -> str:
         parts = [f"cpus={format_cpus(self.cpu_millis)}", f"memory={format_memory(self.memory_bytes)}"]
         if self.gpus:
             parts.append(f"gpus={self.gpus}" + (f" ({self.gpu_model})" if self.gpu_model else ""))
+        elif self.gpu_share:
+            share = f"gpus=0.{self.gpu_share:02d}".rstrip("0")
+            if self.gpu_share_memory:
+                share += f" gpu_memory={format_memory(self.gpu_share_memory)}"
+            parts.append(share + (f" ({self.gpu_model})" if self.gpu_model else ""))
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, int | str]:
@@ -162,7 +179,9 @@ class Resources:
             "memory_bytes": self.memory_bytes,
             "gpus": self.gpus,
             "gpu_model": self.gpu_model,
-        }
+        } | (
+            {"gpu_share": self.gpu_share, "gpu_share_memory": self.gpu_share_memory} if self.gpu_share else {}
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Resources:
@@ -174,6 +193,8 @@ class Resources:
             int(data.get("memory_bytes", 0)),
             int(data.get("gpus", 0)),
             str(data.get("gpu_model", "")),
+            int(data.get("gpu_share", 0)),
+            int(data.get("gpu_share_memory", 0)),
         )
 
     def to_proto(self) -> common_pb2.Resources:
@@ -184,8 +205,17 @@ class Resources:
             memory_bytes=self.memory_bytes,
             gpus=self.gpus,
             gpu_model=self.gpu_model,
+            gpu_share_percent=self.gpu_share,
+            gpu_share_memory_bytes=self.gpu_share_memory,
         )
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Resources) -> Resources:
-        return cls(msg.cpu_millis, msg.memory_bytes, msg.gpus, msg.gpu_model)
+        return cls(
+            msg.cpu_millis,
+            msg.memory_bytes,
+            msg.gpus,
+            msg.gpu_model,
+            msg.gpu_share_percent,
+            msg.gpu_share_memory_bytes,
+        )

@@ -40,33 +40,51 @@ TASK_STATE_LOST: TaskState
 TASK_STATE_REJECTED: TaskState
 
 class Resources(_message.Message):
-    __slots__ = ("cpu_millis", "memory_bytes", "gpus", "gpu_model")
+    __slots__ = ("cpu_millis", "memory_bytes", "gpus", "gpu_model", "gpu_share_percent", "gpu_share_memory_bytes")
     CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GPU_SHARE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GPU_SHARE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     cpu_millis: int
     memory_bytes: int
     gpus: int
     gpu_model: str
-    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_model: _Optional[str] = ...) -> None: ...
+    gpu_share_percent: int
+    gpu_share_memory_bytes: int
+    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_model: _Optional[str] = ..., gpu_share_percent: _Optional[int] = ..., gpu_share_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class GpuDevice(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_bytes", "nvlink_peers")
+    __slots__ = ("index", "uuid", "model", "memory_bytes", "nvlink_peers", "nvlink_domain", "tdp_w")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     NVLINK_PEERS_FIELD_NUMBER: _ClassVar[int]
+    NVLINK_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TDP_W_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
     memory_bytes: int
     nvlink_peers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., nvlink_peers: _Optional[_Iterable[int]] = ...) -> None: ...
+    nvlink_domain: int
+    tdp_w: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., nvlink_peers: _Optional[_Iterable[int]] = ..., nvlink_domain: _Optional[int] = ..., tdp_w: _Optional[int] = ...) -> None: ...
+
+class DatasetShard(_message.Message):
+    __slots__ = ("dataset", "shard", "size_bytes")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shard: int
+    size_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class NodeInventory(_message.Message):
-    __slots__ = ("node_id", "hostname", "simulated", "cpu_cores", "memory_bytes", "gpus", "labels", "agent_version", "os", "allocatable")
+    __slots__ = ("node_id", "hostname", "simulated", "cpu_cores", "memory_bytes", "gpus", "labels", "agent_version", "os", "allocatable", "block", "datasets")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +102,8 @@ class NodeInventory(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     hostname: str
     simulated: bool
@@ -94,7 +114,9 @@ class NodeInventory(_message.Message):
     agent_version: str
     os: str
     allocatable: Resources
-    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., simulated: _Optional[bool] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    block: str
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetShard]
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., simulated: _Optional[bool] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., block: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetShard, _Mapping]]] = ...) -> None: ...
 
 class GpuUsage(_message.Message):
     __slots__ = ("index", "utilization_percent", "memory_used_bytes", "temperature_c", "power_w")
@@ -131,7 +153,7 @@ class NodeHealth(_message.Message):
     def __init__(self, status: _Optional[_Union[HealthStatus, str]] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas")
+    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas", "placement", "reservation_id")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +171,8 @@ class TaskSpec(_message.Message):
     MASTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     task_index: int
     attempt: int
@@ -159,7 +183,36 @@ class TaskSpec(_message.Message):
     master_address: str
     job_name: str
     replicas: int
-    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+    placement: PlacementConstraints
+    reservation_id: str
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+
+class PlacementConstraints(_message.Message):
+    __slots__ = ("exclude_gpu_models", "node_selector", "one_nvlink_domain", "dataset", "shard", "locality_wait_s", "group", "submitted_at")
+    class NodeSelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EXCLUDE_GPU_MODELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    ONE_NVLINK_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LOCALITY_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    exclude_gpu_models: _containers.RepeatedScalarFieldContainer[str]
+    node_selector: _containers.ScalarMap[str, str]
+    one_nvlink_domain: bool
+    dataset: str
+    shard: int
+    locality_wait_s: float
+    group: str
+    submitted_at: float
+    def __init__(self, exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., one_nvlink_domain: _Optional[bool] = ..., dataset: _Optional[str] = ..., shard: _Optional[int] = ..., locality_wait_s: _Optional[float] = ..., group: _Optional[str] = ..., submitted_at: _Optional[float] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
     __slots__ = ("job_id", "task_index", "attempt", "state", "exit_code", "message", "node_id", "subdomain_id", "started_at", "finished_at", "pid", "gpu_indexes", "cpu_set")
@@ -270,7 +323,7 @@ class LogReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[_Union[LogChunk, _Mapping]] = ...) -> None: ...
 
 class SubDomainSummary(_message.Message):
-    __slots__ = ("nodes_total", "nodes_ready", "nodes_suspect", "nodes_dead", "nodes_simulated", "capacity", "free", "shapes", "running_tasks", "max_nodes", "gpus_by_model", "free_gpus_by_model", "largest_node", "power_draw_w")
+    __slots__ = ("nodes_total", "nodes_ready", "nodes_suspect", "nodes_dead", "nodes_simulated", "capacity", "free", "shapes", "running_tasks", "max_nodes", "gpus_by_model", "free_gpus_by_model", "largest_node", "power_draw_w", "blocks", "label_nodes", "datasets", "share_slots", "reservations_held")
     class GpusByModelEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +332,13 @@ class SubDomainSummary(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     class FreeGpusByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LabelNodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +359,11 @@ class SubDomainSummary(_message.Message):
     FREE_GPUS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
     LARGEST_NODE_FIELD_NUMBER: _ClassVar[int]
     POWER_DRAW_W_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_NODES_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATIONS_HELD_FIELD_NUMBER: _ClassVar[int]
     nodes_total: int
     nodes_ready: int
     nodes_suspect: int
@@ -313,16 +378,51 @@ class SubDomainSummary(_message.Message):
     free_gpus_by_model: _containers.ScalarMap[str, int]
     largest_node: Resources
     power_draw_w: float
-    def __init__(self, nodes_total: _Optional[int] = ..., nodes_ready: _Optional[int] = ..., nodes_suspect: _Optional[int] = ..., nodes_dead: _Optional[int] = ..., nodes_simulated: _Optional[int] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[NodeShape, _Mapping]]] = ..., running_tasks: _Optional[int] = ..., max_nodes: _Optional[int] = ..., gpus_by_model: _Optional[_Mapping[str, int]] = ..., free_gpus_by_model: _Optional[_Mapping[str, int]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., power_draw_w: _Optional[float] = ...) -> None: ...
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockSummary]
+    label_nodes: _containers.ScalarMap[str, int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetPresence]
+    share_slots: _containers.RepeatedCompositeFieldContainer[GpuShareSlot]
+    reservations_held: int
+    def __init__(self, nodes_total: _Optional[int] = ..., nodes_ready: _Optional[int] = ..., nodes_suspect: _Optional[int] = ..., nodes_dead: _Optional[int] = ..., nodes_simulated: _Optional[int] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[NodeShape, _Mapping]]] = ..., running_tasks: _Optional[int] = ..., max_nodes: _Optional[int] = ..., gpus_by_model: _Optional[_Mapping[str, int]] = ..., free_gpus_by_model: _Optional[_Mapping[str, int]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., power_draw_w: _Optional[float] = ..., blocks: _Optional[_Iterable[_Union[BlockSummary, _Mapping]]] = ..., label_nodes: _Optional[_Mapping[str, int]] = ..., datasets: _Optional[_Iterable[_Union[DatasetPresence, _Mapping]]] = ..., share_slots: _Optional[_Iterable[_Union[GpuShareSlot, _Mapping]]] = ..., reservations_held: _Optional[int] = ...) -> None: ...
 
 class NodeShape(_message.Message):
-    __slots__ = ("gpu_model", "free_gpus", "count", "best")
+    __slots__ = ("gpu_model", "free_gpus", "count", "best", "free_nvlink_gpus")
     GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     FREE_GPUS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
+    FREE_NVLINK_GPUS_FIELD_NUMBER: _ClassVar[int]
     gpu_model: str
     free_gpus: int
     count: int
     best: Resources
-    def __init__(self, gpu_model: _Optional[str] = ..., free_gpus: _Optional[int] = ..., count: _Optional[int] = ..., best: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    free_nvlink_gpus: int
+    def __init__(self, gpu_model: _Optional[str] = ..., free_gpus: _Optional[int] = ..., count: _Optional[int] = ..., best: _Optional[_Union[Resources, _Mapping]] = ..., free_nvlink_gpus: _Optional[int] = ...) -> None: ...
+
+class BlockSummary(_message.Message):
+    __slots__ = ("block", "shapes")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    block: str
+    shapes: _containers.RepeatedCompositeFieldContainer[NodeShape]
+    def __init__(self, block: _Optional[str] = ..., shapes: _Optional[_Iterable[_Union[NodeShape, _Mapping]]] = ...) -> None: ...
+
+class DatasetPresence(_message.Message):
+    __slots__ = ("dataset", "shards")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GpuShareSlot(_message.Message):
+    __slots__ = ("gpu_model", "free_percent", "free_memory_bytes", "count")
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FREE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    FREE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    gpu_model: str
+    free_percent: int
+    free_memory_bytes: int
+    count: int
+    def __init__(self, gpu_model: _Optional[str] = ..., free_percent: _Optional[int] = ..., free_memory_bytes: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...

@@ -223,7 +223,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, on_exit: _Optional[int] = ..., on_lost: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority")
+    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,13 @@ class JobSpec(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +255,15 @@ class JobSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HAS_RETRY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_GPU_MODELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    GANG_FIELD_NUMBER: _ClassVar[int]
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_CROSS_DOMAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    HAS_MAX_CROSS_DOMAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOCALITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -258,7 +274,52 @@ class JobSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     has_retry: bool
     priority: str
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ...) -> None: ...
+    exclude_gpu_models: _containers.RepeatedScalarFieldContainer[str]
+    node_selector: _containers.ScalarMap[str, str]
+    gang: GangPolicy
+    parallelism: Parallelism
+    model: ModelSize
+    iteration_time_s: float
+    max_cross_domain_loss: float
+    has_max_cross_domain_loss: bool
+    locality: Locality
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ...) -> None: ...
+
+class GangPolicy(_message.Message):
+    __slots__ = ("min", "timeout_s")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    min: int
+    timeout_s: float
+    def __init__(self, min: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class Parallelism(_message.Message):
+    __slots__ = ("tp", "pp", "dp")
+    TP_FIELD_NUMBER: _ClassVar[int]
+    PP_FIELD_NUMBER: _ClassVar[int]
+    DP_FIELD_NUMBER: _ClassVar[int]
+    tp: int
+    pp: int
+    dp: int
+    def __init__(self, tp: _Optional[int] = ..., pp: _Optional[int] = ..., dp: _Optional[int] = ...) -> None: ...
+
+class ModelSize(_message.Message):
+    __slots__ = ("parameters", "bytes_per_parameter")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    parameters: int
+    bytes_per_parameter: float
+    def __init__(self, parameters: _Optional[int] = ..., bytes_per_parameter: _Optional[float] = ...) -> None: ...
+
+class Locality(_message.Message):
+    __slots__ = ("dataset", "shards", "wait_s")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    wait_s: float
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("index", "attempt", "state", "node_id", "subdomain_id", "region", "exit_code", "message", "started_at", "finished_at", "exit_retries", "lost_retries")

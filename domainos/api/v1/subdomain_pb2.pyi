@@ -1,5 +1,6 @@
 from domainos.api.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,24 +8,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReservationOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESERVATION_OUTCOME_UNSPECIFIED: _ClassVar[ReservationOutcome]
+    RESERVATION_OUTCOME_ACCEPTED: _ClassVar[ReservationOutcome]
+    RESERVATION_OUTCOME_REFUSED: _ClassVar[ReservationOutcome]
+    RESERVATION_OUTCOME_COMMITTED: _ClassVar[ReservationOutcome]
+RESERVATION_OUTCOME_UNSPECIFIED: ReservationOutcome
+RESERVATION_OUTCOME_ACCEPTED: ReservationOutcome
+RESERVATION_OUTCOME_REFUSED: ReservationOutcome
+RESERVATION_OUTCOME_COMMITTED: ReservationOutcome
+
 class SubDomainMessage(_message.Message):
-    __slots__ = ("hello", "summary", "task_updates", "ack", "node_list", "log_reply")
+    __slots__ = ("hello", "summary", "task_updates", "ack", "node_list", "log_reply", "reservation")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TASK_UPDATES_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NODE_LIST_FIELD_NUMBER: _ClassVar[int]
     LOG_REPLY_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     summary: SummaryReport
     task_updates: TaskUpdates
     ack: _common_pb2.CommandAck
     node_list: NodeListReply
     log_reply: _common_pb2.LogReply
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., summary: _Optional[_Union[SummaryReport, _Mapping]] = ..., task_updates: _Optional[_Union[TaskUpdates, _Mapping]] = ..., ack: _Optional[_Union[_common_pb2.CommandAck, _Mapping]] = ..., node_list: _Optional[_Union[NodeListReply, _Mapping]] = ..., log_reply: _Optional[_Union[_common_pb2.LogReply, _Mapping]] = ...) -> None: ...
+    reservation: ReservationReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., summary: _Optional[_Union[SummaryReport, _Mapping]] = ..., task_updates: _Optional[_Union[TaskUpdates, _Mapping]] = ..., ack: _Optional[_Union[_common_pb2.CommandAck, _Mapping]] = ..., node_list: _Optional[_Union[NodeListReply, _Mapping]] = ..., log_reply: _Optional[_Union[_common_pb2.LogReply, _Mapping]] = ..., reservation: _Optional[_Union[ReservationReply, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("subdomain_id", "region", "incarnation", "address", "max_nodes", "tasks", "summary")
+    __slots__ = ("subdomain_id", "region", "incarnation", "address", "max_nodes", "tasks", "summary", "reservations")
     SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +46,7 @@ class Hello(_message.Message):
     MAX_NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
     subdomain_id: str
     region: str
     incarnation: str
@@ -39,7 +54,8 @@ class Hello(_message.Message):
     max_nodes: int
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskStatus]
     summary: _common_pb2.SubDomainSummary
-    def __init__(self, subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., incarnation: _Optional[str] = ..., address: _Optional[str] = ..., max_nodes: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskStatus, _Mapping]]] = ..., summary: _Optional[_Union[_common_pb2.SubDomainSummary, _Mapping]] = ...) -> None: ...
+    reservations: _containers.RepeatedCompositeFieldContainer[ReservationState]
+    def __init__(self, subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., incarnation: _Optional[str] = ..., address: _Optional[str] = ..., max_nodes: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskStatus, _Mapping]]] = ..., summary: _Optional[_Union[_common_pb2.SubDomainSummary, _Mapping]] = ..., reservations: _Optional[_Iterable[_Union[ReservationState, _Mapping]]] = ...) -> None: ...
 
 class SummaryReport(_message.Message):
     __slots__ = ("incarnation", "seq", "summary", "placements_applied")
@@ -76,20 +92,26 @@ class NodeListReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[_common_pb2.NodeView, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MasterCommand(_message.Message):
-    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log")
+    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log", "reserve", "commit", "release")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     PLACE_TASK_FIELD_NUMBER: _ClassVar[int]
     STOP_TASK_FIELD_NUMBER: _ClassVar[int]
     ACK_TASKS_FIELD_NUMBER: _ClassVar[int]
     LIST_NODES_FIELD_NUMBER: _ClassVar[int]
     FETCH_LOG_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     place_task: PlaceTask
     stop_task: StopTaskCommand
     ack_tasks: AckTaskStates
     list_nodes: ListNodes
     fetch_log: FetchTaskLog
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ...) -> None: ...
+    reserve: ReserveTasks
+    commit: CommitReservation
+    release: ReleaseReservation
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ..., reserve: _Optional[_Union[ReserveTasks, _Mapping]] = ..., commit: _Optional[_Union[CommitReservation, _Mapping]] = ..., release: _Optional[_Union[ReleaseReservation, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("master_id", "summary_interval_s")
@@ -144,3 +166,59 @@ class FetchTaskLog(_message.Message):
     node_id: str
     request: _common_pb2.LogRequest
     def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., request: _Optional[_Union[_common_pb2.LogRequest, _Mapping]] = ...) -> None: ...
+
+class ReserveTasks(_message.Message):
+    __slots__ = ("reservation_id", "tasks", "hold_s")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_S_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskSpec]
+    hold_s: float
+    def __init__(self, reservation_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., hold_s: _Optional[float] = ...) -> None: ...
+
+class CommitReservation(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseReservation(_message.Message):
+    __slots__ = ("reservation_id", "reason")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    reason: str
+    def __init__(self, reservation_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReservationReply(_message.Message):
+    __slots__ = ("reservation_id", "outcome", "reason", "expired", "placements")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    outcome: ReservationOutcome
+    reason: str
+    expired: bool
+    placements: _containers.RepeatedCompositeFieldContainer[TaskPlacement]
+    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReservationOutcome, str]] = ..., reason: _Optional[str] = ..., expired: _Optional[bool] = ..., placements: _Optional[_Iterable[_Union[TaskPlacement, _Mapping]]] = ...) -> None: ...
+
+class TaskPlacement(_message.Message):
+    __slots__ = ("task_index", "node_id", "block")
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    task_index: int
+    node_id: str
+    block: str
+    def __init__(self, task_index: _Optional[int] = ..., node_id: _Optional[str] = ..., block: _Optional[str] = ...) -> None: ...
+
+class ReservationState(_message.Message):
+    __slots__ = ("reservation_id", "committed")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    committed: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., committed: _Optional[bool] = ...) -> None: ...
