@@ -51,6 +51,8 @@ examples:
   domainctl up --detach                     start a local federation (2 regions, 4 agents)
   domainctl domains                         regions, sub-domains, capacity
   domainctl run --replicas 2 --cpus 0.5 --wait -- python3 -c "print(42)"
+  domainctl run --tp 8 --pp 2 --dp 4 --gpu-model H100 --model-params 7B --iteration-time 2s -- python3 train.py
+  domainctl submit examples/train-llm.yaml  a training job from a file (see examples/)
   domainctl jobs --state running
   domainctl logs JOB_ID
   domainctl token create --tenant acme --ttl 30d   (admins; `domainctl login` to use a token)
@@ -184,6 +186,43 @@ def _add_scheduling_commands(
     p.add_argument("job_id", metavar="ID")
 
 
+def _add_scheduling_run_flags(p: argparse.ArgumentParser) -> None:
+    """``run``: gangs, training jobs and data locality (the fields of :mod:`domainos.jobspec`)."""
+    g = p.add_argument_group("gangs and training jobs")
+    g.add_argument(
+        "--gang",
+        metavar="MIN",
+        nargs="?",
+        const="all",
+        help="all or nothing: place the first MIN tasks together (default: all of them)",
+    )
+    g.add_argument(
+        "--gang-timeout", metavar="DURATION", help="give up one reservation attempt after this (e.g. 90s, 5m)"
+    )
+    for flag, what in (
+        ("tp", "tensor parallel: GPUs per task, on one NVLink domain"),
+        ("pp", "pipeline stages"),
+        ("dp", "data-parallel replicas"),
+    ):
+        g.add_argument(f"--{flag}", metavar="N", help=f"{what} (a training job: pp*dp tasks of tp GPUs)")
+    g.add_argument("--model-params", metavar="N", help="model parameters (e.g. 7B, 70e9)")
+    g.add_argument("--bytes-per-param", metavar="N", help="bytes per gradient parameter (default 2: bf16)")
+    g.add_argument("--iteration-time", metavar="DURATION", help="compute time of one iteration (e.g. 2s)")
+    g.add_argument(
+        "--max-cross-domain-loss",
+        metavar="X",
+        help="share of an iteration it may lose to spanning sub-domains, 0 <= X < 1 (default 0.02)",
+    )
+    g = p.add_argument_group("data locality")
+    g.add_argument("--dataset", metavar="NAME", help="prefer nodes holding the task's shard of NAME")
+    g.add_argument(
+        "--shards", metavar="LIST", help="the tasks' shards, e.g. 0-7 or 0,2,4 (default: task i, shard i)"
+    )
+    g.add_argument(
+        "--locality-wait", metavar="DURATION", help="wait this long for such a node (default 30s, at most 1h)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render ``--help``)."""
     common = _common()
@@ -208,8 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "run a command as a job: domainctl run [options] -- CMD ARGS...")
     p.add_argument("--name", help="job name")
     p.add_argument("--cpus", metavar="N", help="CPUs per task (e.g. 2, 0.5, 500m; default 1)")
-    p.add_argument("--gpus", metavar="N", help="GPUs per task (default 0)")
+    p.add_argument(
+        "--gpus", metavar="N", help="GPUs per task: whole GPUs, or a share of one below 1 in 1%% steps (0.25)"
+    )
+    p.add_argument(
+        "--gpu-memory", metavar="SIZE", help="with a fractional --gpus: the card memory the share may use"
+    )
     p.add_argument("--gpu-model", metavar="MODEL", help="required GPU model")
+    p.add_argument(
+        "--exclude-gpu-model",
+        metavar="MODEL",
+        action="append",
+        default=[],
+        help="never on this GPU model (repeatable, or MODEL,MODEL)",
+    )
+    p.add_argument(
+        "--node-selector",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="only on nodes with this label (repeatable)",
+    )
     p.add_argument(
         "--mem", "--memory", dest="mem", metavar="SIZE", help="memory per task (e.g. 512Mi; default 256Mi)"
     )
@@ -221,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority", metavar="CLASS", help="priority class: low | normal (default) | high | system"
     )
+    _add_scheduling_run_flags(p)
     p.add_argument("--wait", action="store_true", help="wait for the job, print its state and output")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD ARGS", help="the program and its arguments")

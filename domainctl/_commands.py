@@ -178,22 +178,74 @@ def _run_spec(ns: argparse.Namespace) -> dict[str, Any]:
         resources["memory"] = ns.mem
     if ns.gpus is not None:
         resources["gpus"] = ns.gpus
+    if getattr(ns, "gpu_memory", None) is not None:
+        resources["gpu_memory"] = ns.gpu_memory
     if ns.gpu_model:
         resources["gpu_model"] = ns.gpu_model
     if resources:
         spec["resources"] = resources
+    spec.update(_scheduling_spec(ns))
     if ns.retries is not None:
         spec["retry"] = {"on_exit": _int(ns.retries, "retry.on_exit")}
     if getattr(ns, "priority", None) is not None:
         spec["priority"] = ns.priority
-    env: dict[str, str] = {}
-    for pair in ns.env:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", field="env")
-        env[key] = value
+    env = _pairs(ns.env, "env")
     if env:
         spec["env"] = env
+    return spec
+
+
+def _pairs(items: Sequence[str], field: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in items:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", field=field)
+        out[key] = value
+    return out
+
+
+def _scheduling_spec(ns: argparse.Namespace) -> dict[str, Any]:
+    """The spec fields of the ``run`` flags for GPU models, labels, gangs, training and locality.
+
+    Values stay as typed (strings): :func:`domainos.jobspec.parse_spec` validates them, so a bad
+    flag gets the same message as the same mistake in a job file.
+    """
+    spec: dict[str, Any] = {}
+    excluded = [m.strip() for item in getattr(ns, "exclude_gpu_model", []) for m in item.split(",")]
+    if excluded:
+        spec["exclude_gpu_models"] = excluded
+    selector = _pairs(getattr(ns, "node_selector", []), "node_selector")
+    if selector:
+        spec["node_selector"] = selector
+    gang: dict[str, Any] = {}
+    if getattr(ns, "gang", None) not in (None, "all"):
+        gang["min"] = _int(ns.gang, "gang.min")
+    if getattr(ns, "gang_timeout", None) is not None:
+        gang["timeout"] = ns.gang_timeout
+    if gang or getattr(ns, "gang", None) is not None:
+        spec["gang"] = gang or True
+    par = {k: _int(getattr(ns, k), f"parallelism.{k}") for k in ("tp", "pp", "dp") if getattr(ns, k, None)}
+    if par:
+        spec["parallelism"] = par
+    model: dict[str, Any] = {}
+    if getattr(ns, "model_params", None) is not None:
+        model["parameters"] = ns.model_params
+    if getattr(ns, "bytes_per_param", None) is not None:
+        model["bytes_per_parameter"] = ns.bytes_per_param
+    if model:
+        spec["model"] = model
+    if getattr(ns, "iteration_time", None) is not None:
+        spec["iteration_time"] = ns.iteration_time
+    if getattr(ns, "max_cross_domain_loss", None) is not None:
+        spec["max_cross_domain_loss"] = ns.max_cross_domain_loss
+    locality = {
+        key: getattr(ns, attr)
+        for key, attr in (("dataset", "dataset"), ("shards", "shards"), ("wait", "locality_wait"))
+        if getattr(ns, attr, None) is not None
+    }
+    if locality:
+        spec["locality"] = locality
     return spec
 
 

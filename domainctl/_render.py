@@ -162,11 +162,98 @@ def fmt_command(command: Sequence[str], limit: int = 80) -> str:
     return _clip("; ".join(line for line in lines if line), limit)
 
 
-def fmt_resources(cpu_millis: int, memory_bytes: int, gpus: int, gpu_model: str = "") -> str:
+def fmt_resources(
+    cpu_millis: int,
+    memory_bytes: int,
+    gpus: int,
+    gpu_model: str = "",
+    gpu_share: int = 0,
+    gpu_share_memory: int = 0,
+) -> str:
+    """``cpus=1 memory=256Mi gpus=2 (H100)``; a share of one GPU: ``gpus=0.25 gpu_memory=4Gi``."""
     parts = [f"cpus={fmt_cpus(cpu_millis)}", f"memory={fmt_mem(memory_bytes)}"]
     if gpus:
         parts.append(f"gpus={gpus}" + (f" ({gpu_model})" if gpu_model else ""))
+    elif gpu_share:
+        share = f"gpus=0.{gpu_share:02d}".rstrip("0")
+        if gpu_share_memory:
+            share += f" gpu_memory={fmt_mem(gpu_share_memory)}"
+        parts.append(share + (f" ({gpu_model})" if gpu_model else ""))
     return " ".join(parts)
+
+
+def fmt_count(n: float) -> str:
+    """``7B``, ``1.5T``, ``350M``, ``20K``, ``999``."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.1f}{unit}"
+    return f"{n:g}"
+
+
+def fmt_shards(shards: Sequence[int]) -> str:
+    """``0-3,8,10-11`` (runs of consecutive shards as ranges)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(shards):
+        j = i
+        while j + 1 < len(shards) and shards[j + 1] == shards[j] + 1:
+            j += 1
+        parts.append(str(shards[i]) if i == j else f"{shards[i]}-{shards[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def spec_facts(spec: Any) -> list[tuple[str, object]]:
+    """The scheduling fields of a job spec that are set, as ``(key, text)`` for ``domainctl job``."""
+    facts: list[tuple[str, object]] = []
+    if spec.exclude_gpu_models:
+        facts.append(("not on", ", ".join(spec.exclude_gpu_models)))
+    if spec.node_selector:
+        facts.append(("nodes", ", ".join(f"{k}={v}" for k, v in sorted(spec.node_selector.items()))))
+    if spec.is_gang:
+        n, replicas = spec.gang_min, spec.replicas
+        who = f"all {n} tasks" if n == replicas else f"the first {n} of {replicas} tasks"
+        facts.append(("gang", f"{who} together (timeout {fmt_duration(spec.gang_timeout_s)})"))
+    par = spec.parallelism
+    if par is not None:
+        ranks = par.tp * par.pp * par.dp
+        facts.append(("training", f"tp {par.tp} x pp {par.pp} x dp {par.dp} = {ranks} GPUs"))
+        model = spec.model
+        if model is not None:
+            size = fmt_count(model.parameters * model.bytes_per_parameter).replace("B", "G")
+            facts.append(
+                (
+                    "model",
+                    f"{fmt_count(model.parameters)} parameters x {model.bytes_per_parameter:g} bytes "
+                    f"({size}B of gradients per iteration)",
+                )
+            )
+        if spec.iteration_time_s:
+            facts.append(("iteration", fmt_duration(spec.iteration_time_s)))
+        span = (
+            f"at most {spec.max_cross_domain_loss * 100:g}% of an iteration lost across sub-domains"
+            if model is not None and spec.iteration_time_s
+            else "one sub-domain (no model size and iteration time to weigh spanning)"
+        )
+        facts.append(("spanning", span))
+    loc = spec.locality
+    if loc is not None:
+        shards = f"shards {fmt_shards(loc.shards)}" if loc.shards else "shard i for task i"
+        facts.append(("locality", f"dataset {loc.dataset}, {shards}, wait {fmt_duration(loc.wait_s)}"))
+    return facts
+
+
+#: Keys of :meth:`JobSpec.to_dict` every job has; the rest are the scheduling fields, set or not.
+_BASE_SPEC_KEYS = frozenset(
+    ("name", "replicas", "command", "env", "resources", "retry", "labels", "tenant", "priority")
+)
+
+
+def spec_extras(spec: Any) -> dict[str, Any]:
+    """The scheduling fields of a spec that are set, in the store form (``-o json`` of a job)."""
+    data: dict[str, Any] = spec.to_dict()
+    return {k: v for k, v in data.items() if k not in _BASE_SPEC_KEYS}
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -328,8 +415,13 @@ def render_job(job: Job, now: float, max_width: int | None = None, *, command_li
         ("message", job.message or DASH),
         ("command", fmt_command(job.command, limit=command_limit)),
         ("replicas", job.replicas),
-        ("resources", fmt_resources(r.cpu_millis, r.memory_bytes, r.gpus, r.gpu_model) + " per task"),
+        (
+            "resources",
+            fmt_resources(r.cpu_millis, r.memory_bytes, r.gpus, r.gpu_model, r.gpu_share, r.gpu_share_memory)
+            + " per task",
+        ),
         ("priority", job.spec.priority if job.spec is not None else DASH),
+        *(spec_facts(job.spec) if job.spec is not None else []),
         ("created", f"{fmt_clock(job.created_at, date=True)} ({fmt_age(job.created_at, now)} ago)"),
     ]
     if job.finished_at > 0:
@@ -454,6 +546,9 @@ def to_plain(obj: Any) -> Any:
         return obj.to_dict()  # share fields only when a share is asked for
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+        spec = getattr(obj, "spec", None)
+        if "job_id" in out and spec is not None and hasattr(spec, "to_dict"):
+            out.update(spec_extras(spec))  # a job's gang, training and locality fields, when set
         if hasattr(obj, "text") and isinstance(getattr(obj, "data", None), bytes):
             out.pop("data", None)
             out["text"] = obj.text

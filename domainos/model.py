@@ -18,8 +18,8 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Self, cast
 
 from google.protobuf import json_format
@@ -149,6 +149,107 @@ class TaskRef:
         return common_pb2.TaskRef(job_id=self.job_id, task_index=self.task_index, attempt=self.attempt)
 
 
+#: Most GPU models a task may exclude / node labels it may select on (as :mod:`domainos.jobspec`).
+MAX_PLACEMENT_ENTRIES = 32
+
+
+@dataclass(frozen=True)
+class PlacementConstraints:
+    """Where a task may and should run, beyond its resources (``common.proto`` PlacementConstraints).
+
+    Built by the master from the job spec (:func:`domainos.jobspec.task_constraints`); the
+    sub-domain's placer reads it. The default value asks for nothing.
+    """
+
+    #: Never on a GPU of these models.
+    exclude_gpu_models: tuple[str, ...] = ()
+    #: Node labels that must all match.
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    #: A TP group: every GPU of the task in one NVLink domain.
+    one_nvlink_domain: bool = False
+    #: Locality: prefer a node holding shard ``shard`` of ``dataset`` ...
+    dataset: str = ""
+    shard: int = 0
+    #: ... waiting at most this long (from ``submitted_at``) before any node will do.
+    locality_wait_s: float = 0.0
+    #: Tasks with one group prefer one block (the pipeline stages of one DP replica).
+    group: str = ""
+    #: Unix seconds the job was accepted (the locality wait starts here).
+    submitted_at: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """True when it asks for nothing (the tasks of a plain job)."""
+        return self == PlacementConstraints()
+
+    def allows_gpu_model(self, model: str) -> bool:
+        """False when ``model`` is one of the excluded GPU models."""
+        return model not in self.exclude_gpu_models
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        """True when every ``node_selector`` entry is among ``labels``."""
+        return all(labels.get(k) == v for k, v in self.node_selector.items())
+
+    def locality_deadline(self) -> float:
+        """Unix seconds after which a node without the shard will do (0 when no locality)."""
+        return self.submitted_at + self.locality_wait_s if self.dataset else 0.0
+
+    def validate(self, path: str = "") -> None:
+        """Bounded lists, no NUL, shard and times in range (InvalidArgument naming the field)."""
+        if len(self.exclude_gpu_models) > MAX_PLACEMENT_ENTRIES:
+            raise InvalidArgument(
+                f"at most {MAX_PLACEMENT_ENTRIES} GPU models, got {len(self.exclude_gpu_models)}",
+                field=field_path(path, "exclude_gpu_models"),
+            )
+        if len(self.node_selector) > MAX_PLACEMENT_ENTRIES:
+            raise InvalidArgument(
+                f"at most {MAX_PLACEMENT_ENTRIES} labels, got {len(self.node_selector)}",
+                field=field_path(path, "node_selector"),
+            )
+        texts = [("exclude_gpu_models", m) for m in self.exclude_gpu_models]
+        texts += [("node_selector", f"{k}{v}") for k, v in self.node_selector.items()]
+        texts += [("dataset", self.dataset), ("group", self.group)]
+        for name, text in texts:
+            if "\x00" in text:
+                raise InvalidArgument("must not contain NUL characters", field=field_path(path, name))
+        if self.shard < 0:
+            raise InvalidArgument(f"must not be negative, got {self.shard}", field=field_path(path, "shard"))
+        for name, value in (("locality_wait_s", self.locality_wait_s), ("submitted_at", self.submitted_at)):
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgument(
+                    f"must be a finite number >= 0, got {value}", field=field_path(path, name)
+                )
+
+    @classmethod
+    def from_proto(
+        cls, msg: common_pb2.PlacementConstraints, path: str = "placement"
+    ) -> PlacementConstraints:
+        value = cls(
+            exclude_gpu_models=tuple(msg.exclude_gpu_models),
+            node_selector=dict(msg.node_selector),
+            one_nvlink_domain=msg.one_nvlink_domain,
+            dataset=msg.dataset,
+            shard=msg.shard,
+            locality_wait_s=msg.locality_wait_s,
+            group=msg.group,
+            submitted_at=msg.submitted_at,
+        )
+        value.validate(path)
+        return value
+
+    def to_proto(self) -> common_pb2.PlacementConstraints:
+        return common_pb2.PlacementConstraints(
+            exclude_gpu_models=list(self.exclude_gpu_models),
+            node_selector=dict(self.node_selector),
+            one_nvlink_domain=self.one_nvlink_domain,
+            dataset=self.dataset,
+            shard=self.shard,
+            locality_wait_s=self.locality_wait_s,
+            group=self.group,
+            submitted_at=self.submitted_at,
+        )
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What to run for one task attempt (sent down by the master, through the sub-domain)."""
@@ -161,6 +262,10 @@ class TaskSpec:
     master_address: str = ""
     job_name: str = ""
     replicas: int = 1
+    #: Where it may and should run (empty for a plain job).
+    placement: PlacementConstraints = field(default_factory=PlacementConstraints)
+    #: The gang reservation it was placed by ("" when placed on its own).
+    reservation_id: str = ""
 
     def validate(self, path: str = "") -> None:
         self.ref.validate(path)
@@ -177,10 +282,17 @@ class TaskSpec:
                     f"{k!r} is not a valid environment variable", field=field_path(path, "env")
                 )
         r = self.resources
-        if r.cpu_millis < 0 or r.memory_bytes < 0 or r.gpus < 0:
+        if r.cpu_millis < 0 or r.memory_bytes < 0 or r.gpus < 0 or r.gpu_share_memory < 0:
             raise InvalidArgument(
                 f"must not be negative, got {r.describe()}", field=field_path(path, "resources")
             )
+        if r.gpu_share and (r.gpus or not 1 <= r.gpu_share <= 99):
+            raise InvalidArgument(
+                f"a GPU share is 1..99 percent of one card, instead of whole GPUs; got "
+                f"gpus={r.gpus} gpu_share_percent={r.gpu_share}",
+                field=field_path(path, "resources.gpu_share_percent"),
+            )
+        self.placement.validate(field_path(path, "placement"))
 
     @classmethod
     def from_proto(cls, msg: common_pb2.TaskSpec, path: str = "spec") -> TaskSpec:
@@ -194,12 +306,14 @@ class TaskSpec:
             master_address=msg.master_address,
             job_name=msg.job_name,
             replicas=int(msg.replicas) or 1,
+            placement=PlacementConstraints.from_proto(msg.placement, field_path(path, "placement")),
+            reservation_id=msg.reservation_id,
         )
         spec.validate(path)
         return spec
 
     def to_proto(self) -> common_pb2.TaskSpec:
-        return common_pb2.TaskSpec(
+        msg = common_pb2.TaskSpec(
             job_id=self.ref.job_id,
             task_index=self.ref.task_index,
             attempt=self.ref.attempt,
@@ -210,7 +324,11 @@ class TaskSpec:
             master_address=self.master_address,
             job_name=self.job_name,
             replicas=self.replicas,
+            reservation_id=self.reservation_id,
         )
+        if not self.placement.empty:  # a plain task's message (and JSON record) stays as it was
+            msg.placement.CopyFrom(self.placement.to_proto())
+        return msg
 
     def to_json(self) -> dict[str, Any]:
         """The protobuf JSON form (store records)."""
@@ -324,6 +442,12 @@ class GpuDevice:
     model: str = ""
     memory_bytes: int = 0
     nvlink_peers: tuple[int, ...] = ()
+    #: The NVLink domain: the lowest GPU index of the connected component of ``nvlink_peers``
+    #: (a GPU without NVLink is its own). A node whose GPUs all say 0 (an older agent) gets them
+    #: derived from ``nvlink_peers`` by :class:`NodeInventory`.
+    nvlink_domain: int = 0
+    #: Board power limit in watts; 0 = unknown (the master uses its model table).
+    tdp_w: int = 0
 
     @classmethod
     def from_proto(cls, msg: common_pb2.GpuDevice) -> GpuDevice:
@@ -333,6 +457,8 @@ class GpuDevice:
             model=msg.model,
             memory_bytes=msg.memory_bytes,
             nvlink_peers=tuple(msg.nvlink_peers),
+            nvlink_domain=msg.nvlink_domain,
+            tdp_w=msg.tdp_w,
         )
 
     def to_proto(self) -> common_pb2.GpuDevice:
@@ -342,7 +468,57 @@ class GpuDevice:
             model=self.model,
             memory_bytes=self.memory_bytes,
             nvlink_peers=list(self.nvlink_peers),
+            nvlink_domain=self.nvlink_domain,
+            tdp_w=self.tdp_w,
         )
+
+
+def nvlink_components(peers: Mapping[int, Sequence[int]]) -> dict[int, int]:
+    """GPU index -> its NVLink domain: the lowest index of its connected component.
+
+    ``peers`` maps each GPU index to the indexes it reaches over NVLink; links are taken as
+    undirected and peers that are not keys are ignored. A GPU without links is its own domain.
+    """
+    parent = {i: i for i in peers}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, linked in peers.items():
+        for j in linked:
+            if j in parent:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return {i: find(i) for i in peers}
+
+
+#: Most dataset shards one node may report (the inventory travels whole on every full report).
+MAX_NODE_DATASET_SHARDS = 4096
+#: Most power one GPU board may declare (W).
+MAX_GPU_TDP_W = 10_000
+_BLOCK_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+#: A dataset name (the same form as a job id).
+DATASET_NAME_RE = _JOB_ID_RE
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetShard:
+    """A shard of a dataset a node holds on local storage."""
+
+    dataset: str
+    shard: int
+    size_bytes: int = 0
+
+    @classmethod
+    def from_proto(cls, msg: common_pb2.DatasetShard) -> DatasetShard:
+        return cls(dataset=msg.dataset, shard=msg.shard, size_bytes=msg.size_bytes)
+
+    def to_proto(self) -> common_pb2.DatasetShard:
+        return common_pb2.DatasetShard(dataset=self.dataset, shard=self.shard, size_bytes=self.size_bytes)
 
 
 @dataclass(frozen=True)
@@ -364,8 +540,20 @@ class NodeInventory:
     agent_version: str = ""
     os: str = ""
     allocatable: Resources = field(default_factory=Resources)
+    #: The switch tier (block) the node sits under; "" = none declared.
+    block: str = ""
+    #: Dataset shards held on local storage, sorted by (dataset, shard).
+    datasets: tuple[DatasetShard, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.gpus) > 1 and all(g.nvlink_domain == 0 for g in self.gpus):
+            # No domains sent (an older agent, or none computed): derive them from the links.
+            domains = nvlink_components({g.index: g.nvlink_peers for g in self.gpus})
+            if any(domains[g.index] != g.nvlink_domain for g in self.gpus):
+                gpus = tuple(replace(g, nvlink_domain=domains[g.index]) for g in self.gpus)
+                object.__setattr__(self, "gpus", gpus)
+        elif len(self.gpus) == 1 and self.gpus[0].nvlink_domain != self.gpus[0].index:
+            object.__setattr__(self, "gpus", (replace(self.gpus[0], nvlink_domain=self.gpus[0].index),))
         a = self.allocatable
         if not (a.cpu_millis or a.memory_bytes or a.gpus):
             a = Resources(self.cpu_cores * 1000, self.memory_bytes, len(self.gpus), a.gpu_model)
@@ -384,6 +572,13 @@ class NodeInventory:
     @property
     def nvlink(self) -> dict[int, frozenset[int]]:
         return {g.index: frozenset(g.nvlink_peers) for g in self.gpus}
+
+    def nvlink_domains(self) -> dict[int, tuple[int, ...]]:
+        """NVLink domain (its lowest GPU index) -> the sorted GPU indexes in it."""
+        out: dict[int, list[int]] = {}
+        for g in sorted(self.gpus, key=lambda g: g.index):
+            out.setdefault(g.nvlink_domain, []).append(g.index)
+        return {d: tuple(members) for d, members in out.items()}
 
     def validate(self, path: str = "") -> None:
         check_node_id(self.node_id, field_path(path, "node_id"))
@@ -416,6 +611,52 @@ class NodeInventory:
                 f"allocatable.gpus={a.gpus} but the node lists {len(self.gpus)} GPU devices",
                 field=field_path(path, "allocatable.gpus"),
             )
+        self._validate_topology(path)
+
+    def _validate_topology(self, path: str) -> None:
+        """NVLink domains, board power, block and dataset shards."""
+        by_index = {g.index: g for g in self.gpus}
+        for g in self.gpus:
+            where = field_path(path, f"gpus[{g.index}]")
+            home = by_index.get(g.nvlink_domain)
+            if home is None or home.nvlink_domain != g.nvlink_domain or g.nvlink_domain > g.index:
+                raise InvalidArgument(
+                    f"must be the lowest GPU index of the GPU's NVLink domain (a GPU of this node whose "
+                    f"own domain is itself), got {g.nvlink_domain}; GPU indexes: {sorted(by_index)}",
+                    field=field_path(where, "nvlink_domain"),
+                )
+            if not 0 <= g.tdp_w <= MAX_GPU_TDP_W:
+                raise InvalidArgument(
+                    f"must be between 0 (unknown) and {MAX_GPU_TDP_W} W, got {g.tdp_w}",
+                    field=field_path(where, "tdp_w"),
+                )
+        if self.block and not _BLOCK_RE.fullmatch(self.block):
+            raise InvalidArgument(
+                f"{self.block!r} is not a valid block name: 1-63 letters, digits, '_', '.', '-', "
+                "starting and ending with a letter or digit",
+                field=field_path(path, "block"),
+            )
+        if len(self.datasets) > MAX_NODE_DATASET_SHARDS:
+            raise InvalidArgument(
+                f"at most {MAX_NODE_DATASET_SHARDS} dataset shards per node, got {len(self.datasets)}",
+                field=field_path(path, "datasets"),
+            )
+        seen: set[tuple[str, int]] = set()
+        for i, d in enumerate(self.datasets):
+            where = field_path(path, f"datasets[{i}]")
+            if not DATASET_NAME_RE.fullmatch(d.dataset):
+                raise InvalidArgument(
+                    f"{d.dataset!r} is not a valid dataset name: 1-128 letters, digits, '_', '.', '-'",
+                    field=field_path(where, "dataset"),
+                )
+            if d.shard < 0 or d.size_bytes < 0:
+                raise InvalidArgument(
+                    f"shard and size_bytes must be >= 0, got shard={d.shard} size_bytes={d.size_bytes}",
+                    field=where,
+                )
+            if (d.dataset, d.shard) in seen:
+                raise InvalidArgument(f"duplicate shard {d.dataset}/{d.shard}", field=where)
+            seen.add((d.dataset, d.shard))
 
     @classmethod
     def from_proto(cls, msg: common_pb2.NodeInventory, path: str = "inventory") -> NodeInventory:
@@ -431,6 +672,8 @@ class NodeInventory:
             agent_version=msg.agent_version,
             os=msg.os,
             allocatable=Resources.from_proto(msg.allocatable),
+            block=msg.block,
+            datasets=tuple(DatasetShard.from_proto(d) for d in msg.datasets),
         )
         inv.validate(path)
         return inv
@@ -447,6 +690,8 @@ class NodeInventory:
             agent_version=self.agent_version,
             os=self.os,
             allocatable=self.allocatable.to_proto(),
+            block=self.block,
+            datasets=[d.to_proto() for d in self.datasets],
         )
 
     def to_json(self) -> dict[str, Any]:

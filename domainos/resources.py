@@ -173,15 +173,17 @@ class Resources:
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, int | str]:
-        """The JSON form the stores and state files keep."""
-        return {
+        """The JSON form the stores and state files keep (share fields only on a share request)."""
+        out: dict[str, int | str] = {
             "cpu_millis": self.cpu_millis,
             "memory_bytes": self.memory_bytes,
             "gpus": self.gpus,
             "gpu_model": self.gpu_model,
-        } | (
-            {"gpu_share": self.gpu_share, "gpu_share_memory": self.gpu_share_memory} if self.gpu_share else {}
-        )
+        }
+        if self.gpu_share:
+            out["gpu_share"] = self.gpu_share
+            out["gpu_share_memory"] = self.gpu_share_memory
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Resources:

@@ -133,21 +133,33 @@ class Client:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def submit(self, spec: SpecLike, *, request_id: str | None = None) -> Job:
+    def submit(self, spec: SpecLike | None = None, *, request_id: str | None = None, **fields: Any) -> Job:
         """Validate ``spec`` locally and submit it; returns the accepted job.
 
         ``spec`` is a :class:`JobSpec`, a mapping, or YAML text (see :mod:`domainos.jobspec`).
+        Keyword ``fields`` are spec fields as in the YAML form, replacing the same fields of a
+        mapping or YAML ``spec`` (or making the whole spec)::
+
+            client.submit(command=["python3", "train.py"], parallelism={"tp": 8, "pp": 2, "dp": 4},
+                          model={"parameters": "7B"}, iteration_time="2s", gang={"timeout": "10m"})
+
         A retry (here or by the caller with the same ``request_id``) returns the first job.
         """
         from domainos.api.v1 import master_pb2
 
-        job_spec: JobSpec = as_spec(spec)
+        job_spec: JobSpec = as_spec(spec, **fields)
         rid = request_id or new_request_id()
         request = master_pb2.SubmitJobRequest(spec=job_spec.to_proto(), request_id=rid)
         reply = self._call("SubmitJob", request)
         job = Job.from_proto(reply.job)
         log.info("submitted job %s (request %s, duplicate=%s)", job.job_id, rid, reply.duplicate)
         return job
+
+    def run(self, command: Sequence[str] | str, *, request_id: str | None = None, **fields: Any) -> Job:
+        """Submit ``command`` as a job; ``fields`` as for :meth:`submit` (``replicas=4``,
+        ``resources={"gpus": 0.25}``, ``gang=True``, ``locality={"dataset": "web"}``, ...)."""
+        cmd: list[str] | str = command if isinstance(command, str) else list(command)
+        return self.submit(None, request_id=request_id, command=cmd, **fields)
 
     def job(self, job_id: str) -> Job:
         """The job with its tasks; :class:`~domainos.errors.NotFound` if the master does not know it."""
