@@ -178,21 +178,8 @@ def render(topology: Topology, *, image: str = "domainos:latest") -> dict[str, s
                 "metrics_listen": f"0.0.0.0:{metrics_port}",
                 "log_format": "json",
             }
-            if plan.simulated:
-                cfg["simulated"] = True
-                if plan.inventory is not None:
-                    inv = plan.inventory
-                    cfg["inventory"] = {
-                        "cpus": inv.cpus,
-                        "memory": inv.memory,
-                        "gpus": inv.gpus,
-                        "gpu_model": inv.gpu_model,
-                        "gpu_memory": inv.gpu_memory,
-                        "nvlink": inv.nvlink,
-                        "labels": dict(inv.labels),
-                    }
-            if plan.labels:
-                cfg["labels"] = dict(plan.labels)
+            # The inventory, labels, block and dataset shards the topology declares.
+            cfg.update(plan.agent_fields())
             aname = f"agent-{plan.node_id}"
             daemon(
                 aname,

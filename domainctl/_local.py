@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -178,11 +177,9 @@ def agent_config(
         "simulated": plan.simulated,
         "log_format": "json",
         **transport_config(tls),
+        # The inventory, labels, block and dataset shards the topology declares.
+        **plan.agent_fields(),
     }
-    if plan.simulated and plan.inventory is not None:
-        cfg["inventory"] = dataclasses.asdict(plan.inventory)
-    if plan.labels:
-        cfg["labels"] = dict(plan.labels)
     return cfg
 
 

@@ -18,6 +18,20 @@ Read by ``domainctl up`` (local processes) and by ``deploy/`` (docker-compose) a
               - count: 2
                 simulated: true          # declared inventory, labelled simulated everywhere
                 inventory: {cpus: 16, memory: 64Gi, gpus: 8, gpu_model: H100-SXM-80GB}
+              - name: l40s               # optional group name (default <sub-domain>-g<j>)
+                count: 4
+                simulated: true
+                inventory:
+                  cpus: 32
+                  memory: 256Gi
+                  gpus: 8
+                  gpu_model: L40S
+                  gpu_memory: 48Gi       # per GPU
+                  nvlink_domain_size: 1  # GPUs per NVLink domain (default: all; 1 = no NVLink)
+                  gpu_tdp_w: 350         # per GPU (default: by model, else 300)
+                labels: {zone: a}        # extra node labels
+                blocks: 2                # over blocks l40s-b1, l40s-b2 (or block: NAME for one)
+                datasets: {corpus: [0, 1]}   # shards every agent of the group declares
         power_budget_kw: 40          # optional: the region's GPU power budget (0 = no cap)
     links:                           # optional: inter-region links, for the cross-region loss model
       - between: [east, west]
@@ -27,16 +41,29 @@ Read by ``domainctl up`` (local processes) and by ``deploy/`` (docker-compose) a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from domainos import config as _config
-from domainos.errors import ConfigError
+from domainos.errors import ConfigError, InvalidArgument
+from domainos.model import MAX_GPU_TDP_W, MAX_NODE_DATASET_SHARDS, DatasetShard, NodeInventory
 from domainos.resources import parse_memory
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_MAX_NODES = 10_000
+#: Board power (W) of a declared GPU by model, when ``gpu_tdp_w`` is not given: the first key
+#: found in the upper-cased model name wins.
+GPU_TDP_W = {"H100": 700, "H200": 700, "MI300X": 750, "A100": 400, "L40S": 350, "T4": 70}
+DEFAULT_GPU_TDP_W = 300
+
+
+def default_tdp_w(model: str) -> int:
+    """The board power of a GPU model from :data:`GPU_TDP_W` (300 W for a model not in it)."""
+    upper = model.upper()
+    return next((w for key, w in GPU_TDP_W.items() if key in upper), DEFAULT_GPU_TDP_W)
 
 
 def check_name(value: str, field_path: str) -> None:
@@ -56,9 +83,16 @@ class SimInventory:
     memory: str = "32Gi"
     gpus: int = 0
     gpu_model: str = ""
+    #: Memory of each GPU.
     gpu_memory: str = "80Gi"
+    #: ``false``: no NVLink at all (the same as ``nvlink_domain_size: 1``).
     nvlink: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    #: GPUs per NVLink domain: 0 (default) = every GPU of the node in one; 1 = no NVLink. Must
+    #: divide ``gpus``; domain k holds GPUs k*size .. (k+1)*size-1.
+    nvlink_domain_size: int = 0
+    #: Board power of each GPU (W); 0 (default) = by model (:data:`GPU_TDP_W`, else 300).
+    gpu_tdp_w: int = 0
 
     def validate(self) -> None:
         if self.cpus < 1 or self.cpus > 4096:
@@ -69,6 +103,35 @@ class SimInventory:
         if self.gpus and not self.gpu_model:
             raise ConfigError("is required when gpus > 0", field="inventory.gpu_model")
         parse_memory(self.gpu_memory, "inventory.gpu_memory")
+        size = self.nvlink_domain_size
+        if size < 0 or size > max(self.gpus, 1) or (size and self.gpus % size):
+            raise ConfigError(
+                f"must be 0 (all {self.gpus} GPUs in one domain) or a divisor of gpus={self.gpus} "
+                f"(1 = no NVLink), got {size}",
+                field="inventory.nvlink_domain_size",
+            )
+        if not self.nvlink and size > 1:
+            raise ConfigError(
+                f"nvlink: false means no NVLink, but nvlink_domain_size={size}; drop one of them",
+                field="inventory.nvlink_domain_size",
+            )
+        if not 0 <= self.gpu_tdp_w <= MAX_GPU_TDP_W:
+            raise ConfigError(
+                f"must be between 0 (by model) and {MAX_GPU_TDP_W} W, got {self.gpu_tdp_w}",
+                field="inventory.gpu_tdp_w",
+            )
+
+    @property
+    def domain_size(self) -> int:
+        """GPUs per NVLink domain (1 = none), resolved from ``nvlink`` and ``nvlink_domain_size``."""
+        if not self.nvlink or self.gpus == 0:
+            return 1
+        return self.nvlink_domain_size or self.gpus
+
+    @property
+    def tdp_w(self) -> int:
+        """Board power of each GPU (W): declared, else by model."""
+        return self.gpu_tdp_w or (default_tdp_w(self.gpu_model) if self.gpus else 0)
 
     @property
     def memory_bytes(self) -> int:
@@ -79,18 +142,77 @@ class SimInventory:
         return parse_memory(self.gpu_memory)
 
 
+def check_block(value: str, field_path: str) -> None:
+    """A block (switch tier) name, as :class:`~domainos.model.NodeInventory` accepts it."""
+    try:
+        NodeInventory("n", block=value).validate()
+    except InvalidArgument as exc:
+        raise ConfigError(exc.message, field=field_path) from None
+
+
+def check_datasets(datasets: dict[str, list[int]], field_path: str) -> None:
+    """Declared dataset shards: valid names, distinct shards >= 0, at most the per-node cap."""
+    total = 0
+    for name, shards in datasets.items():
+        where = f"{field_path}.{name}"
+        if not shards:
+            raise ConfigError("list at least one shard, e.g. [0, 1]", field=where)
+        if any(s < 0 for s in shards) or len(set(shards)) != len(shards):
+            raise ConfigError(f"shards must be distinct integers >= 0, got {shards}", field=where)
+        total += len(shards)
+        try:
+            NodeInventory("n", datasets=(DatasetShard(name, 0),)).validate()
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message, field=where) from None
+    if total > MAX_NODE_DATASET_SHARDS:
+        raise ConfigError(f"at most {MAX_NODE_DATASET_SHARDS} shards per node, got {total}", field=field_path)
+
+
 @dataclass(frozen=True)
 class AgentGroup:
     count: int = 1
     simulated: bool = False
     inventory: SimInventory | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: Names the group's blocks (``<name>-b<i>``); default ``<sub-domain id>-g<j>`` (j from 1).
+    name: str = ""
+    #: The block (switch tier) every agent of the group sits under; "" = none.
+    block: str = ""
+    #: Spread the group's agents over this many blocks ``<name>-b1..bN``, in contiguous runs.
+    blocks: int = 0
+    #: Dataset shards every agent of the group declares (``{corpus: [0, 1]}``).
+    datasets: dict[str, list[int]] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.count < 0 or self.count > 10_000:
             raise ConfigError(f"must be between 0 and 10000, got {self.count}", field="agents.count")
         if self.inventory is not None and not self.simulated:
             raise ConfigError("an inventory is only declared for simulated agents", field="agents.inventory")
+        if self.name:
+            check_name(self.name, "agents.name")
+        if self.block:
+            check_block(self.block, "agents.block")
+        if self.blocks and self.block:
+            raise ConfigError(
+                f"set either block (one name) or blocks (a count), not both; got block={self.block!r} "
+                f"blocks={self.blocks}",
+                field="agents.blocks",
+            )
+        if self.blocks < 0 or (self.count and self.blocks > self.count):
+            raise ConfigError(
+                f"must be between 0 and count={self.count} (each block holds at least one agent), "
+                f"got {self.blocks}",
+                field="agents.blocks",
+            )
+        check_datasets(self.datasets, "agents.datasets")
+
+    def block_of(self, group_name: str, k: int) -> str:
+        """The block of the group's agent ``k`` (0-based): contiguous runs over ``blocks``."""
+        if self.block:
+            return self.block
+        if self.blocks:
+            return f"{group_name}-b{k * self.blocks // self.count + 1}"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +225,17 @@ class SubDomainSpec:
         check_name(self.id, "subdomains.id")
         if self.max_nodes < 1:
             raise ConfigError(f"must be at least 1, got {self.max_nodes}", field="max_nodes")
+        names = [g.name for g in self.agents if g.name]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(
+                    f"duplicate agent group name {name!r} in sub-domain {self.id}",
+                    field=f"subdomains[{self.id}].agents.name",
+                )
+
+    def group_name(self, j: int) -> str:
+        """Name of agent group ``j`` (0-based): its own, else ``<id>-g<j+1>``."""
+        return self.agents[j].name or f"{self.id}-g{j + 1}"
 
 
 @dataclass(frozen=True)
@@ -157,6 +290,24 @@ class AgentPlan:
     simulated: bool
     inventory: SimInventory | None
     labels: dict[str, str]
+    block: str = ""
+    datasets: dict[str, list[int]] = field(default_factory=dict)
+
+    def agent_fields(self) -> dict[str, Any]:
+        """What the topology says about this agent, as agent-config YAML fields (``simulated``,
+        ``inventory``, ``labels``, ``block``, ``datasets``); only the ones that are set."""
+        out: dict[str, Any] = {}
+        if self.simulated:
+            out["simulated"] = True
+            if self.inventory is not None:
+                out["inventory"] = dataclasses.asdict(self.inventory)
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.block:
+            out["block"] = self.block
+        if self.datasets:
+            out["datasets"] = {k: list(v) for k, v in self.datasets.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -210,8 +361,9 @@ class Topology:
         out: list[AgentPlan] = []
         for region, sd in self.subdomains():
             n = 0
-            for group in sd.agents:
-                for _ in range(group.count):
+            for j, group in enumerate(sd.agents):
+                name = sd.group_name(j)
+                for k in range(group.count):
                     n += 1
                     out.append(
                         AgentPlan(
@@ -221,6 +373,8 @@ class Topology:
                             simulated=group.simulated,
                             inventory=group.inventory,
                             labels=dict(group.labels),
+                            block=group.block_of(name, k),
+                            datasets={d: list(s) for d, s in group.datasets.items()},
                         )
                     )
         return out

@@ -7,6 +7,11 @@ health); on ``Registered`` start reporting; execute ``StartTask`` / ``StopTask``
 through the injected ``sleep``), cycling through the addresses; ``RESOURCE_EXHAUSTED`` (the
 sub-domain is full) moves to the next address at once.
 
+The inventory travels only in ``Register``. What can change while the node runs (dataset shards
+appearing on local storage) is rescanned once per full-report interval, in a worker thread; when it
+changed, the agent half-closes its stream and registers again at once with the new inventory (the
+sub-domain keeps the node's tasks: a re-registration reconciles them).
+
 All protobuf translation of the agent happens in this module; the runner, the report planner and
 the hardware probes speak the dataclasses of :mod:`domainos.model`.
 """
@@ -142,6 +147,8 @@ class NodeAgent:
         #: re-issued in place are used without restarting the agent.
         self._tls: TLSFiles | None = None
         self._refusals: TLSRefusals | None = None
+        #: The stream was half-closed to register again with a changed inventory.
+        self._reregister = False
 
     # ------------------------------------------------------------------ public API
 
@@ -217,6 +224,7 @@ class NodeAgent:
             tenant_users=cfg.tenant_users,
             task_client_tls=cfg.task_client_tls.files() if cfg.task_client_tls is not None else None,
             private_files=[cfg.tls.files().key] if cfg.tls is not None else [],
+            gpus={g.index: g.memory_bytes for g in self._inventory.gpus},
         )
         self._planner = ReportPlanner(
             clock=self._clock,
@@ -239,6 +247,7 @@ class NodeAgent:
             self._metrics_address = f"{host}:{port}"
         self._conn_task = self._spawn(self._connection_loop(), "agent-connection")
         self._spawn(self._sample_loop(), "agent-sampler")
+        self._spawn(self._inventory_loop(), "agent-inventory")
         inv = self._inventory
         log.info(
             "node agent %s started: %d cpus, %d bytes memory, %d gpus%s, state dir %s, incarnation %s",
@@ -279,9 +288,22 @@ class NodeAgent:
         cfg = self.config
         if cfg.simulated:
             return SimulatedHardware(
-                cfg.node_id, cfg.inventory or SimInventory(), labels=cfg.labels, region=cfg.region
+                cfg.node_id,
+                cfg.inventory or SimInventory(),
+                labels=cfg.labels,
+                region=cfg.region,
+                block=cfg.block,
+                datasets=cfg.datasets,
+                data_dir=cfg.data_dir,
             )
-        return RealHardware(cfg.node_id, labels=cfg.labels, region=cfg.region)
+        return RealHardware(
+            cfg.node_id,
+            labels=cfg.labels,
+            region=cfg.region,
+            block=cfg.block,
+            datasets=cfg.datasets,
+            data_dir=cfg.data_dir,
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"{name}-{self.node_id}")
@@ -369,6 +391,43 @@ class NodeAgent:
             except Exception:
                 log.exception("node %s: sampling usage failed", self.node_id)
 
+    async def refresh_inventory(self) -> bool:
+        """Rescan what can change (dataset shards); when the inventory changed, register again
+        with it. True when it changed."""
+        hw = self._hardware
+        assert hw is not None
+        if not await asyncio.to_thread(hw.refresh):
+            return False
+        old, self._inventory = self._inventory, hw.inventory()
+        log.info(
+            "node %s: inventory changed (datasets %d -> %d shards); registering again",
+            self.node_id,
+            len(old.datasets) if old is not None else 0,
+            len(self._inventory.datasets),
+        )
+        queue = self._queue
+        if self._connected and queue is not None:
+            # Half-close: the sub-domain ends the stream, the connection loop registers again.
+            self._reregister = True
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        return True
+
+    async def _inventory_loop(self) -> None:
+        planner = self._planner
+        assert planner is not None
+        last = self._clock.monotonic()
+        while True:
+            # Short naps: the sub-domain's Registered may shorten the interval after we started.
+            await asyncio.sleep(min(planner.full_sync_interval_s, 1.0))
+            if self._clock.monotonic() - last < planner.full_sync_interval_s:
+                continue
+            last = self._clock.monotonic()
+            try:
+                await self.refresh_inventory()
+            except Exception:
+                log.exception("node %s: rescanning the inventory failed", self.node_id)
+
     # ------------------------------------------------------------------ connection loop
 
     async def _connection_loop(self) -> None:
@@ -390,6 +449,9 @@ class NodeAgent:
             # registering keeps backing off.
             if outcome.registered and self._clock.monotonic() - started >= STABLE_SESSION_S:
                 failures = 0
+            if self._reregister and outcome.registered:
+                self._reregister = False
+                continue  # our own half-close to send a new inventory: register again at once
             if outcome.code == "RESOURCE_EXHAUSTED":
                 log.warning(
                     "node %s: sub-domain at %s refused registration: %s",
@@ -604,7 +666,7 @@ class NodeAgent:
         gpus = tuple(msg.gpu_indexes)
         try:
             spec = TaskSpec.from_proto(msg.spec)
-            self._check_gpus(gpus)
+            self._check_gpus(gpus, spec.resources.gpu_share)
         except InvalidArgument as exc:
             error = f"invalid StartTask: {exc}"
             runner.reject(ref, error, gpus)
@@ -621,10 +683,15 @@ class NodeAgent:
         log.debug("task %s: StartTask %s -> %s", ref, cid, result.status.state.name.lower())
         return common_pb2.CommandAck(command_id=cid, ok=True)
 
-    def _check_gpus(self, gpus: Sequence[int]) -> None:
+    def _check_gpus(self, gpus: Sequence[int], share: int = 0) -> None:
         have = {g.index for g in self.inventory.gpus}
         if len(set(gpus)) != len(gpus):
             raise InvalidArgument(f"GPU indexes repeat: {list(gpus)}", field="gpu_indexes")
+        if share and len(gpus) != 1:
+            raise InvalidArgument(
+                f"a GPU share ({share}%) runs on exactly one GPU, got indexes {list(gpus)}",
+                field="gpu_indexes",
+            )
         missing = sorted(set(gpus) - have)
         if missing:
             raise InvalidArgument(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError, InvalidArgument
 from domainos.model import check_node_id
-from domainos.topology import SimInventory
+from domainos.topology import SimInventory, check_block, check_datasets
 from node_agent._runner import DEFAULT_TASK_USER, TaskUsers
 
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
@@ -42,6 +42,14 @@ class AgentConfig:
     inventory: SimInventory | None = None
     #: Extra node labels.
     labels: dict[str, str] = field(default_factory=dict)
+    #: The block (switch tier) the node sits under; "" = none declared.
+    block: str = ""
+    #: Dataset shards this node declares it holds (``{corpus: [0, 1]}``), besides the ones found
+    #: under ``<data_dir>/datasets/<name>/<shard>/``.
+    datasets: dict[str, list[int]] = field(default_factory=dict)
+    #: Where local dataset shards live (``datasets/<name>/<shard>/``); default ``<state_dir>/data``.
+    #: Rescanned at every full-report interval: a shard that appears is reported within one.
+    data_dir: str = ""
     log_level: str = "info"
     #: ``json`` or ``text``.
     log_format: str = "json"
@@ -75,6 +83,8 @@ class AgentConfig:
         if not self.state_dir:
             path = os.path.join("~", ".domainos", "agent", self.node_id)
             object.__setattr__(self, "state_dir", os.path.expanduser(path))
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", os.path.join(self.state_dir, "data"))
         if self.simulated and self.inventory is None:
             object.__setattr__(self, "inventory", SimInventory())
 
@@ -115,6 +125,9 @@ class AgentConfig:
         for key in self.labels:
             if not _LABEL_KEY_RE.match(key):
                 raise ConfigError(f"{key!r} is not a valid label key", field="labels")
+        if self.block:
+            check_block(self.block, "block")
+        check_datasets(self.datasets, "datasets")
         self._validate_task_isolation()
         check_transport(self.tls, self.insecure)
 

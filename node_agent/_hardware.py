@@ -9,11 +9,16 @@ Two probes share one shape (:class:`HardwareProbe`):
   labels the node ``domainos.io/simulated=true`` and derives usage from the running tasks'
   requests, never from this machine's psutil numbers.
 
+Both report the node's block (declared) and the dataset shards it holds (declared, plus the
+directories under ``<data_dir>/datasets/``; :meth:`HardwareProbe.refresh` rescans them). A GPU's
+NVLink domain is the connected component of its NVLink peers, numbered by its lowest index.
+
 Calls here block (NVML, /proc); the agent runs them in a worker thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -23,16 +28,34 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import domainos
-from domainos.model import GpuDevice, GpuUsage, HealthStatus, NodeHealth, NodeInventory, NodeUsage
+from domainos.model import (
+    MAX_GPU_TDP_W,
+    DatasetShard,
+    GpuDevice,
+    GpuUsage,
+    HealthStatus,
+    NodeHealth,
+    NodeInventory,
+    NodeUsage,
+    nvlink_components,
+)
 from domainos.resources import Resources
 from domainos.topology import SimInventory
 from node_agent._config import SIMULATED_LABEL
+from node_agent._datasets import node_datasets
 
 log = logging.getLogger(__name__)
 
 #: A GPU hotter than this makes the node DEGRADED.
 GPU_TEMPERATURE_LIMIT_C = 90.0
 _NVLINK_DEVICE_TYPE_SWITCH = 2
+
+#: NVML errors that mean "this GPU has no (more) NVLinks": not supported (PCIe cards), invalid
+#: argument (a link index past the device's count), function not found (an old driver).
+_NVML_ERROR_INVALID_ARGUMENT = 2
+_NVML_ERROR_NOT_SUPPORTED = 3
+_NVML_ERROR_FUNCTION_NOT_FOUND = 13
+_NO_MORE_LINKS = (_NVML_ERROR_INVALID_ARGUMENT, _NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_FUNCTION_NOT_FOUND)
 
 #: (resources requested, GPU indexes assigned) of one running task.
 RunningTask = tuple[Resources, Sequence[int]]
@@ -44,6 +67,11 @@ class HardwareProbe(Protocol):
     simulated: bool
 
     def inventory(self) -> NodeInventory: ...
+
+    def refresh(self) -> bool:
+        """Rescan what can change while the node runs (dataset shards on disk); True when the
+        inventory changed. Blocks (reads directories)."""
+        ...
 
     def sample(self, running: Sequence[RunningTask]) -> NodeUsage: ...
 
@@ -88,6 +116,23 @@ def normalize_bus_id(bus_id: Any) -> tuple[int, int, int, int] | None:
         return (int(domain, 16), int(bus, 16), int(dev, 16), int(fn or "0", 16))
     except ValueError:
         return None
+
+
+def _nvml_error_code(exc: BaseException) -> int | None:
+    """The NVML return code an ``NVMLError`` carries (``value``), if any."""
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+class _Datasets:
+    """Declared shards plus the ones under ``data_dir``: the inventory's ``datasets``."""
+
+    def __init__(self, declared: Mapping[str, Sequence[int]] | None, data_dir: str | None) -> None:
+        self.declared = {k: tuple(v) for k, v in (declared or {}).items()}
+        self.data_dir = data_dir
+
+    def scan(self) -> tuple[DatasetShard, ...]:
+        return node_datasets(self.declared, self.data_dir)
 
 
 def health_from_usage(usage: NodeUsage, problems: Sequence[str] = ()) -> NodeHealth:
@@ -161,10 +206,39 @@ class Nvml:
         # GPUs wired to NVSwitches (HGX/DGX boards) all reach each other over NVLink.
         for i in on_switch:
             peers[i].update(j for j in on_switch if j != i)
+        domains = nvlink_components({i: sorted(p) for i, p in peers.items()})
         return tuple(
-            GpuDevice(index=i, uuid=uuid, model=name, memory_bytes=mem, nvlink_peers=tuple(sorted(peers[i])))
+            GpuDevice(
+                index=i,
+                uuid=uuid,
+                model=name,
+                memory_bytes=mem,
+                nvlink_peers=tuple(sorted(peers[i])),
+                nvlink_domain=domains[i],
+                tdp_w=self._tdp_w(i),
+            )
             for i, uuid, name, mem in base
         )
+
+    def _tdp_w(self, i: int) -> int:
+        """The board's power limit in W: the enforced limit (what the board is held to now, which
+        an administrator may have lowered), else the largest settable limit; 0 when NVML has
+        neither (the master then uses its model table)."""
+        m, h = self._m, self._handles[i]
+        milliwatts = 0
+        try:
+            milliwatts = int(m.nvmlDeviceGetEnforcedPowerLimit(h))
+        except Exception as exc:
+            log.debug("gpu%d: no enforced power limit (%s)", i, exc)
+            try:
+                milliwatts = int(m.nvmlDeviceGetPowerManagementLimitConstraints(h)[1])
+            except Exception as exc2:
+                log.info("gpu%d: no power limit from NVML (%s); tdp unknown", i, exc2)
+        watts = round(milliwatts / 1000)
+        if not 0 <= watts <= MAX_GPU_TDP_W:  # a broken reading must not make the inventory invalid
+            log.warning("gpu%d: NVML power limit %d W is implausible; tdp unknown", i, watts)
+            return 0
+        return watts
 
     def _nvlink_peers(
         self, bus_to_index: Mapping[tuple[int, int, int, int], int]
@@ -179,8 +253,10 @@ class Nvml:
                 try:
                     if m.nvmlDeviceGetNvLinkState(h, link) != enabled:
                         continue
-                except Exception:
-                    # Links past the device's count, or no NVLink at all (PCIe cards).
+                except Exception as exc:
+                    if _nvml_error_code(exc) in _NO_MORE_LINKS:
+                        break  # no NVLink at all (PCIe cards), or past the device's last link
+                    log.debug("gpu%d link %d: no state (%s)", i, link, exc)
                     continue
                 remote_type = None
                 get_type = getattr(m, "nvmlDeviceGetNvLinkRemoteDeviceType", None)
@@ -242,12 +318,17 @@ class RealHardware:
         labels: Mapping[str, str] | None = None,
         region: str = "",
         nvml_module: ModuleType | Any | None = None,
+        block: str = "",
+        datasets: Mapping[str, Sequence[int]] | None = None,
+        data_dir: str | None = None,
     ) -> None:
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
         self._psutil = psutil
         self.node_id = node_id
         self._labels = _node_labels(labels or {}, region, simulated=False)
+        self._block = block
+        self._datasets = _Datasets(datasets, data_dir)
         self._nvml = Nvml.open(nvml_module)
         self._problems: list[str] = []
         psutil.cpu_percent(interval=None)  # the first call only starts the measurement
@@ -266,10 +347,19 @@ class RealHardware:
             labels=self._labels,
             agent_version=domainos.__version__,
             os=_os_name(),
+            block=self._block,
+            datasets=self._datasets.scan(),
         )
 
     def inventory(self) -> NodeInventory:
         return self._inventory
+
+    def refresh(self) -> bool:
+        datasets = self._datasets.scan()
+        if datasets == self._inventory.datasets:
+            return False
+        self._inventory = dataclasses.replace(self._inventory, datasets=datasets)
+        return True
 
     def sample(self, running: Sequence[RunningTask]) -> NodeUsage:
         ps = self._psutil
@@ -321,20 +411,27 @@ class SimulatedHardware:
         *,
         labels: Mapping[str, str] | None = None,
         region: str = "",
+        block: str = "",
+        datasets: Mapping[str, Sequence[int]] | None = None,
+        data_dir: str | None = None,
     ) -> None:
         self.node_id = node_id
         self._sim = inventory
+        self._datasets = _Datasets(datasets, data_dir)
         merged = {**inventory.labels, **(labels or {})}
-        n = inventory.gpus
+        size = inventory.domain_size
         gpus = tuple(
             GpuDevice(
                 index=i,
                 uuid=f"SIM-{node_id}-{i}",
                 model=inventory.gpu_model,
                 memory_bytes=inventory.gpu_memory_bytes,
-                nvlink_peers=tuple(j for j in range(n) if j != i) if inventory.nvlink else (),
+                # Domain k holds GPUs k*size .. (k+1)*size-1, every one linked to every other.
+                nvlink_peers=tuple(j for j in range(i - i % size, i - i % size + size) if j != i),
+                nvlink_domain=i - i % size,
+                tdp_w=inventory.tdp_w,
             )
-            for i in range(n)
+            for i in range(inventory.gpus)
         )
         self._inventory = NodeInventory(
             node_id=node_id,
@@ -346,25 +443,38 @@ class SimulatedHardware:
             labels=_node_labels(merged, region, simulated=True),
             agent_version=domainos.__version__,
             os=_os_name(),
+            block=block,
+            datasets=self._datasets.scan(),
         )
 
     def inventory(self) -> NodeInventory:
         return self._inventory
 
+    def refresh(self) -> bool:
+        datasets = self._datasets.scan()
+        if datasets == self._inventory.datasets:
+            return False
+        self._inventory = dataclasses.replace(self._inventory, datasets=datasets)
+        return True
+
     def sample(self, running: Sequence[RunningTask]) -> NodeUsage:
         inv = self._inventory
         cpu_millis = sum(r.cpu_millis for r, _ in running)
         memory = sum(r.memory_bytes for r, _ in running)
-        busy: set[int] = set()
-        for _, gpu_indexes in running:
-            busy.update(gpu_indexes)
+        # Busy fraction per GPU: 1 for a whole GPU, the share's fraction for a GPU share.
+        busy: dict[int, float] = {}
+        for r, gpu_indexes in running:
+            for i in gpu_indexes:
+                busy[i] = min(1.0, busy.get(i, 0.0) + (r.gpu_share / 100.0 if r.gpu_share else 1.0))
+        idle_w, busy_w = self.IDLE_POWER_W, self.BUSY_POWER_W
+        idle_c, busy_c = self.IDLE_TEMPERATURE_C, self.BUSY_TEMPERATURE_C
         gpus = tuple(
             GpuUsage(
                 index=g.index,
-                utilization_percent=100.0 if g.index in busy else 0.0,
-                memory_used_bytes=g.memory_bytes if g.index in busy else 0,
-                temperature_c=self.BUSY_TEMPERATURE_C if g.index in busy else self.IDLE_TEMPERATURE_C,
-                power_w=self.BUSY_POWER_W if g.index in busy else self.IDLE_POWER_W,
+                utilization_percent=100.0 * busy.get(g.index, 0.0),
+                memory_used_bytes=round(g.memory_bytes * busy.get(g.index, 0.0)),
+                temperature_c=idle_c + (busy_c - idle_c) * busy.get(g.index, 0.0),
+                power_w=idle_w + (busy_w - idle_w) * busy.get(g.index, 0.0),
             )
             for g in inv.gpus
         )

@@ -18,6 +18,15 @@ redirect the agent's writes or forge the record a restarted agent trusts. An age
 runs tasks as its own user. Tasks that share a user are not isolated from each other (the kernel
 sees one user): give tenants different users to separate them.
 
+GPUs: the runner is the node's last line against double booking. A whole-GPU task holds its
+cards; a GPU share (``resources.gpu_share`` percent, one card) holds part of one card, and shares
+on one card never add up to more than 100% of its compute or more than its memory (a share's
+memory is ``gpu_share_memory``, else the same fraction of the card). A card carrying shares is
+not free as a whole, and a whole-held card takes no share. A StartTask that would over-commit
+is refused with the numbers (the sub-domain should never send one). A share runs with
+``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` (honoured when an
+MPS daemon runs on the node) and ``DOMAINOS_GPU_SHARE`` / ``DOMAINOS_GPU_MEMORY_MIB``.
+
 Exit codes: the process's own, or 128 + N when signal N killed it; 127 when the program is not
 found, 126 when it cannot be executed or its directory cannot be prepared. When the main process
 exits, whatever it left in its process group is killed, so a task never outlives its record.
@@ -58,6 +67,7 @@ MAX_LOG_CHUNK = 1 << 20
 DEFAULT_LOG_CHUNK = 64 * 1024
 #: Tasks the table holds at most (running plus terminal-but-unacknowledged).
 DEFAULT_MAX_TASKS = 4096
+MIB = 2**20
 STATUS_FILE = "status.json"
 LOG_STREAMS = ("stdout", "stderr")
 LOST_ON_RESTART = "agent restarted; task not re-adopted"
@@ -235,6 +245,27 @@ def task_environment(
     return env
 
 
+def share_memory_bytes(resources: Resources, card_memory: int) -> int:
+    """GPU memory of a share: as asked, else the share's fraction of the card (whole MiB)."""
+    if resources.gpu_share_memory:
+        return resources.gpu_share_memory
+    return card_memory * resources.gpu_share // 100 // MIB * MIB
+
+
+def gpu_share_environment(percent: int, memory_bytes: int) -> dict[str, str]:
+    """The variables of a task running on a share of its one visible GPU.
+
+    The MPS memory limit names device 0: with ``CUDA_VISIBLE_DEVICES`` naming one card, that card
+    is the task's device 0 (the MPS client numbers devices after ``CUDA_VISIBLE_DEVICES``).
+    """
+    env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(percent), "DOMAINOS_GPU_SHARE": str(percent)}
+    mib = memory_bytes // MIB
+    if mib:
+        env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={mib}M"
+        env["DOMAINOS_GPU_MEMORY_MIB"] = str(mib)
+    return env
+
+
 def exit_code_of(returncode: int) -> tuple[int, str]:
     """(exit code, "killed by SIGx" or "") from an asyncio return code (negative = signal)."""
     if returncode >= 0:
@@ -267,7 +298,10 @@ class _Task:
     stopper: asyncio.Task[None] | None = None
     stop_reason: str = ""
     stop_grace_s: float = 0.0
+    #: Holds its CPU cores and GPUs (or GPU share): from start until terminal.
     holds_cores: bool = False
+    #: (percent, memory bytes) of the one GPU when the task runs on a GPU share.
+    gpu_share: tuple[int, int] | None = None
 
 
 class TaskRunner:
@@ -298,6 +332,7 @@ class TaskRunner:
         tenant_users: Mapping[str, str] | None = None,
         task_client_tls: CertFiles | None = None,
         private_files: Sequence[str] = (),
+        gpus: Mapping[int, int] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
@@ -329,6 +364,12 @@ class TaskRunner:
         self._base_env = dict(base_env) if base_env is not None else base_environment()
         self._tasks: dict[TaskRef, _Task] = {}
         self._core_load: dict[int, int] = {c: 0 for c in self._cores}
+        #: GPU index -> its memory in bytes (0 or missing: unknown, memory of shares not checked).
+        self._gpu_memory = dict(gpus or {})
+        #: GPU index -> the task holding it whole.
+        self._gpu_whole: dict[int, TaskRef] = {}
+        #: GPU index -> {task: (percent, memory bytes)} of the shares on it.
+        self._gpu_shares: dict[int, dict[TaskRef, tuple[int, int]]] = {}
         # Pre-filled so a metrics scrape from another thread never sees the dict change size.
         self._counts: dict[TaskState, int] = {s: 0 for s in TaskState}
         self.started_total = 0
@@ -358,6 +399,17 @@ class TaskRunner:
     def state_counts(self) -> Mapping[TaskState, int]:
         return self._counts
 
+    def gpu_shares(self) -> dict[int, tuple[int, int]]:
+        """GPU index -> (percent, memory bytes) used by the shares on it (cards carrying shares)."""
+        return {
+            i: (sum(p for p, _ in held.values()), sum(m for _, m in held.values()))
+            for i, held in self._gpu_shares.items()
+        }
+
+    def gpus_held_whole(self) -> dict[int, TaskRef]:
+        """GPU index -> the task holding it whole."""
+        return dict(self._gpu_whole)
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -382,6 +434,7 @@ class TaskRunner:
                 f"the agent holds {len(self._tasks)} tasks (max {self._max_tasks}); "
                 "acknowledge terminal tasks first"
             )
+        share = self._check_gpus(spec, gpu_indexes)
         task_dir = self._make_task_dir(ref)
         user = self.users.for_tenant(spec.tenant) if self.users is not None else None
         cores = self._pick_cores(spec.resources.cpu_millis)
@@ -396,6 +449,7 @@ class TaskRunner:
                 gpu_indexes=tuple(gpu_indexes),
                 cpu_set=tuple(cores),
             ),
+            gpu_share=share,
         )
         self._tasks[ref] = t
         self._counts[TaskState.ASSIGNED] += 1
@@ -409,6 +463,8 @@ class TaskRunner:
         with _open_output(task_dir / "stdout", user) as out, _open_output(task_dir / "stderr", user) as err:
             try:
                 extra = self._prepare_task(task_dir, home, user)
+                if share is not None:
+                    extra.update(gpu_share_environment(*share))
             except OSError as exc:
                 failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
             else:
@@ -485,10 +541,64 @@ class TaskRunner:
         ranked = sorted(self._cores, key=lambda c: (self._core_load[c], c))
         return sorted(ranked[:n])
 
+    def _check_gpus(self, spec: TaskSpec, gpu_indexes: Sequence[int]) -> tuple[int, int] | None:
+        """Refuse a start that would over-commit a GPU; the share's (percent, memory) if it is one.
+
+        :class:`InvalidArgument` for a share not on exactly one GPU; :class:`ResourceExhausted`
+        (with the numbers) for a card already held whole, or a share that does not fit its card.
+        """
+        r = spec.resources
+        if r.gpu_share <= 0:
+            for i in gpu_indexes:
+                holder = self._gpu_whole.get(i)
+                if holder is not None:
+                    raise ResourceExhausted(f"GPU {i} of node {self.node_id} is held by task {holder}")
+                shares = self._gpu_shares.get(i)
+                if shares:
+                    percent = sum(p for p, _ in shares.values())
+                    raise ResourceExhausted(
+                        f"GPU {i} of node {self.node_id} carries GPU shares ({len(shares)} tasks, "
+                        f"{percent}% of it): it is not free as a whole"
+                    )
+            return None
+        if len(gpu_indexes) != 1:
+            raise InvalidArgument(
+                f"a GPU share ({r.gpu_share}%) runs on exactly one GPU, got indexes {list(gpu_indexes)}",
+                field="gpu_indexes",
+            )
+        i = gpu_indexes[0]
+        card = self._gpu_memory.get(i, 0)
+        memory = share_memory_bytes(r, card)
+        holder = self._gpu_whole.get(i)
+        if holder is not None:
+            raise ResourceExhausted(
+                f"GPU {i} of node {self.node_id} is held whole by task {holder}: no room for a "
+                f"{r.gpu_share}% share"
+            )
+        shares = self._gpu_shares.get(i, {})
+        used = sum(p for p, _ in shares.values())
+        if used + r.gpu_share > 100:
+            raise ResourceExhausted(
+                f"GPU {i} of node {self.node_id} cannot take a {r.gpu_share}% share: {used}% of it is "
+                f"shared already ({len(shares)} tasks), {used + r.gpu_share}% > 100%"
+            )
+        used_memory = sum(m for _, m in shares.values())
+        if card and used_memory + memory > card:
+            raise ResourceExhausted(
+                f"GPU {i} of node {self.node_id} cannot take a share of {memory // MIB} MiB of memory: "
+                f"{used_memory // MIB} MiB of its {card // MIB} MiB are shared already"
+            )
+        return (r.gpu_share, memory)
+
     def _reserve(self, t: _Task) -> None:
         for c in t.status.cpu_set:
             if c in self._core_load:
                 self._core_load[c] += 1
+        if t.gpu_share is not None:
+            self._gpu_shares.setdefault(t.status.gpu_indexes[0], {})[t.ref] = t.gpu_share
+        else:
+            for i in t.status.gpu_indexes:
+                self._gpu_whole[i] = t.ref
         t.holds_cores = True
 
     def _release(self, t: _Task) -> None:
@@ -497,6 +607,16 @@ class TaskRunner:
         for c in t.status.cpu_set:
             if c in self._core_load:
                 self._core_load[c] -= 1
+        if t.gpu_share is not None:
+            i = t.status.gpu_indexes[0]
+            shares = self._gpu_shares.get(i, {})
+            shares.pop(t.ref, None)
+            if not shares:
+                self._gpu_shares.pop(i, None)
+        else:
+            for i in t.status.gpu_indexes:
+                if self._gpu_whole.get(i) == t.ref:
+                    del self._gpu_whole[i]
         t.holds_cores = False
 
     async def _wait(self, t: _Task) -> None:
@@ -721,6 +841,8 @@ class TaskRunner:
         """Check the runner's invariants (tests call this after every step)."""
         load = {c: 0 for c in self._cores}
         counts = {s: 0 for s in TaskState}
+        whole: dict[int, TaskRef] = {}
+        shares: dict[int, dict[TaskRef, tuple[int, int]]] = {}
         for ref, t in self._tasks.items():
             assert t.ref == ref == t.status.ref, f"task key {ref} does not match {t.status.ref}"
             counts[t.status.state] += 1
@@ -728,6 +850,12 @@ class TaskRunner:
             if t.holds_cores:
                 for c in t.status.cpu_set:
                     load[c] += 1
+                if t.gpu_share is not None:
+                    shares.setdefault(t.status.gpu_indexes[0], {})[ref] = t.gpu_share
+                else:
+                    for i in t.status.gpu_indexes:
+                        assert i not in whole, f"GPU {i} held whole by {whole[i]} and {ref}"
+                        whole[i] = ref
             if t.status.state is TaskState.RUNNING:
                 assert t.proc is not None and t.status.pid == t.proc.pid, (
                     f"task {ref}: running without a process"
@@ -735,6 +863,13 @@ class TaskRunner:
             if t.status.terminal and t.proc is not None:
                 assert t.proc.returncode is not None, f"task {ref}: terminal with a live process"
         assert load == self._core_load, f"core load {self._core_load} != {load}"
+        assert whole == self._gpu_whole, f"whole GPUs {self._gpu_whole} != {whole}"
+        assert shares == self._gpu_shares, f"GPU shares {self._gpu_shares} != {shares}"
+        for i, held in shares.items():
+            assert i not in whole, f"GPU {i} held whole and shared"
+            assert sum(p for p, _ in held.values()) <= 100, f"GPU {i} shared over 100%: {held}"
+            card = self._gpu_memory.get(i, 0)
+            assert not card or sum(m for _, m in held.values()) <= card, f"GPU {i} memory over-shared"
         assert counts == self._counts, f"state counts {self._counts} != {counts}"
 
     # ------------------------------------------------------------------ isolation
