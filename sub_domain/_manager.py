@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ import grpc.aio
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2, subdomain_pb2
 from domainos.clock import Clock, SystemClock
 from domainos.config import open_transport
-from domainos.errors import DomainOSError, InvalidArgument, StoreError, Unavailable
+from domainos.errors import DomainOSError, FailedPrecondition, InvalidArgument, StoreError, Unavailable
 from domainos.ids import new_incarnation, new_request_id
 from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.ratelimit import RateLimiter
@@ -47,6 +48,7 @@ from ._registry import (
     NodeSuspect,
     Summary,
 )
+from ._reservations import ReplyMaster, Reservations, reservation_specs
 from ._service import AgentConn, AgentGatewayService
 from ._tasks import AckAgent, Effect, Forward, Persist, StartOnAgent, StopOnAgent, TaskTable
 from ._upstream import Upstream
@@ -73,7 +75,7 @@ class PersistNode:
     record: dict[str, Any] | None
 
 
-_AnyEffect = Effect | PersistNode
+_AnyEffect = Effect | PersistNode | ReplyMaster
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class SubDomainManager:
             dead_after_s=config.dead_after_s,
         )
         self.tasks = TaskTable(config.id, self.registry)
+        self.reservations = Reservations(config.id, self.registry, self.tasks)
         self._prefix = f"/domainos/subdomains/{config.id}/"
         self._store: AsyncStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -278,6 +281,13 @@ class SubDomainManager:
             placements_rejected=self.tasks.rejections,
             reports_received=self.reports_received,
             master_connected=self.connected_to_master,
+            reservations_held=self.reservations.held_count,
+            reservations={
+                "accepted": self.reservations.accepted,
+                "refused": self.reservations.refused,
+                "committed": self.reservations.committed,
+                "expired": self.reservations.expired,
+            },
         )
 
     # -- store -----------------------------------------------------------------------------------
@@ -314,6 +324,7 @@ class SubDomainManager:
                 effects += self.tasks.restore(json.loads(kv.value), self.clock.time())
             except (ValueError, KeyError, TypeError, DomainOSError) as exc:
                 log.error("ignoring a corrupt task record %s: %s", kv.key, exc)
+        self.reservations.rebuild_committed(now)
         await self._run_effects(effects)
 
     async def _write(self, batch: Sequence[Persist | PersistNode]) -> bool:
@@ -386,7 +397,20 @@ class SubDomainManager:
             i += 1
 
     def _apply(self, eff: _AnyEffect, durable: bool) -> None:
-        if isinstance(eff, Forward):
+        if isinstance(eff, ReplyMaster):
+            sent = self._upstream is not None and self._upstream.send_nowait(
+                subdomain_pb2.SubDomainMessage(reservation=eff.to_proto())
+            )
+            log.info(
+                "reservation %s: %s%s%s",
+                eff.reservation_id,
+                subdomain_pb2.ReservationOutcome.Name(eff.outcome)
+                .removeprefix("RESERVATION_OUTCOME_")
+                .lower(),
+                f" ({eff.reason})" if eff.reason else "",
+                "" if sent else " [no master session: not sent]",
+            )
+        elif isinstance(eff, Forward):
             if self._upstream is not None:
                 self._upstream.forward(eff.status)
         elif isinstance(eff, StartOnAgent):
@@ -445,6 +469,13 @@ class SubDomainManager:
         now = self.clock.time()
         for ev in events:
             if isinstance(ev, NodeReady):
+                if ev.evicted:
+                    out += self.reservations.lost_holds(
+                        ev.node_id,
+                        ev.evicted,
+                        "re-registered with less capacity than the hold needs",
+                        self.clock.monotonic(),
+                    )
                 node = self.registry.get(ev.node_id)
                 if node is not None and (ev.joined or ev.inventory_changed):
                     out.append(PersistNode(ev.node_id, self._node_record(node)))
@@ -463,6 +494,9 @@ class SubDomainManager:
                 if node is not None:
                     out.append(PersistNode(ev.node_id, self._node_record(node)))
                 out += self.tasks.node_dead(ev.node_id, ev.why, now)
+                out += self.reservations.lost_holds(
+                    ev.node_id, None, f"died ({ev.why})", self.clock.monotonic()
+                )
                 conn = self._conns.pop(ev.node_id, None)
                 if conn is not None:
                     conn.close(
@@ -479,6 +513,7 @@ class SubDomainManager:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             try:
+                self.reservations.tick(self.clock.monotonic())
                 events = self.registry.tick(self.clock.monotonic())
                 if events:
                     await self._run_effects(self._node_effects(events))
@@ -638,7 +673,15 @@ class SubDomainManager:
     # -- master (called by the upstream) ---------------------------------------------------------
 
     def summary(self) -> Summary:
-        return self.registry.summary()
+        s = self.registry.summary()
+        held = self.reservations.held_count
+        return s if s.reservations_held == held else dataclasses.replace(s, reservations_held=held)
+
+    def master_lost(self) -> None:
+        """The master stream ended: uncommitted gang holds go with it."""
+        dropped = self.reservations.master_lost(self.clock.monotonic())
+        if dropped:
+            log.warning("master stream lost: dropped %d uncommitted gang reservations", dropped)
 
     def build_hello(self, summary: Summary) -> Any:
         return subdomain_pb2.Hello(
@@ -649,6 +692,7 @@ class SubDomainManager:
             max_nodes=self.config.max_nodes,
             tasks=[s.to_proto() for s in self.tasks.hello_tasks()],
             summary=summary.to_proto(),
+            reservations=self.reservations.hello_states(),
         )
 
     async def _ack_master(self, command_id: str, ok: bool = True, error: str = "") -> None:
@@ -675,6 +719,20 @@ class SubDomainManager:
                 await self._list_nodes(command.list_nodes)
             elif kind == "fetch_log":
                 await self._fetch_log(command.fetch_log)
+            elif kind == "reserve":
+                await self._reserve(command.reserve)
+            elif kind == "commit":
+                rid = command.commit.reservation_id
+                log.info("commit reservation %s", rid)
+                await self._run_effects(self.reservations.commit(rid, now=self.clock.monotonic()))
+            elif kind == "release":
+                rel = command.release
+                log.info("release reservation %s: %s", rel.reservation_id, rel.reason or "no reason given")
+                await self._run_effects(
+                    self.reservations.release(
+                        rel.reservation_id, rel.reason, now=self.clock.monotonic(), wall=self.clock.time()
+                    )
+                )
             elif kind == "welcome":
                 log.debug("ignoring a repeated Welcome")
             else:
@@ -692,20 +750,41 @@ class SubDomainManager:
 
     async def _place(self, cmd: Any) -> None:
         spec = TaskSpec.from_proto(cmd.spec)
+        holder = self.reservations.holder_of(spec.ref)
+        if holder:
+            raise FailedPrecondition(
+                f"task {spec.ref} is held by gang reservation {holder}; commit or release it instead"
+            )
         effects = self.tasks.place(spec, self.clock.time())
         status = next((e.status for e in effects if isinstance(e, Forward)), None)
         if status is not None and status.state == TaskState.REJECTED:
             log.info("place task %s (command %s) rejected: %s", spec.ref, cmd.command_id, status.message)
         elif status is not None:
             log.info(
-                "place task %s (command %s) -> node %s: %s",
+                "place task %s (command %s) -> node %s: %s%s",
                 spec.ref,
                 cmd.command_id,
                 status.node_id,
                 status.state.label,
+                f" ({status.message})" if status.message else "",
             )
         await self._run_effects(effects)
         await self._ack_master(cmd.command_id)
+
+    async def _reserve(self, cmd: Any) -> None:
+        rid = cmd.reservation_id
+        try:
+            specs = reservation_specs(cmd)
+        except InvalidArgument as exc:
+            log.warning("reserve %s refused: %s", rid, exc)
+            await self._run_effects(self.reservations.refuse_invalid(rid, str(exc), self.clock.monotonic()))
+            return
+        log.info("reserve %s: %d tasks for %.1f s", rid, len(specs), cmd.hold_s)
+        await self._run_effects(
+            self.reservations.reserve(
+                rid, specs, cmd.hold_s, now=self.clock.monotonic(), wall=self.clock.time()
+            )
+        )
 
     async def _stop(self, cmd: Any) -> None:
         key = TaskRef.from_proto(cmd.task)

@@ -29,6 +29,9 @@ class MetricsSnapshot:
     placements_rejected: int = 0
     reports_received: int = 0
     master_connected: bool = False
+    reservations_held: int = 0
+    #: Gang reservation outcomes: accepted, refused, committed, expired.
+    reservations: dict[str, int] = field(default_factory=dict)
 
 
 class SubDomainCollector(Collector):
@@ -74,6 +77,19 @@ class SubDomainCollector(Collector):
         )
         conn.add_metric([], 1.0 if s.master_connected else 0.0)
         yield conn
+        held = GaugeMetricFamily(
+            "domainos_subdomain_reservations_held", "Gang reservations held, not yet committed."
+        )
+        held.add_metric([], s.reservations_held)
+        yield held
+        outcomes = CounterMetricFamily(
+            "domainos_subdomain_reservations",
+            "Gang reservations by outcome (accepted, refused, committed, expired).",
+            labels=["outcome"],
+        )
+        for outcome, n in s.reservations.items():
+            outcomes.add_metric([outcome], n)
+        yield outcomes
 
 
 class MetricsServer:

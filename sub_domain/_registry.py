@@ -9,7 +9,17 @@ costs O(log n) per due entry and O(1) when nothing is due, never a scan of all n
 
 Aggregates for the summary (counts, capacity, free, GPUs by model, running tasks, power) are
 maintained incrementally: every mutation of a node removes its contribution, changes it, and adds it
-back. Only the shape grouping is recomputed, and only when something changed (``dirty``).
+back. Only the shape grouping (with blocks, labels, datasets and share slots) is recomputed, in one
+pass over the nodes, and only when something changed (``dirty``); its size depends on shapes and
+caps, never on the number of nodes.
+
+Allocations are whole resources plus either whole GPU indexes or a share of one card
+(:class:`CardUse` per shared card: summed percent and memory, never over 100% or the card's
+memory; a card carrying a share is not a free whole GPU until its last share leaves). An
+allocation may be *held* for a gang reservation (``sub_domain._reservations``): used, not running.
+Placement (:meth:`NodeRegistry.place`) honours the task's constraints: GPU model and exclusions,
+node selector, one NVLink domain, shares, dataset locality with its wait, and a pipeline group's
+block.
 """
 
 from __future__ import annotations
@@ -18,16 +28,27 @@ import bisect
 import heapq
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from domainos.api.v1 import common_pb2
 from domainos.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef
 from domainos.resources import Resources
 
-from ._placement import Placement, PlacementIndex, pick_gpus, reject_reason
+from ._placement import (
+    NO_CONSTRAINTS,
+    CardRoom,
+    ConstraintsLike,
+    Placement,
+    PlacementIndex,
+    pick_gpus,
+    pick_gpus_in_domain,
+    reject_reason,
+    share_fits,
+    share_memory,
+)
 
 NodeState = Literal["ready", "suspect", "dead"]
 READY: NodeState = "ready"
@@ -76,8 +97,24 @@ NodeEvent = NodeReady | NodeSuspect | NodeDead | NodeForgotten
 
 @dataclass(slots=True)
 class Allocation:
+    """What one task holds on a node: whole resources, GPU indexes and, for a share, its part of
+    one card (``gpu_indexes`` is then that one card and ``resources.gpus`` is 0)."""
+
     resources: Resources
     gpu_indexes: tuple[int, ...]
+    share_percent: int = 0
+    share_memory: int = 0
+    #: Held for a gang reservation, not started (see ``_reservations``).
+    held: bool = False
+
+
+@dataclass(slots=True)
+class CardUse:
+    """The shares placed on one GPU card: summed percent and memory, and how many."""
+
+    percent: int = 0
+    memory: int = 0
+    tasks: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -98,6 +135,8 @@ class NodeRecord:
     allocated: Resources = field(default_factory=Resources)
     gpus_used: set[int] = field(default_factory=set)
     allocations: dict[TaskRef, Allocation] = field(default_factory=dict)
+    #: Cards carrying shares (fractional GPUs): not free as whole GPUs while any share is on them.
+    shares: dict[int, CardUse] = field(default_factory=dict)
 
     @property
     def allocatable(self) -> Resources:
@@ -105,16 +144,50 @@ class NodeRecord:
 
     @property
     def free(self) -> Resources:
-        """``allocatable - sum(requests of tasks placed here)``, with the node's GPU model."""
+        """``allocatable - sum(requests of tasks placed here)``, with the node's GPU model.
+
+        GPUs count whole free cards only: a card carrying a share is not free.
+        """
         a = self.inventory.allocatable
         u = self.allocated
         return Resources(
-            a.cpu_millis - u.cpu_millis, a.memory_bytes - u.memory_bytes, a.gpus - u.gpus, a.gpu_model
+            a.cpu_millis - u.cpu_millis,
+            a.memory_bytes - u.memory_bytes,
+            a.gpus - u.gpus - len(self.shares),
+            a.gpu_model,
         )
 
     @property
     def free_gpu_indexes(self) -> list[int]:
-        return [i for i in self.inventory.gpu_indexes if i not in self.gpus_used]
+        return [i for i in self.inventory.gpu_indexes if i not in self.gpus_used and i not in self.shares]
+
+    @property
+    def domain_of(self) -> dict[int, int]:
+        """GPU index -> its NVLink domain."""
+        return {g.index: g.nvlink_domain for g in self.inventory.gpus}
+
+    @property
+    def free_nvlink(self) -> int:
+        """Most free whole GPUs inside one NVLink domain."""
+        domain = self.domain_of
+        counts: Counter[int] = Counter(domain.get(g, g) for g in self.free_gpu_indexes)
+        return max(counts.values(), default=0)
+
+    def card_memory(self, card: int) -> int:
+        return next((g.memory_bytes for g in self.inventory.gpus if g.index == card), 0)
+
+    def card_rooms(self) -> list[CardRoom]:
+        """Partly used cards with room left."""
+        out = []
+        for card, use in sorted(self.shares.items()):
+            mem = self.card_memory(card)
+            if use.percent < 100:
+                out.append(CardRoom(card, 100 - use.percent, max(mem - use.memory, 0), mem))
+        return out
+
+    @property
+    def held_count(self) -> int:
+        return sum(1 for a in self.allocations.values() if a.held)
 
     @property
     def placeable(self) -> bool:
@@ -134,11 +207,58 @@ class NodeShape:
     free_gpus: int
     count: int
     best: Resources
+    #: Most free GPUs in one NVLink domain of the shape's roomiest node (part of the shape key).
+    free_nvlink_gpus: int = 0
 
     def to_proto(self) -> common_pb2.NodeShape:
         return common_pb2.NodeShape(
-            gpu_model=self.gpu_model, free_gpus=self.free_gpus, count=self.count, best=self.best.to_proto()
+            gpu_model=self.gpu_model,
+            free_gpus=self.free_gpus,
+            count=self.count,
+            best=self.best.to_proto(),
+            free_nvlink_gpus=self.free_nvlink_gpus,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockShapes:
+    """The placeable nodes under one block, by shape."""
+
+    block: str
+    shapes: tuple[NodeShape, ...]
+
+    def to_proto(self) -> common_pb2.BlockSummary:
+        return common_pb2.BlockSummary(block=self.block, shapes=[s.to_proto() for s in self.shapes])
+
+
+@dataclass(frozen=True, slots=True)
+class ShareSlot:
+    """``count`` partly used cards of ``gpu_model`` with at least ``free_percent`` (10% steps,
+    rounded down) and ``free_memory_bytes`` left."""
+
+    gpu_model: str
+    free_percent: int
+    free_memory_bytes: int
+    count: int
+
+    def to_proto(self) -> common_pb2.GpuShareSlot:
+        return common_pb2.GpuShareSlot(
+            gpu_model=self.gpu_model,
+            free_percent=self.free_percent,
+            free_memory_bytes=self.free_memory_bytes,
+            count=self.count,
+        )
+
+
+#: Summary caps: label pairs, datasets, shards per dataset (sizes independent of node count).
+MAX_SUMMARY_LABELS = 256
+MAX_SUMMARY_DATASETS = 256
+MAX_SUMMARY_SHARDS = 4096
+#: Groups (pipelines) whose block is remembered for their later stages.
+MAX_GROUP_BLOCKS = 4096
+#: A candidate set this small (label, shard holders, block members) is scanned exactly instead
+#: of walking the index with a filter.
+EXACT_SCAN_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -163,6 +283,11 @@ class Summary:
     free_gpus_by_model: dict[str, int]
     largest_node: Resources
     power_draw_w: float
+    blocks: tuple[BlockShapes, ...] = ()
+    label_nodes: dict[str, int] = field(default_factory=dict)
+    datasets: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    share_slots: tuple[ShareSlot, ...] = ()
+    reservations_held: int = 0
 
     def to_proto(self) -> common_pb2.SubDomainSummary:
         return common_pb2.SubDomainSummary(
@@ -180,12 +305,39 @@ class Summary:
             free_gpus_by_model=self.free_gpus_by_model,
             largest_node=self.largest_node.to_proto(),
             power_draw_w=self.power_draw_w,
+            blocks=[b.to_proto() for b in self.blocks],
+            label_nodes=self.label_nodes,
+            datasets=[common_pb2.DatasetPresence(dataset=d, shards=list(s)) for d, s in self.datasets],
+            share_slots=[s.to_proto() for s in self.share_slots],
+            reservations_held=self.reservations_held,
         )
 
 
 def bucket(value: int) -> int:
     """Log2-ish bucket with 4 steps per doubling (0 for nothing)."""
     return 0 if value <= 0 else 1 + math.floor(4 * math.log2(value))
+
+
+def _add_shape(
+    groups: dict[tuple[str, int, int, int, int], tuple[int, Resources]],
+    key: tuple[str, int, int, int, int],
+    free: Resources,
+) -> None:
+    prev = groups.get(key)
+    if prev is None:
+        groups[key] = (1, free)
+    else:
+        count, best = prev
+        if (free.cpu_millis, free.memory_bytes) > (best.cpu_millis, best.memory_bytes):
+            best = free
+        groups[key] = (count + 1, best)
+
+
+def _shapes(groups: dict[tuple[str, int, int, int, int], tuple[int, Resources]]) -> tuple[NodeShape, ...]:
+    return tuple(
+        NodeShape(gpu_model=k[0], free_gpus=k[1], count=c, best=b, free_nvlink_gpus=k[2])
+        for k, (c, b) in sorted(groups.items())
+    )
 
 
 class _Totals:
@@ -211,7 +363,7 @@ class _Totals:
             self.cap_gpus += sign * a.gpus
             if a.gpus:
                 self.gpus_by_model[a.gpu_model] += sign * a.gpus
-            self.running += sign * len(node.allocations)
+            self.running += sign * (len(node.allocations) - node.held_count)
             self.power += sign * node.usage.power_w
         if node.placeable:
             f = node.free
@@ -256,6 +408,12 @@ class NodeRegistry:
         self._dead: OrderedDict[str, None] = OrderedDict()
         self._heap: list[tuple[float, str, int]] = []
         self._index = PlacementIndex()
+        # Topology lookups over registered nodes (any state; callers check ``placeable``).
+        self._by_label: dict[str, set[str]] = {}
+        self._by_shard: dict[tuple[str, int], set[str]] = {}
+        self._by_block: dict[str, set[str]] = {}
+        #: group key ("<job>/<group>") -> the block its first placed task went to (bounded LRU).
+        self._group_blocks: OrderedDict[str, str] = OrderedDict()
         self._totals = _Totals()
         self._dirty = True
         self._summary: Summary | None = None
@@ -305,10 +463,35 @@ class NodeRegistry:
     def _end(self, node: NodeRecord) -> None:
         self._totals.apply(node, +1)
         if node.placeable:
-            self._index.put(node.node_id, node.allocatable.gpu_model, node.free)
+            self._index.put(
+                node.node_id,
+                node.allocatable.gpu_model,
+                node.free,
+                node.free_nvlink,
+                node.card_rooms(),
+            )
         else:
             self._index.remove(node.node_id)
         self._dirty = True
+
+    def _topo(self, node: NodeRecord, add: bool) -> None:
+        """Add (or drop) a node in the label / shard / block lookups."""
+        inv = node.inventory
+        keys: list[tuple[dict[Any, set[str]], Any]] = [
+            (self._by_label, f"{k}={v}") for k, v in inv.labels.items()
+        ]
+        keys += [(self._by_shard, (d.dataset, d.shard)) for d in inv.datasets]
+        if inv.block:
+            keys.append((self._by_block, inv.block))
+        for table, key in keys:
+            if add:
+                table.setdefault(key, set()).add(node.node_id)
+            else:
+                members = table.get(key)
+                if members is not None:
+                    members.discard(node.node_id)
+                    if not members:
+                        del table[key]
 
     def _schedule(self, node: NodeRecord, deadline: float) -> None:
         node.generation += 1
@@ -344,6 +527,7 @@ class NodeRegistry:
                 break
             del self._dead[node_id]
             self._begin(node)
+            self._topo(node, add=False)
             del self._nodes[node_id]
             self._dirty = True
             out.append(NodeForgotten(node_id))
@@ -392,6 +576,7 @@ class NodeRegistry:
                 health=health or NodeHealth(),
             )
             self._nodes[node_id] = node
+            self._topo(node, add=True)
             self._end(node)
             self._schedule(node, now + self.silent_after_s)
             return [NodeReady(node_id, incarnation, joined=True)]
@@ -399,7 +584,11 @@ class NodeRegistry:
         changed = node.inventory != inventory
         self._begin(node)
         evicted = self._refit(node, inventory) if changed else ()
+        if changed:
+            self._topo(node, add=False)
         node.inventory = inventory
+        if changed:
+            self._topo(node, add=True)
         node.incarnation = incarnation
         node.conn_token = conn_token
         node.last_report = now
@@ -415,30 +604,49 @@ class NodeRegistry:
     def _refit(self, node: NodeRecord, inventory: NodeInventory) -> tuple[TaskRef, ...]:
         # Keep the allocations that still fit the new inventory (in key order); release the rest.
         valid_gpus = set(inventory.gpu_indexes)
+        card_mem = {g.index: g.memory_bytes for g in inventory.gpus}
         alloc = inventory.allocatable
         kept: dict[TaskRef, Allocation] = {}
         used = Resources()
         gpus: set[int] = set()
+        shares: dict[int, CardUse] = {}
         evicted: list[TaskRef] = []
         for key in sorted(node.allocations):
             a = node.allocations[key]
             total = used + a.resources
+            cards = set(shares)
             ok = (
                 total.cpu_millis <= alloc.cpu_millis
                 and total.memory_bytes <= alloc.memory_bytes
-                and total.gpus <= alloc.gpus
                 and set(a.gpu_indexes) <= valid_gpus
                 and not (set(a.gpu_indexes) & gpus)
             )
+            if ok and a.share_percent:
+                card = a.gpu_indexes[0]
+                use = shares.get(card, CardUse())
+                mem = card_mem.get(card, 0)
+                ok = (
+                    use.percent + a.share_percent <= 100
+                    and (mem == 0 or use.memory + a.share_memory <= mem)
+                    and total.gpus + len(cards | {card}) <= alloc.gpus
+                )
+                if ok:
+                    shares[card] = CardUse(
+                        use.percent + a.share_percent, use.memory + a.share_memory, use.tasks + 1
+                    )
+            elif ok:
+                ok = not (set(a.gpu_indexes) & cards) and total.gpus + len(cards) <= alloc.gpus
+                if ok:
+                    gpus |= set(a.gpu_indexes)
             if ok:
                 kept[key] = a
                 used = Resources(total.cpu_millis, total.memory_bytes, total.gpus)
-                gpus |= set(a.gpu_indexes)
             else:
                 evicted.append(key)
         node.allocations = kept
         node.allocated = used
         node.gpus_used = gpus
+        node.shares = shares
         return tuple(evicted)
 
     def restore(self, inventory: NodeInventory, incarnation: str, *, dead: bool, now: float) -> None:
@@ -460,6 +668,7 @@ class NodeRegistry:
             suspect_why="sub-domain restarted; waiting for the agent to re-register",
         )
         self._nodes[node.node_id] = node
+        self._topo(node, add=True)
         if dead:
             self._dead[node.node_id] = None
         self._end(node)
@@ -554,18 +763,29 @@ class NodeRegistry:
     # -- allocations ------------------------------------------------------------------------------
 
     def allocate(
-        self, node_id: str, key: TaskRef, resources: Resources, gpu_indexes: tuple[int, ...]
+        self,
+        node_id: str,
+        key: TaskRef,
+        resources: Resources,
+        gpu_indexes: tuple[int, ...],
+        *,
+        held: bool = False,
     ) -> None:
-        """Charge a task's request (and its GPUs) to a node. Raises when it does not fit."""
+        """Charge a task's request (and its GPUs, or its share of one card) to a node.
+
+        ``held``: a gang reservation's hold (counted as used, not as a running task). Raises when
+        it does not fit.
+        """
         node = self._nodes.get(node_id)
         if node is None:
             raise NotFound(f"node {node_id} is not registered in sub-domain {self.subdomain_id}")
         if key in node.allocations:
             return
         free = node.free
-        if len(gpu_indexes) != resources.gpus:
+        share = resources.gpus == 0 and resources.gpu_share > 0
+        if len(gpu_indexes) != (1 if share else resources.gpus):
             raise FailedPrecondition(
-                f"task {key} asks for {resources.gpus} GPUs but got indexes {gpu_indexes}"
+                f"task {key} asks for {resources.describe()} but got GPU indexes {gpu_indexes}"
             )
         if not (
             resources.cpu_millis <= free.cpu_millis
@@ -575,20 +795,58 @@ class NodeRegistry:
             raise FailedPrecondition(
                 f"task {key} ({resources.describe()}) does not fit node {node_id}: free {free.describe()}"
             )
-        bad = [g for g in gpu_indexes if g in node.gpus_used or g not in node.inventory.gpu_indexes]
+        bad = [
+            g
+            for g in gpu_indexes
+            if g in node.gpus_used or g not in node.inventory.gpu_indexes or (not share and g in node.shares)
+        ]
         if bad or len(set(gpu_indexes)) != len(gpu_indexes):
             raise FailedPrecondition(
                 f"GPU indexes {gpu_indexes} of task {key} are not free on node {node_id}"
             )
+        share_mem = 0
+        if share:
+            card = gpu_indexes[0]
+            use = node.shares.get(card, CardUse())
+            mem = node.card_memory(card)
+            if use.tasks == 0 and free.gpus < 1:
+                raise FailedPrecondition(f"task {key}: node {node_id} has no whole free GPU for a new share")
+            if not share_fits(resources, CardRoom(card, 100 - use.percent, max(mem - use.memory, 0), mem)):
+                raise FailedPrecondition(
+                    f"task {key} ({resources.describe()}) does not fit GPU {card} of node {node_id}: "
+                    f"{100 - use.percent}% and {max(mem - use.memory, 0)} bytes left"
+                )
+            share_mem = share_memory(resources, mem)
         self._begin(node)
+        whole = Resources(resources.cpu_millis, resources.memory_bytes, resources.gpus)
         node.allocations[key] = Allocation(
-            Resources(resources.cpu_millis, resources.memory_bytes, resources.gpus), gpu_indexes
+            whole,
+            gpu_indexes,
+            share_percent=resources.gpu_share if share else 0,
+            share_memory=share_mem,
+            held=held,
         )
-        node.allocated = node.allocated + Resources(
-            resources.cpu_millis, resources.memory_bytes, resources.gpus
-        )
-        node.gpus_used.update(gpu_indexes)
+        node.allocated = node.allocated + whole
+        if share:
+            use = node.shares.setdefault(gpu_indexes[0], CardUse())
+            use.percent += resources.gpu_share
+            use.memory += share_mem
+            use.tasks += 1
+        else:
+            node.gpus_used.update(gpu_indexes)
         self._end(node)
+
+    def set_held(self, node_id: str, key: TaskRef, held: bool) -> bool:
+        """Turn a hold into a running allocation (``held=False``) or back; False when none."""
+        node = self._nodes.get(node_id)
+        a = node.allocations.get(key) if node is not None else None
+        if node is None or a is None:
+            return False
+        if a.held != held:
+            self._begin(node)
+            a.held = held
+            self._end(node)
+        return True
 
     def release(self, node_id: str, key: TaskRef) -> bool:
         """Give a task's resources back; False when it held none there."""
@@ -598,33 +856,292 @@ class NodeRegistry:
         self._begin(node)
         a = node.allocations.pop(key)
         node.allocated = node.allocated - a.resources
-        node.gpus_used.difference_update(a.gpu_indexes)
+        if a.share_percent:
+            card = a.gpu_indexes[0]
+            use = node.shares[card]
+            use.percent -= a.share_percent
+            use.memory -= a.share_memory
+            use.tasks -= 1
+            if use.tasks == 0:
+                del node.shares[card]
+        else:
+            node.gpus_used.difference_update(a.gpu_indexes)
         self._end(node)
         return True
 
-    def place(self, request: Resources) -> Placement | str:
-        """Best-fit node and GPU indexes for ``request``, or the reason nothing fits."""
-        node_id = self._index.choose(request)
-        if node_id is None:
-            return reject_reason(
-                request,
-                self._index.largest(request),
-                ready=self._totals.by_state[READY],
-                registered=len(self._nodes),
+    def place(
+        self,
+        request: Resources,
+        constraints: ConstraintsLike = NO_CONSTRAINTS,
+        *,
+        now: float = 0.0,
+        group_key: str = "",
+        only_block: str = "",
+    ) -> Placement | str:
+        """Best-fit node and GPU indexes for ``request`` under ``constraints``, or why nothing fits.
+
+        ``now`` is wall-clock unix seconds (the locality wait runs from ``submitted_at``);
+        ``group_key`` names the task's group across jobs (``"<job>/<group>"``): its later tasks
+        prefer the block its first one went to. ``only_block`` restricts the choice to one block's
+        nodes (gang reservations trying to keep a pipeline in one block).
+
+        Order of preference: nodes holding the task's dataset shard (only those while the
+        locality wait runs), then the group's block, then any node. Each tier is a small exact
+        scan when its candidate set is at most ``EXACT_SCAN_MAX`` nodes (shard holders, a block,
+        the nodes of the rarest selector label), else an index walk filtered by the tier's
+        predicate (see ``_placement``).
+        """
+        c = constraints
+        share = request.gpus == 0 and request.gpu_share > 0
+        want_model = request.gpu_model if (request.gpus > 0 or share) else ""
+        excluded = frozenset(c.exclude_gpu_models)
+
+        def model_ok(m: str) -> bool:
+            return bool(m) and (not want_model or m == want_model) and m not in excluded
+
+        selector = dict(c.node_selector)
+        label_sets = [self._by_label.get(f"{k}={v}", set()) for k, v in sorted(selector.items())]
+        if selector and min(len(x) for x in label_sets) == 0:
+            return self._reason(request, c, model_ok, selector_matches=0, now=now)
+
+        def labels_ok(node_id: str) -> bool:
+            inv = self._nodes[node_id].inventory
+            if only_block and inv.block != only_block:
+                return False
+            return all(inv.labels.get(k) == v for k, v in selector.items())
+
+        rarest = min(label_sets, key=len) if selector else None
+        tiers: list[tuple[set[str] | None, Callable[[str], bool]]] = []
+        holders: set[str] = set()
+        waiting = False
+        if c.dataset:
+            holders = self._by_shard.get((c.dataset, c.shard), set())
+            waiting = now < c.submitted_at + c.locality_wait_s
+            if len(holders) <= EXACT_SCAN_MAX:
+                tiers.append((holders, labels_ok))
+            else:
+                tiers.append((None, lambda n: n in holders and labels_ok(n)))
+        block = self._group_blocks.get(group_key, "") if group_key and not only_block else ""
+        if only_block:
+            members = self._by_block.get(only_block, set())
+            if rarest is None or len(members) < len(rarest):
+                rarest = members
+        if block and not waiting:
+            members = self._by_block.get(block, set())
+            tiers.append(
+                (members, labels_ok)
+                if len(members) <= EXACT_SCAN_MAX
+                else (None, lambda n: self._nodes[n].inventory.block == block and labels_ok(n))
             )
-        node = self._nodes[node_id]
-        gpus = pick_gpus(node.free_gpu_indexes, node.inventory.nvlink, request.gpus)
-        assert gpus is not None, f"index says node {node_id} has {request.gpus} free GPUs"
-        return Placement(node_id, gpus)
+        if not waiting:
+            if rarest is not None and len(rarest) <= EXACT_SCAN_MAX:
+                tiers.append((rarest, labels_ok))
+            else:
+                tiers.append((None, labels_ok))
+        for i, (candidates, ok) in enumerate(tiers):
+            if candidates is not None:
+                found = self._scan(candidates, request, c, model_ok, ok)
+            else:
+                found = self._walk(request, c, model_ok, ok)
+            if found is None:
+                continue
+            note = ""
+            if c.dataset and i > 0:
+                note = (
+                    f"locality wait for {c.dataset} shard {c.shard} is over and none of the "
+                    f"{len(holders)} nodes holding it had room: placed on node {found.node_id} without it"
+                )
+                found = Placement(found.node_id, found.gpu_indexes, note)
+            if group_key:
+                got = self._nodes[found.node_id].inventory.block
+                if got and group_key not in self._group_blocks:
+                    self._group_blocks[group_key] = got
+                    while len(self._group_blocks) > MAX_GROUP_BLOCKS:
+                        self._group_blocks.popitem(last=False)
+                elif group_key in self._group_blocks:
+                    self._group_blocks.move_to_end(group_key)
+            return found
+        if waiting:
+            left = c.submitted_at + c.locality_wait_s - now
+            live = sum(1 for n in holders if n in self._index)
+            return (
+                f"waiting for a node holding {c.dataset} shard {c.shard} ({left:.0f} s left); "
+                f"nodes holding it: {live}, none with room for {request.describe()}"
+            )
+        matches = None
+        if selector:
+            matches = sum(1 for n in min(label_sets, key=len) if n in self._index and labels_ok(n))
+        return self._reason(request, c, model_ok, selector_matches=matches, now=now)
+
+    @property
+    def blocks(self) -> list[str]:
+        """Blocks declared by registered nodes, sorted."""
+        return sorted(self._by_block)
+
+    def _node_fit(
+        self, node: NodeRecord, request: Resources, c: ConstraintsLike, model_ok: Callable[[str], bool]
+    ) -> tuple[tuple[int, int, int, str], tuple[int, ...]] | None:
+        """(best-fit key, GPU indexes) for ``request`` on ``node``, or None when it does not fit.
+
+        Keys order: a share on a partly used card first (fullest card first), then least
+        leftover whole GPUs, then least leftover CPU.
+        """
+        f = node.free
+        if f.cpu_millis < request.cpu_millis or f.memory_bytes < request.memory_bytes:
+            return None
+        cpu_left = f.cpu_millis - request.cpu_millis
+        if request.gpus > 0:
+            if not model_ok(node.allocatable.gpu_model) or f.gpus < request.gpus:
+                return None
+            if c.one_nvlink_domain:
+                gpus = pick_gpus_in_domain(
+                    node.free_gpu_indexes, node.domain_of, node.inventory.nvlink, request.gpus
+                )
+            else:
+                gpus = pick_gpus(node.free_gpu_indexes, node.inventory.nvlink, request.gpus)
+            if gpus is None:
+                return None
+            return (1, f.gpus - request.gpus, cpu_left, node.node_id), gpus
+        if request.gpu_share > 0:
+            if not model_ok(node.allocatable.gpu_model):
+                return None
+            rooms = [r for r in node.card_rooms() if share_fits(request, r)]
+            if rooms:
+                room = min(rooms, key=lambda r: (r.free_percent, r.free_memory, r.card))
+                return (0, room.free_percent, cpu_left, node.node_id), (room.card,)
+            card = self._whole_card(node, request)
+            if card is None:
+                return None
+            return (1, f.gpus - 1, cpu_left, node.node_id), (card,)
+        return (1, max(f.gpus, 0), cpu_left, node.node_id), ()
+
+    @staticmethod
+    def _whole_card(node: NodeRecord, request: Resources) -> int | None:
+        """A whole free card a new share fits on (its memory known when memory is asked): in the
+        NVLink domain with the fewest free GPUs, so whole domains stay whole for TP groups."""
+        free = node.free_gpu_indexes
+        domain = node.domain_of
+        home = {g: domain.get(g, g) for g in free}
+        per_domain = Counter(home.values())
+        for card in sorted(free, key=lambda g: (per_domain[home[g]], g)):
+            if share_fits(request, CardRoom(card, 100, node.card_memory(card), node.card_memory(card))):
+                return card
+        return None
+
+    def _scan(
+        self,
+        candidates: Iterable[str],
+        request: Resources,
+        c: ConstraintsLike,
+        model_ok: Callable[[str], bool],
+        ok: Callable[[str], bool],
+    ) -> Placement | None:
+        """Exact best fit over a small candidate set."""
+        best: tuple[tuple[int, int, int, str], tuple[int, ...]] | None = None
+        for node_id in candidates:
+            if node_id not in self._index or not ok(node_id):
+                continue
+            fit = self._node_fit(self._nodes[node_id], request, c, model_ok)
+            if fit is not None and (best is None or fit[0] < best[0]):
+                best = fit
+        return None if best is None else Placement(best[0][3], best[1])
+
+    def _walk(
+        self,
+        request: Resources,
+        c: ConstraintsLike,
+        model_ok: Callable[[str], bool],
+        ok: Callable[[str], bool],
+    ) -> Placement | None:
+        """Best fit through the index (filtered by ``ok``)."""
+        if request.gpus == 0 and request.gpu_share > 0:
+            got = self._index.choose_card(request, model_ok=model_ok, node_ok=ok)
+            if got is not None:
+                return Placement(got[0], (got[1],))
+            whole = Resources(request.cpu_millis, request.memory_bytes, 1)
+            node_id = self._index.choose(
+                whole,
+                model_ok=model_ok,
+                node_ok=lambda n: ok(n) and self._whole_card(self._nodes[n], request) is not None,
+            )
+            if node_id is None:
+                return None
+            card = self._whole_card(self._nodes[node_id], request)
+            assert card is not None
+            return Placement(node_id, (card,))
+        nvlink = c.one_nvlink_domain and request.gpus > 1
+        node_id = self._index.choose(request, model_ok=model_ok, nvlink=nvlink, node_ok=ok)
+        if node_id is None:
+            return None
+        fit = self._node_fit(self._nodes[node_id], request, c, model_ok)
+        assert fit is not None, f"index says node {node_id} fits {request.describe()}"
+        return Placement(node_id, fit[1])
+
+    def _reason(
+        self,
+        request: Resources,
+        c: ConstraintsLike,
+        model_ok: Callable[[str], bool],
+        *,
+        selector_matches: int | None,
+        now: float,
+    ) -> str:
+        """Why nothing fits: the first constraint that fails, with the numbers."""
+        want = request.describe()
+        ready = self._totals.by_state[READY]
+        if ready == 0 or not len(self._index):
+            return reject_reason(request, None, ready=ready, registered=len(self._nodes))
+        sel = ",".join(f"{k}={v}" for k, v in sorted(c.node_selector.items()))
+        if selector_matches == 0:
+            return (
+                f"no ready node with labels {sel} ({len(self._index)} placeable nodes, none carries them all)"
+            )
+        share = request.gpus == 0 and request.gpu_share > 0
+        model = request.gpu_model or "any"
+        excl = f" (excluding {', '.join(sorted(c.exclude_gpu_models))})" if c.exclude_gpu_models else ""
+        if (request.gpus > 0 or share) and not self._index.has_model(model_ok):
+            return f"no ready node has {want} free; no ready node with {model} GPUs{excl} ({ready} ready)"
+        if c.one_nvlink_domain and request.gpus > 1:
+            best = self._index.best_nvlink(model_ok)
+            if best is not None and best[0] < request.gpus:
+                return (
+                    f"no ready node with {request.gpus} free {model} GPUs in one NVLink domain{excl}: "
+                    f"best has {best[0]} ({best[1]})"
+                )
+        scope = f" among nodes with labels {sel} ({selector_matches} match)" if sel else ""
+        if share:
+            room = self._index.fullest_card_room(model_ok)
+            whole = self._index.largest(Resources(0, 0, 1, request.gpu_model), model_ok)
+            parts = []
+            if room is not None:
+                node_id, r = room
+                parts.append(
+                    f"roomiest partly used card: {r.free_percent}% and {r.free_memory} bytes left "
+                    f"(node {node_id} GPU {r.card})"
+                )
+            else:
+                parts.append("no partly used card")
+            if whole is not None and whole.gpus > 0:
+                parts.append(f"largest node with a whole free card: {whole.describe()}")
+            else:
+                parts.append(f"no whole free {model} card{excl}")
+            return f"no ready node has {want} free{scope}: " + "; ".join(parts)
+        largest = self._index.largest(request, model_ok)
+        return reject_reason(request, largest, ready=ready, registered=len(self._nodes)) + scope
 
     # -- summary ---------------------------------------------------------------------------------
 
     def summary(self) -> Summary:
-        """The current summary; recomputes shapes only when something changed since last time."""
+        """The current summary; recomputed (one pass over the nodes) only when something changed."""
         if self._summary is not None and not self._dirty:
             return self._summary
         t = self._totals
-        groups: dict[tuple[str, int, int, int], tuple[int, Resources]] = {}
+        _ShapeKey = tuple[str, int, int, int, int]
+        groups: dict[_ShapeKey, tuple[int, Resources]] = {}
+        by_block: dict[str, dict[_ShapeKey, tuple[int, Resources]]] = {}
+        labels: Counter[str] = Counter()
+        shards: dict[str, set[int]] = {}
+        slots: dict[tuple[str, int], tuple[int, int]] = {}
         largest = Resources()
         for node in self._nodes.values():
             if node.state != READY:
@@ -636,21 +1153,24 @@ class NodeRegistry:
                 largest.memory_bytes,
             ):
                 largest = a
+            inv = node.inventory
+            labels.update(f"{k}={v}" for k, v in inv.labels.items())
+            for d in inv.datasets:
+                shards.setdefault(d.dataset, set()).add(d.shard)
             if not node.placeable:
                 continue
             f = node.free
-            key = (a.gpu_model, f.gpus, bucket(f.cpu_millis), bucket(f.memory_bytes))
-            prev = groups.get(key)
-            if prev is None:
-                groups[key] = (1, f)
-            else:
-                count, best = prev
-                if (f.cpu_millis, f.memory_bytes) > (best.cpu_millis, best.memory_bytes):
-                    best = f
-                groups[key] = (count + 1, best)
-        shapes = tuple(
-            NodeShape(gpu_model=k[0], free_gpus=k[1], count=c, best=b) for k, (c, b) in sorted(groups.items())
-        )
+            key = (a.gpu_model, f.gpus, node.free_nvlink, bucket(f.cpu_millis), bucket(f.memory_bytes))
+            _add_shape(groups, key, f)
+            if inv.block:
+                _add_shape(by_block.setdefault(inv.block, {}), key, f)
+            for room in node.card_rooms():
+                skey = (a.gpu_model, room.free_percent // 10 * 10)
+                prev = slots.get(skey)
+                slots[skey] = (
+                    (1, room.free_memory) if prev is None else (prev[0] + 1, min(prev[1], room.free_memory))
+                )
+        kept_labels = sorted(labels)[:MAX_SUMMARY_LABELS]
         self._summary = Summary(
             nodes_total=len(self._nodes),
             nodes_ready=t.by_state[READY],
@@ -659,7 +1179,7 @@ class NodeRegistry:
             nodes_simulated=t.simulated,
             capacity=Resources(t.cap_cpu, t.cap_mem, t.cap_gpus),
             free=Resources(t.free_cpu, t.free_mem, t.free_gpus),
-            shapes=shapes,
+            shapes=_shapes(groups),
             running_tasks=t.running,
             max_nodes=self.max_nodes,
             gpus_by_model={k: v for k, v in sorted(t.gpus_by_model.items()) if v},
@@ -668,6 +1188,15 @@ class NodeRegistry:
             },
             largest_node=largest,
             power_draw_w=round(t.power / 10) * 10.0,
+            blocks=tuple(BlockShapes(b, _shapes(g)) for b, g in sorted(by_block.items())),
+            label_nodes={k: labels[k] for k in kept_labels},
+            datasets=tuple(
+                (d, tuple(sorted(shards[d])[:MAX_SUMMARY_SHARDS]))
+                for d in sorted(shards)[:MAX_SUMMARY_DATASETS]
+            ),
+            share_slots=tuple(
+                ShareSlot(m, pct, mem, n) for (m, pct), (n, mem) in sorted(slots.items(), reverse=True)
+            ),
         )
         self._dirty = False
         return self._summary
@@ -687,10 +1216,25 @@ class NodeRegistry:
             fresh.apply(node, +1)
             total = Resources()
             gpus: list[int] = []
+            shares: dict[int, CardUse] = {}
             for a in node.allocations.values():
                 total = total + a.resources
+                if a.share_percent:
+                    assert len(a.gpu_indexes) == 1 and a.resources.gpus == 0, f"{node_id}: bad share"
+                    use = shares.setdefault(a.gpu_indexes[0], CardUse())
+                    use.percent += a.share_percent
+                    use.memory += a.share_memory
+                    use.tasks += 1
+                    continue
                 gpus.extend(a.gpu_indexes)
                 assert len(a.gpu_indexes) == a.resources.gpus, f"{node_id}: gpu count mismatch"
+            assert shares == node.shares, f"{node_id}: card shares {node.shares} != allocations {shares}"
+            for card, use in shares.items():
+                assert use.percent <= 100, f"{node_id}: GPU {card} shared over 100% ({use.percent}%)"
+                mem = node.card_memory(card)
+                assert mem == 0 or use.memory <= mem, f"{node_id}: GPU {card} memory over-shared"
+                assert card not in gpus, f"{node_id}: GPU {card} both shared and whole"
+                assert card in node.inventory.gpu_indexes, f"{node_id}: share on unknown GPU {card}"
             assert (total.cpu_millis, total.memory_bytes, total.gpus) == (
                 node.allocated.cpu_millis,
                 node.allocated.memory_bytes,
@@ -699,7 +1243,7 @@ class NodeRegistry:
             alloc = node.allocatable
             assert node.allocated.cpu_millis <= alloc.cpu_millis, f"{node_id}: CPU over-allocated"
             assert node.allocated.memory_bytes <= alloc.memory_bytes, f"{node_id}: memory over-allocated"
-            assert node.allocated.gpus <= alloc.gpus, f"{node_id}: GPUs over-allocated"
+            assert node.allocated.gpus + len(shares) <= alloc.gpus, f"{node_id}: GPUs over-allocated"
             assert len(gpus) == len(set(gpus)), f"{node_id}: a GPU index is assigned twice: {sorted(gpus)}"
             assert set(gpus) == node.gpus_used, f"{node_id}: gpus_used out of sync"
             assert set(gpus) <= set(node.inventory.gpu_indexes), f"{node_id}: unknown GPU index assigned"
@@ -709,6 +1253,12 @@ class NodeRegistry:
             else:
                 assert node_id not in self._dead
                 assert (node_id, node.generation) in live_entries, f"{node_id}: no live deadline"
+            for key in (f"{k}={v}" for k, v in node.inventory.labels.items()):
+                assert node_id in self._by_label.get(key, ()), f"{node_id}: label {key} not indexed"
+            for d in node.inventory.datasets:
+                assert node_id in self._by_shard.get((d.dataset, d.shard), ()), (
+                    f"{node_id}: shard not indexed"
+                )
             if node.placeable:
                 assert self._index.free(node_id) == node.free, f"{node_id}: index out of date"
             else:

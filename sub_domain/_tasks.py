@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from domainos.errors import DomainOSError
+from domainos.errors import DomainOSError, FailedPrecondition
 from domainos.ids import new_command_id
 from domainos.model import TaskRef, TaskSpec, TaskState, TaskStatus
+from domainos.resources import Resources
 
 from ._placement import Placement
 from ._registry import NodeRegistry
@@ -73,6 +74,20 @@ class Persist:
 
 
 Effect = StartOnAgent | StopOnAgent | AckAgent | Forward | Persist
+
+
+def request_problem(r: Resources) -> str:
+    """Why a request cannot be placed as asked ("" when it is well formed)."""
+    if r.gpu_share < 0 or r.gpu_share > 99 or r.gpu_share_memory < 0:
+        return (
+            f"a GPU share must be 1..99 percent with memory >= 0, got {r.gpu_share}% "
+            f"and {r.gpu_share_memory} bytes"
+        )
+    if r.gpu_share_memory and not r.gpu_share:
+        return f"gpu_share_memory={r.gpu_share_memory} bytes without a gpu_share percent"
+    if r.gpu_share and r.gpus:
+        return f"asks for {r.gpus} whole GPUs and a {r.gpu_share}% share at once; ask for one or the other"
+    return ""
 
 
 @dataclass(slots=True)
@@ -144,6 +159,9 @@ class TaskTable:
     def hello_tasks(self) -> list[TaskStatus]:
         """Every task held (running and unacknowledged terminal), for ``Hello``."""
         return [self._entries[k].status for k in sorted(self._entries)]
+
+    def entries(self) -> Iterable[TaskEntry]:
+        return self._entries.values()
 
     def node_of(self, key: TaskRef) -> str | None:
         entry = self._entries.get(key)
@@ -233,18 +251,46 @@ class TaskTable:
         entry = self._entries.get(spec.ref)
         if entry is not None:
             return [Forward(entry.status)]
-        choice = self.registry.place(spec.resources)
+        choice = self.choose(spec, now)
         if not isinstance(choice, Placement):
             self.rejections += 1
             return [Forward(self._status(spec, TaskState.REJECTED, message=choice, finished_at=now))]
         self.registry.allocate(choice.node_id, spec.ref, spec.resources, choice.gpu_indexes)
-        status = self._status(
-            spec, TaskState.ASSIGNED, node_id=choice.node_id, gpu_indexes=choice.gpu_indexes
+        return self._assigned(spec, choice.node_id, choice.gpu_indexes, choice.note)
+
+    def choose(self, spec: TaskSpec, now: float) -> Placement | str:
+        """Where ``spec`` would go (nothing charged), or why it cannot go anywhere."""
+        problem = request_problem(spec.resources)
+        if problem:
+            return problem
+        group = spec.placement.group
+        return self.registry.place(
+            spec.resources,
+            spec.placement,
+            now=now,
+            group_key=f"{spec.ref.job_id}/{group}" if group else "",
         )
-        entry = TaskEntry(spec, choice.node_id, choice.gpu_indexes, status)
+
+    def _assigned(
+        self, spec: TaskSpec, node_id: str, gpu_indexes: tuple[int, ...], note: str
+    ) -> list[Effect]:
+        status = self._status(
+            spec, TaskState.ASSIGNED, node_id=node_id, gpu_indexes=gpu_indexes, message=note
+        )
+        entry = TaskEntry(spec, node_id, gpu_indexes, status)
         self._add(entry)
         self.placements += 1
         return [self._persist(spec.ref.job_id, spec.ref.task_index), self._start(entry), Forward(status)]
+
+    def adopt_held(self, spec: TaskSpec, node_id: str, gpu_indexes: tuple[int, ...]) -> list[Effect]:
+        """A committed gang reservation: its held allocation becomes a placed task, started like a
+        ``PlaceTask`` one. Idempotent (a task already known is re-reported)."""
+        entry = self._entries.get(spec.ref)
+        if entry is not None:
+            return [Forward(entry.status)]
+        if not self.registry.set_held(node_id, spec.ref, False):
+            raise FailedPrecondition(f"task {spec.ref} holds nothing on node {node_id}")
+        return self._assigned(spec, node_id, gpu_indexes, "")
 
     def stop(self, key: TaskRef, *, grace_s: float, reason: str, now: float) -> list[Effect]:
         """``StopTaskCommand``: forward to the node; answer CANCELLED at once when it cannot be reached."""
@@ -425,6 +471,7 @@ class TaskTable:
                 assert node is not None, f"{key}: active on unknown node {entry.node_id}"
                 alloc = node.allocations.get(key)
                 assert alloc is not None, f"{key}: active but holds no allocation on {entry.node_id}"
+                assert not alloc.held, f"{key}: placed but its allocation is still a reservation's hold"
                 assert alloc.gpu_indexes == entry.gpu_indexes, f"{key}: GPU indexes differ from the registry"
             else:
                 assert node is None or key not in node.allocations, f"{key}: terminal but still allocated"
@@ -437,7 +484,9 @@ class TaskTable:
         for command, key in self._pending_starts.items():
             assert self._entries[key].start_command == command
         for node in self.registry:
-            for key in node.allocations:
+            for key, alloc in node.allocations.items():
+                if alloc.held:
+                    continue  # a gang reservation's hold: the reservations check it
                 e = self._entries.get(key)
                 assert e is not None and e.active and e.node_id == node.node_id, (
                     f"node {node.node_id} holds an allocation for {key} that no active task owns"

@@ -49,6 +49,9 @@ class UpstreamOwner(Protocol):
 
     async def handle_master_command(self, command: Any) -> None: ...
 
+    def master_lost(self) -> None:
+        """The session ended (after or before Welcome): drop what only lives with the stream."""
+
 
 class Upstream:
     """One logical connection to the master, reconnected forever until cancelled."""
@@ -103,6 +106,18 @@ class Upstream:
             return
         self._pending[status.ref] = status
         self._flush.set()
+
+    def send_nowait(self, message: Any) -> bool:
+        """Queue a ``SubDomainMessage`` without waiting; False when there is no session or the
+        queue is full (the session is stalled; the next ``Hello`` resyncs)."""
+        if not self._connected:
+            return False
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("outbound queue to master %s is full; a message was dropped", self.address)
+            return False
+        return True
 
     async def send(self, message: Any) -> bool:
         """Queue a ``SubDomainMessage`` for the current session; False when there is none."""
@@ -209,6 +224,10 @@ class Upstream:
             self._connected = False
             self._accepting = False
             self._pending.clear()
+            try:
+                self._owner.master_lost()
+            except Exception:
+                log.exception("dropping state of the lost master session failed")
             for task in workers:
                 task.cancel()
             for task in workers:

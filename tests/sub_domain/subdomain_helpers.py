@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2, subdomain_pb2, subdomain_pb2_grpc
-from domainos.model import GpuDevice, NodeInventory, TaskRef, TaskSpec
+from domainos.model import DatasetShard, GpuDevice, NodeInventory, TaskRef, TaskSpec
 from domainos.resources import Resources
 from sub_domain._registry import NodeRegistry
 from sub_domain._tasks import TaskTable
@@ -86,10 +86,24 @@ def inventory(
     model: str = "H100",
     peers: dict[int, tuple[int, ...]] | None = None,
     simulated: bool = True,
+    domain_size: int = 0,
+    gpu_memory_gi: int = 0,
+    labels: dict[str, str] | None = None,
+    block: str = "",
+    datasets: dict[str, list[int]] | None = None,
 ) -> NodeInventory:
+    """A node; ``domain_size`` > 0 splits its GPUs into NVLink domains of that many (all-to-all inside)."""
+    if domain_size > 0:
+        peers = {
+            i: tuple(j for j in range(gpus) if j != i and j // domain_size == i // domain_size)
+            for i in range(gpus)
+        }
     if peers is None:
         peers = {i: tuple(j for j in range(gpus) if j != i) for i in range(gpus)}  # all-to-all
-    devices = tuple(GpuDevice(index=i, model=model, nvlink_peers=peers.get(i, ())) for i in range(gpus))
+    devices = tuple(
+        GpuDevice(index=i, model=model, nvlink_peers=peers.get(i, ()), memory_bytes=gpu_memory_gi * GI)
+        for i in range(gpus)
+    )
     return NodeInventory(
         node_id=node_id,
         allocatable=Resources(cpus * 1000, memory_gi * GI, gpus, model if gpus else ""),
@@ -98,6 +112,13 @@ def inventory(
         cpu_cores=cpus,
         memory_bytes=memory_gi * GI,
         gpus=devices,
+        labels=labels or {},
+        block=block,
+        datasets=tuple(
+            DatasetShard(name, shard)
+            for name, shards in sorted((datasets or {}).items())
+            for shard in sorted(shards)
+        ),
     )
 
 
@@ -132,10 +153,8 @@ def make_state(
 # -- a raw agent over gRPC -------------------------------------------------------------------------
 
 
-def inventory_pb(
-    node_id: str, *, cpus: int = 8, memory_gi: int = 32, gpus: int = 0, model: str = "H100"
-) -> Any:
-    return inventory(node_id, cpus=cpus, memory_gi=memory_gi, gpus=gpus, model=model).to_proto()
+def inventory_pb(node_id: str, **kw: Any) -> Any:
+    return inventory(node_id, **kw).to_proto()
 
 
 class TestAgent:
@@ -247,10 +266,11 @@ class FakeMaster(subdomain_pb2_grpc.SubDomainGatewayServicer):  # type: ignore[m
         self.address = ""
         self.streams = 0
 
-    async def start(self) -> str:
+    async def start(self, address: str = "127.0.0.1:0") -> str:
+        """Listen on ``address`` (an old master's address: a master that comes back)."""
         self.server = grpc.aio.server()
         subdomain_pb2_grpc.add_SubDomainGatewayServicer_to_server(self, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        port = self.server.add_insecure_port(address)
         await self.server.start()
         self.address = f"127.0.0.1:{port}"
         return self.address
