@@ -5,11 +5,14 @@ store, region budgets from the topology file, summaries, placements and releases
 each PENDING task, where the task may go. The decision for one task, in order:
 
 1. **Candidates** come from the first placement policy (:class:`~master_domain._placement.Placer`),
-   best first; each is a sub-domain whose summary shows a node the task fits in.
+   best first; each is a sub-domain whose summary shows a node the task fits in, under the task's
+   constraints (the master passes ``choose`` bound to them: excluded GPU models, node selector,
+   locality); the choice names the GPU model it would land on and why.
 2. **Quota**: :meth:`QuotaBook.admit` for the tenant at the candidate's ``(region, sub-domain)``,
    with the GPU model of the node shape the task would land on (``gpu:*`` when not known). A
    refusal moves on to the next candidate.
-3. **Power**: the region's budget (:meth:`PowerBook.check` with ``TDP × GPUs``). Over budget moves on
+3. **Power**: the region's budget (:meth:`PowerBook.check` with ``TDP × GPUs``, or ``TDP × share%``
+   for a fractional GPU share, which quota counts as ``gpu-share:<model>``). Over budget moves on
    to the next candidate (another region's sub-domain, since every sub-domain of the region is
    over too).
 4. The first candidate that passes both is the placement (:class:`Admitted`); when none does, the
@@ -187,7 +190,8 @@ class Admission:
                 break
             sd, region = choice.subdomain_id, choice.region or NO_REGION
             skip[sd] = math.inf
-            model = (model_of(sd, request) or request.gpu_model) if request.gpus else ""
+            gpu = request.gpus > 0 or request.gpu_share > 0
+            model = (choice.gpu_model or model_of(sd, request) or request.gpu_model) if gpu else ""
             demand, watts = self.demand_and_watts(request, model)
             verdict = self.quotas.admit(tenant, demand, region, sd)
             if not isinstance(verdict, Admit):
@@ -207,6 +211,8 @@ class Admission:
                     f"{format_kw(check.budget_w)} kW with this task ({format_kw(watts)} kW)"
                 )
             why = [f"the placer's best fit for {request.describe()}"]
+            if choice.why:
+                why.append(choice.why)
             if skipped:
                 why.append("after skipping " + ", ".join(skipped))
             why.append(self._quota_note(tenant, demand, region, sd, verdict))
@@ -218,9 +224,14 @@ class Admission:
     def demand_and_watts(self, request: Resources, gpu_model: str) -> tuple[dict[str, int], int]:
         """What one task placed on ``gpu_model`` GPUs charges: quota classes and watts (TDP x GPUs).
 
-        An unknown model is charged as ``gpu:*`` and the power model's unknown-GPU draw.
+        A fractional share (``gpu_share`` percent of one card, no whole GPUs) charges
+        ``gpu-share:<model>`` in 1% units and ``TDP x share%`` watts (rounded up). An unknown model
+        is charged as ``gpu:*`` / ``gpu-share:*`` and the power model's unknown-GPU draw.
         """
         placed = Resources(request.cpu_millis, request.memory_bytes, request.gpus, gpu_model or ANY)
+        if not request.gpus and request.gpu_share > 0:
+            watts = math.ceil(self.power.model.tdp(gpu_model) * request.gpu_share / 100)
+            return demand_of(placed, gpu_share=request.gpu_share), watts
         return demand_of(placed), (self.power.model.task_w(placed) if request.gpus else 0)
 
     def _quota_note(self, tenant: str, demand: Mapping[str, int], region: str, sd: str, ok: Admit) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import cast
 
 from domainos import model
 from domainos.api.v1 import common_pb2, master_pb2, subdomain_pb2
 from domainos.errors import InvalidArgument
-from domainos.jobspec import JobSpec
+from domainos.jobspec import JobSpec, task_constraints
 from master_domain._jobs import Job, JobState, Task, TaskReport, TaskState
+from master_domain._sched import _reserve
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +114,106 @@ def parse_place_command_id(command_id: str) -> model.TaskRef | None:
 TOKEN_ENV = "DOMAINOS_TOKEN"
 
 
-def place_task_command(
-    ref: model.TaskRef, spec: JobSpec, master_address: str, token: str = ""
-) -> subdomain_pb2.MasterCommand:
-    """``token`` is the job's own credential; it becomes the task's ``DOMAINOS_TOKEN``."""
+def task_spec(
+    ref: model.TaskRef,
+    spec: JobSpec,
+    master_address: str,
+    token: str = "",
+    *,
+    submitted_at: float = 0.0,
+    reservation_id: str = "",
+    gpu_model: str = "",
+) -> model.TaskSpec:
+    """What task ``ref`` of a job runs, with its placement constraints from the spec.
+
+    ``token`` is the job's own credential; it becomes the task's ``DOMAINOS_TOKEN``.
+    ``gpu_model``: the model the plan chose (a gang part), when the spec leaves it open.
+    """
     env = dict(spec.env)
     env.pop(TOKEN_ENV, None)
     if token:
         env[TOKEN_ENV] = token
+    resources = spec.resources
+    if gpu_model and resources.gpus and not resources.gpu_model:
+        resources = dataclasses.replace(resources, gpu_model=gpu_model)
+    return model.TaskSpec(
+        ref=ref,
+        command=tuple(spec.command),
+        env=env,
+        resources=resources,
+        tenant=spec.tenant,
+        master_address=master_address,
+        job_name=spec.name,
+        replicas=spec.replicas,
+        placement=task_constraints(spec, ref.task_index, submitted_at),
+        reservation_id=reservation_id,
+    )
+
+
+def place_task_command(
+    ref: model.TaskRef, spec: JobSpec, master_address: str, token: str = "", submitted_at: float = 0.0
+) -> subdomain_pb2.MasterCommand:
+    """``token`` is the job's own credential; it becomes the task's ``DOMAINOS_TOKEN``."""
     return subdomain_pb2.MasterCommand(
         place_task=subdomain_pb2.PlaceTask(
             command_id=place_command_id(ref),
-            spec=model.TaskSpec(
-                ref=ref,
-                command=tuple(spec.command),
-                env=env,
-                resources=spec.resources,
-                tenant=spec.tenant,
-                master_address=master_address,
-                job_name=spec.name,
-                replicas=spec.replicas,
-            ).to_proto(),
+            spec=task_spec(ref, spec, master_address, token, submitted_at=submitted_at).to_proto(),
         )
+    )
+
+
+# -- gang reservations ----------------------------------------------------------------------------
+
+
+def reserve_command(
+    reservation_id: str, tasks: list[model.TaskSpec], hold_s: float
+) -> subdomain_pb2.MasterCommand:
+    """``ReserveTasks``: hold every task of one gang part (the full specs: they start at commit)."""
+    return subdomain_pb2.MasterCommand(
+        reserve=subdomain_pb2.ReserveTasks(
+            reservation_id=reservation_id, tasks=[t.to_proto() for t in tasks], hold_s=hold_s
+        )
+    )
+
+
+def commit_command(reservation_id: str) -> subdomain_pb2.MasterCommand:
+    return subdomain_pb2.MasterCommand(commit=subdomain_pb2.CommitReservation(reservation_id=reservation_id))
+
+
+def release_command(reservation_id: str, reason: str) -> subdomain_pb2.MasterCommand:
+    return subdomain_pb2.MasterCommand(
+        release=subdomain_pb2.ReleaseReservation(reservation_id=reservation_id, reason=reason[:1000])
+    )
+
+
+def reservation_event(
+    subdomain_id: str, msg: subdomain_pb2.ReservationReply
+) -> _reserve.Accepted | _reserve.Refused | _reserve.Committed | None:
+    """A sub-domain's answer as a :class:`~master_domain._sched._reserve.Coordinator` event.
+
+    None (logged) for a reply without an id or an outcome.
+    """
+    rid = msg.reservation_id
+    if not rid:
+        log.warning("ignoring a reservation reply without an id from sub-domain %s", subdomain_id)
+        return None
+    outcome = msg.outcome
+    if outcome == subdomain_pb2.RESERVATION_OUTCOME_ACCEPTED:
+        return _reserve.Accepted(rid, subdomain_id)
+    if outcome == subdomain_pb2.RESERVATION_OUTCOME_COMMITTED:
+        return _reserve.Committed(rid, subdomain_id)
+    if outcome == subdomain_pb2.RESERVATION_OUTCOME_REFUSED:
+        return _reserve.Refused(rid, subdomain_id, msg.reason or "no reason given", bool(msg.expired))
+    log.warning("ignoring reservation reply %s from sub-domain %s without an outcome", rid, subdomain_id)
+    return None
+
+
+def resync_event(subdomain_id: str, states: list[subdomain_pb2.ReservationState]) -> _reserve.Resync:
+    """A Hello's held and committed reservations."""
+    return _reserve.Resync(
+        subdomain_id,
+        held=tuple(s.reservation_id for s in states if s.reservation_id and not s.committed),
+        committed=tuple(s.reservation_id for s in states if s.reservation_id and s.committed),
     )
 
 

@@ -14,6 +14,14 @@ Retry policy: a FAILED attempt is retried while ``exit_retries < spec.retry.on_e
 while ``lost_retries < spec.retry.on_lost``; otherwise the job FAILS and its other tasks are
 stopped. A REJECTED attempt (the sub-domain had no room: a mis-dispatch) and a placement not
 confirmed in time go back to PENDING without spending a retry.
+
+Gangs (``spec.is_gang``): the first ``spec.gang_min`` tasks (every task of a training job) are the
+*gang*; they are placed together by a reservation (:class:`StartGang` gives them one fresh attempt,
+:class:`PlaceGang` marks them ASSIGNED once every part is committed, without a ``PlaceTask``: the
+sub-domains start them at the commit; :class:`GangNotPlaced` records a failed try). A gang never
+runs partly: when one of its tasks fails, is lost, rejected or not confirmed and the job may go on,
+*every* gang task is stopped and queued again as one new attempt (the retry is charged to the
+task that caused it, as for a single task), and the gang's reservations are released.
 """
 
 from __future__ import annotations
@@ -21,14 +29,14 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from domainos.clock import Clock, SystemClock
-from domainos.jobspec import JobSpec, RetryPolicy
+from domainos.jobspec import JobSpec
 from domainos.model import TaskRef
-from domainos.resources import Resources
+from master_domain._sched._reserve import reservation_id
 
 log = logging.getLogger(__name__)
 
@@ -143,35 +151,16 @@ class Task:
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
-    """A validated spec as plain JSON-able data (the store form)."""
-    r = spec.resources
-    return {
-        "name": spec.name,
-        "replicas": spec.replicas,
-        "command": list(spec.command),
-        "env": dict(spec.env),
-        "resources": r.to_dict(),
-        "retry": {"on_exit": spec.retry.on_exit, "on_lost": spec.retry.on_lost},
-        "labels": dict(spec.labels),
-        "tenant": spec.tenant,
-        "priority": spec.priority,
-    }
+    """A validated spec as plain JSON-able data (the store form): :meth:`JobSpec.to_dict`."""
+    return spec.to_dict()
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
-    """Inverse of :func:`spec_to_dict` (trusted input: it was validated before it was stored)."""
-    r = data["resources"]
-    return JobSpec(
-        command=tuple(data["command"]),
-        name=data.get("name", ""),
-        replicas=int(data["replicas"]),
-        env=dict(data.get("env", {})),
-        resources=Resources.from_dict(r),
-        retry=RetryPolicy(int(data["retry"]["on_exit"]), int(data["retry"]["on_lost"])),
-        labels=dict(data.get("labels", {})),
-        tenant=data.get("tenant", ""),
-        priority=data.get("priority", "normal"),
-    )
+    """Inverse of :func:`spec_to_dict` (trusted input: it was validated before it was stored).
+
+    Records written before gangs, training and locality existed load with those fields unset.
+    """
+    return JobSpec.from_dict(data)
 
 
 @dataclass(slots=True)
@@ -334,7 +323,70 @@ class Tick:
     """Time passed: re-place placements that were not confirmed in time."""
 
 
-Event = TaskUpdates | SubdomainHello | SubdomainLost | Place | Cancel | Tick
+# -- preemption (MASTER-TASK helper; master_domain/_preemption.py decides, this only applies) ----
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Stop every live task of the job whole and requeue it: each goes back to PENDING as a new
+    attempt *without* spending a retry (the stop is not the task's fault). ``reason`` becomes the
+    stop reason and the tasks' message (``preempted by job <id> (priority <class>)``)."""
+
+    job_id: str
+    reason: str
+
+
+# -- end of preemption ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartGang:
+    """The gang tasks ``indexes`` (all PENDING) are about to be reserved: one fresh attempt for all.
+
+    Persisted before any Reserve is sent, so a restarted master never reuses a reservation id.
+    """
+
+    job_id: str
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceGang:
+    """Every part of the gang's reservation is committed: the tasks are ASSIGNED where they are.
+
+    ``assignments`` maps task index -> (sub-domain, region, GPU model); ``attempt`` is the gang's.
+    """
+
+    job_id: str
+    attempt: int
+    assignments: Mapping[int, tuple[str, str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class GangNotPlaced:
+    """A try to place the gang failed (every part released); its tasks stay PENDING with ``reason``.
+
+    ``misdispatches``: reservations refused for capacity (counted like rejected placements).
+    """
+
+    job_id: str
+    attempt: int
+    reason: str
+    misdispatches: int = 0
+
+
+Event = (
+    TaskUpdates
+    | SubdomainHello
+    | SubdomainLost
+    | Place
+    | Cancel
+    | Tick
+    | Preempt
+    | StartGang
+    | PlaceGang
+    | GangNotPlaced
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +433,27 @@ class JobDone:
     job_id: str
 
 
-Effect = PersistJob | PlaceTask | StopTask | AckTasks | JobDone
+@dataclass(frozen=True, slots=True)
+class ReleaseGang:
+    """Send ``ReleaseReservation`` for a placed gang's part (its tasks are stopped or finished)."""
+
+    subdomain_id: str
+    reservation_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommand:
+    """Send ``command`` (a ``MasterCommand``) to ``subdomain_id`` after the persists before it.
+
+    Not produced by the job table: the master uses it for the reservation messages it decides.
+    """
+
+    subdomain_id: str
+    command: Any
+
+
+Effect = PersistJob | PlaceTask | StopTask | AckTasks | JobDone | ReleaseGang | SendCommand
 
 
 class _Out:
@@ -389,7 +461,7 @@ class _Out:
 
     def __init__(self) -> None:
         self.persist: dict[str, None] = {}
-        self.commands: list[PlaceTask | StopTask] = []
+        self.commands: list[PlaceTask | StopTask | ReleaseGang] = []
         self.acks: dict[str, list[TaskRef]] = {}
         self.done: list[str] = []
 
@@ -426,6 +498,8 @@ class JobTable:
         self.placed_total = 0
         #: Placements that did not land (REJECTED, or not confirmed in time).
         self.misdispatch_total = 0
+        #: Live tasks stopped and requeued by preemption (:class:`Preempt`).
+        self.preempted_total = 0
         #: Active jobs per state (kept in step, read by metrics at scrape time).
         self.state_counts: Counter[JobState] = Counter()
         #: Called with ``(job id, index, attempt)`` when a placed attempt stops holding its place
@@ -449,6 +523,37 @@ class JobTable:
     def pending(self) -> list[tuple[Job, list[int]]]:
         """A snapshot of the PENDING tasks, oldest job first."""
         return [(self._jobs[j], sorted(idx)) for j, idx in self._pending.items() if idx]
+
+    @staticmethod
+    def gang_indexes(job: Job) -> range:
+        """The gang's task indexes (empty when the job is not a gang)."""
+        return range(min(job.spec.gang_min, len(job.tasks))) if job.spec.is_gang else range(0)
+
+    def gang_waiting(self, job: Job) -> bool:
+        """True when the job's gang is to be placed: some gang task PENDING and none live.
+
+        (Normally every gang task is PENDING; one that finished while the rest were preempted
+        rejoins the gang at :class:`StartGang`.)
+        """
+        gang = self.gang_indexes(job)
+        pending = self._pending.get(job.job_id, {})
+        return any(i in pending for i in gang) and not any(job.tasks[i].live for i in gang)
+
+    @staticmethod
+    def gang_attempt(job: Job) -> int:
+        """The attempt of the gang's tasks (they share one; the highest if they do not)."""
+        gang = JobTable.gang_indexes(job)
+        return max((job.tasks[i].attempt for i in gang), default=0)
+
+    def gang_placeable(self, job_id: str, attempt: int, indexes: Iterable[int]) -> bool:
+        """True when every task of ``indexes`` is PENDING at ``attempt`` in an active job."""
+        job = self._jobs.get(job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            return False
+        pending = self._pending.get(job_id, {})
+        return all(
+            0 <= i < len(job.tasks) and i in pending and job.tasks[i].attempt == attempt for i in indexes
+        )
 
     def subdomains_with_tasks(self) -> list[str]:
         """Sub-domains that hold at least one live task."""
@@ -527,6 +632,14 @@ class JobTable:
                 self._cancel(job_id, reason, out)
             case Tick():
                 self._tick(out)
+            case StartGang():
+                self._start_gang(event, out)
+            case PlaceGang():
+                self._place_gang(event, out)
+            case GangNotPlaced():
+                self._gang_not_placed(event, out)
+            case Preempt():
+                self._preempt(event, out)
         return out.effects()
 
     # -- event handlers --------------------------------------------------------------------------
@@ -559,6 +672,68 @@ class JobTable:
         out.commands.append(PlaceTask(ev.subdomain_id, ref, job.spec))
         self._changed(job, out)
 
+    def _start_gang(self, ev: StartGang, out: _Out) -> None:
+        job = self._jobs.get(ev.job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            raise ValueError(f"cannot start a gang of job {ev.job_id}: it is not active")
+        if not ev.indexes or any(job.tasks[i].live for i in ev.indexes):
+            raise ValueError(
+                f"cannot start a gang of job {ev.job_id}: tasks {ev.indexes} are not all pending"
+            )
+        for i in ev.indexes:
+            task = job.tasks[i]
+            if task.state is not TaskState.PENDING:  # finished alone: runs again with its gang
+                self._repend(job, task, "rejoins its gang")
+        attempt = max(job.tasks[i].attempt for i in ev.indexes) + 1
+        for i in ev.indexes:
+            job.tasks[i].attempt = attempt
+        self._changed(job, out)
+
+    def _place_gang(self, ev: PlaceGang, out: _Out) -> None:
+        if not self.gang_placeable(ev.job_id, ev.attempt, ev.assignments):
+            raise ValueError(f"cannot place the gang of job {ev.job_id} attempt {ev.attempt}: not pending")
+        job = self._jobs[ev.job_id]
+        deadline = self._clock.monotonic() + self._place_timeout_s
+        pending = self._pending[job.job_id]
+        for index, (sd, region, model) in sorted(ev.assignments.items()):
+            task = job.tasks[index]
+            pending.pop(index, None)
+            self._set_state(job, task, TaskState.ASSIGNED)
+            task.subdomain_id = sd
+            task.region = region
+            task.gpu_model = model
+            task.confirmed = task.stopping = False
+            task.message = ""
+            self._by_subdomain.setdefault(sd, {})[(job.job_id, index)] = None
+            self._unconfirmed[(job.job_id, index)] = deadline
+            self.placed_total += 1
+        if not pending:
+            del self._pending[job.job_id]
+        if job.message.startswith("waiting:"):
+            job.message = ""
+        log.info(
+            "gang of job %s attempt %s placed: %d tasks on %s",
+            job.job_id,
+            ev.attempt,
+            len(ev.assignments),
+            ", ".join(sorted({sd for sd, _, _ in ev.assignments.values()})),
+        )
+        self._changed(job, out)
+
+    def _gang_not_placed(self, ev: GangNotPlaced, out: _Out) -> None:
+        job = self._jobs.get(ev.job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            return
+        job.message = f"waiting: {ev.reason}"
+        for i in self.gang_indexes(job):
+            task = job.tasks[i]
+            if task.state is TaskState.PENDING and task.attempt == ev.attempt:
+                task.message = f"gang attempt {ev.attempt} not placed: {ev.reason}"[:MAX_MESSAGE]
+        if ev.misdispatches:
+            self.misdispatch_total += ev.misdispatches
+            job.misdispatches += ev.misdispatches
+            self._changed(job, out)
+
     def _cancel(self, job_id: str, reason: str, out: _Out) -> None:
         job = self._jobs.get(job_id)
         if job is None or job.terminal or job.cancel_requested:
@@ -578,6 +753,8 @@ class JobTable:
                 break
             expired.append(key)
         for job_id, index in expired:
+            if (job_id, index) not in self._unconfirmed:
+                continue  # its gang was requeued by an earlier one of this tick
             job = self._jobs[job_id]
             task = job.tasks[index]
             sd = task.subdomain_id
@@ -595,17 +772,19 @@ class JobTable:
                 self.misdispatch_total += 1
                 job.misdispatches += 1
                 task.rejected_by[sd] = now
-                self._repend(job, task, f"placement on {sd} not confirmed in time")
+                self._requeue(job, task, f"placement on {sd} not confirmed in time", out)
             self._changed(job, out)
 
     def _subdomain_lost(self, sd: str, reason: str, out: _Out) -> None:
         for job_id, index in list(self._by_subdomain.get(sd, {})):
+            if (job_id, index) not in self._by_subdomain.get(sd, {}):
+                continue  # its gang was requeued by an earlier one of this loop
             job = self._jobs[job_id]
             task = job.tasks[index]
             if task.confirmed or task.stopping:
                 self._lost(job, task, reason, out)
             else:
-                self._repend(job, task, f"placement on {sd} not confirmed: {reason}")
+                self._requeue(job, task, f"placement on {sd} not confirmed: {reason}", out)
             self._changed(job, out)
         self._by_subdomain.pop(sd, None)
 
@@ -620,6 +799,8 @@ class JobTable:
                     reported.add((report.job_id, report.index))
             self._report(sd, report, out)
         for key in list(self._by_subdomain.get(sd, {})):
+            if key not in self._by_subdomain.get(sd, {}):
+                continue  # its gang was requeued by an earlier one of this loop
             if key in reported:
                 task = self._jobs[key[0]].tasks[key[1]]
                 if task.stopping:  # the stop may have been lost with the old stream: say it again
@@ -631,7 +812,7 @@ class JobTable:
             if task.confirmed or task.stopping:
                 self._lost(job, task, f"sub-domain {sd} no longer knows it (reconnected without it)", out)
             else:
-                self._repend(job, task, f"placement on {sd} was not received")
+                self._requeue(job, task, f"placement on {sd} was not received", out)
             self._changed(job, out)
 
     def _report(self, sd: str, r: TaskReport, out: _Out) -> None:
@@ -689,6 +870,31 @@ class JobTable:
             return  # PENDING / unspecified: nothing to learn
         self._changed(job, out)
 
+    # -- preemption (MASTER-TASK helper) ----------------------------------------------------------
+
+    def _preempt(self, ev: Preempt, out: _Out) -> None:
+        """Stop the job's live tasks (every one, in every sub-domain) and requeue them, no retry spent.
+
+        A job that is finished, being cancelled or unknown is left alone (the planner decided on
+        a view this event may no longer match). Tasks already being stopped are not touched.
+        """
+        job = self._jobs.get(ev.job_id)
+        if job is None or job.terminal or job.cancel_requested:
+            return
+        stopped = 0
+        for task in job.tasks:
+            if not task.live or task.stopping:
+                continue
+            ref = TaskRef(job.job_id, task.index, task.attempt)
+            log.info("preempting task %s on sub-domain %s: %s", ref, task.subdomain_id, ev.reason)
+            out.commands.append(StopTask(task.subdomain_id, ref, ev.reason))
+            self._repend(job, task, ev.reason)
+            stopped += 1
+        if stopped:
+            self.preempted_total += stopped
+            job.message = ev.reason
+            self._changed(job, out)
+
     # -- transitions -----------------------------------------------------------------------------
 
     def _confirm(self, job: Job, task: Task) -> None:
@@ -700,27 +906,29 @@ class JobTable:
         what = f"exited with code {code}" if code else f"failed to start: {r.message or 'no reason given'}"
         if task.stopping or job.cancel_requested or job.terminal:
             self._finish(job, task, TaskState.FAILED, exit_code=code, message=r.message, report=r)
-        elif task.exit_retries < job.spec.retry.on_exit:
+        elif self._spent(job, task, exit_=True) < job.spec.retry.on_exit:
             task.exit_retries += 1
             log.info("task %s/%s attempt %s %s; retrying", job.job_id, task.index, task.attempt, what)
-            self._repend(job, task, f"attempt {task.attempt} {what}; retrying")
+            self._requeue(job, task, f"attempt {task.attempt} {what}; retrying", out)
         else:
             self._finish(job, task, TaskState.FAILED, exit_code=code, message=r.message, report=r)
-            retries = f" after {task.exit_retries} retries" if task.exit_retries else ""
+            spent = self._spent(job, task, exit_=True)
+            retries = f" after {spent} retries" if spent else ""
             self._fail_job(job, f"task {task.index} {what}{retries}", out)
 
     def _lost(self, job: Job, task: Task, reason: str, out: _Out, report: TaskReport | None = None) -> None:
         if task.stopping or job.cancel_requested or job.terminal:
             self._finish(job, task, TaskState.LOST, message=reason, report=report)
-        elif task.lost_retries < job.spec.retry.on_lost:
+        elif self._spent(job, task, exit_=False) < job.spec.retry.on_lost:
             task.lost_retries += 1
             log.info(
                 "task %s/%s attempt %s lost (%s); retrying", job.job_id, task.index, task.attempt, reason
             )
-            self._repend(job, task, f"attempt {task.attempt} lost: {reason}; retrying")
+            self._requeue(job, task, f"attempt {task.attempt} lost: {reason}; retrying", out)
         else:
             self._finish(job, task, TaskState.LOST, message=reason, report=report)
-            retries = f" after {task.lost_retries} retries" if task.lost_retries else ""
+            spent = self._spent(job, task, exit_=False)
+            retries = f" after {spent} retries" if spent else ""
             self._fail_job(job, f"task {task.index} was lost ({reason}){retries}", out)
 
     def _rejected(self, job: Job, task: Task, sd: str, reason: str, out: _Out) -> None:
@@ -731,7 +939,7 @@ class JobTable:
         job.misdispatches += 1
         task.rejected_by[sd] = self._clock.monotonic()
         log.info("task %s/%s attempt %s rejected by %s: %s", job.job_id, task.index, task.attempt, sd, reason)
-        self._repend(job, task, f"rejected by {sd}: {reason or 'no room'}")
+        self._requeue(job, task, f"rejected by {sd}: {reason or 'no room'}", out)
 
     def _finish(
         self,
@@ -765,6 +973,52 @@ class JobTable:
         task.confirmed = task.stopping = False
         self._pending.setdefault(job.job_id, {})[task.index] = None
 
+    def _spent(self, job: Job, task: Task, *, exit_: bool) -> int:
+        """Retries spent: the task's own, or for a gang task the whole gang's (one budget)."""
+        if task.index not in self.gang_indexes(job):
+            return task.exit_retries if exit_ else task.lost_retries
+        tasks = (job.tasks[i] for i in self.gang_indexes(job))
+        return sum(t.exit_retries if exit_ else t.lost_retries for t in tasks)
+
+    def _requeue(self, job: Job, task: Task, message: str, out: _Out) -> None:
+        """Back to PENDING as a new attempt: the task alone, or its whole gang."""
+        if task.index in self.gang_indexes(job):
+            self._requeue_gang(job, task, message, out)
+        else:
+            self._repend(job, task, message)
+
+    def _requeue_gang(self, job: Job, cause: Task, message: str, out: _Out) -> None:
+        """Stop every gang task and queue them all again as one new attempt (never a partial gang).
+
+        ``cause`` (the task that failed, was lost, rejected or not confirmed) is not told to stop:
+        it has ended or never started. The gang's reservations are released.
+        """
+        gang = self.gang_indexes(job)
+        old = self.gang_attempt(job)
+        why = f"gang of job {job.job_id} requeued: task {cause.index} {message}"
+        for i in gang:
+            task = job.tasks[i]
+            if task.live and not task.stopping and task is not cause:
+                out.commands.append(StopTask(task.subdomain_id, TaskRef(job.job_id, i, task.attempt), why))
+        self._release_gang(job, why, out)
+        new = old + 1
+        for i in gang:
+            task = job.tasks[i]
+            if task.state is not TaskState.PENDING:
+                self._repend(job, task, message if task is cause else why)
+            task.attempt = new
+        log.info("gang of job %s attempt %s requeued as attempt %s: %s", job.job_id, old, new, why)
+
+    def _release_gang(self, job: Job, reason: str, out: _Out) -> None:
+        """Release the reservation of every sub-domain holding a live task of the gang."""
+        sds: dict[tuple[str, int], None] = {}
+        for i in self.gang_indexes(job):
+            task = job.tasks[i]
+            if task.live and task.subdomain_id:
+                sds[(task.subdomain_id, task.attempt)] = None
+        for sd, attempt in sds:
+            out.commands.append(ReleaseGang(sd, reservation_id(job.job_id, attempt, sd), reason))
+
     def _unplace(self, job: Job, task: Task) -> None:
         key = (job.job_id, task.index)
         if task.subdomain_id and self.on_unplace is not None:
@@ -777,7 +1031,8 @@ class JobTable:
         self._unconfirmed.pop(key, None)
 
     def _stop_all(self, job: Job, reason: str, out: _Out) -> None:
-        """Stop every live task; unplaced ones are CANCELLED at once."""
+        """Stop every live task (and release a gang's reservations); unplaced ones are CANCELLED."""
+        self._release_gang(job, reason, out)
         pending = self._pending.pop(job.job_id, {})
         for index in pending:
             task = job.tasks[index]
@@ -819,6 +1074,14 @@ class JobTable:
                 job.message = ""
                 job.finished_at = self._clock.time()
                 log.info("job %s succeeded", job.job_id)
+                if job.spec.is_gang:  # the sub-domains may forget the gang's allocations
+                    parts = {
+                        (job.tasks[i].subdomain_id, job.tasks[i].attempt) for i in self.gang_indexes(job)
+                    }
+                    for sd, attempt in sorted(parts):
+                        if sd:
+                            rid = reservation_id(job.job_id, attempt, sd)
+                            out.commands.append(ReleaseGang(sd, rid, "the gang's job succeeded"))
             elif job.cancel_requested and not job.live_tasks and not c[TaskState.PENDING]:
                 self._set_job_state(job, JobState.CANCELLED)
                 job.message = job.message.replace("cancelling:", "cancelled:", 1)

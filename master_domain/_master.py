@@ -15,10 +15,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -41,33 +43,46 @@ from domainos.ids import new_job_id, new_request_id
 from domainos.jobspec import JobSpec
 from domainos.model import TaskRef
 from domainos.ratelimit import RateLimiter
+from domainos.resources import Resources
 from domainos.rpc import bind, create_server
 from domainos.store import MAX_VALUE_BYTES, AsyncStore, Op, absent, open_store, put_op
 from domainos.topology import check_name
-from master_domain._admission import Admission, Admitted, QuotaRow, allocation_id
+from master_domain._admission import NO_REGION, Admission, Admitted, QuotaRow, Refused, allocation_id
 from master_domain._audit import AuditLog
 from master_domain._auth import Principal, Role, TokenRecord, contains_token
 from master_domain._config import MasterConfig
 from master_domain._convert import (
     TOKEN_ENV,
     ack_tasks_command,
+    commit_command,
     parse_place_command_id,
     place_task_command,
+    release_command,
+    reservation_event,
+    reserve_command,
+    resync_event,
     stop_task_command,
     task_report_from_proto,
+    task_spec,
 )
 from master_domain._jobs import (
     TERMINAL_JOB_STATES,
     AckTasks,
     Cancel,
     Effect,
+    GangNotPlaced,
     Job,
     JobDone,
     JobState,
     JobTable,
     PersistJob,
     Place,
+    PlaceGang,
     PlaceTask,
+    Preempt,
+    ReleaseGang,
+    SendCommand,
+    StartGang,
     StopTask,
     SubdomainHello,
     SubdomainLost,
@@ -77,11 +92,16 @@ from master_domain._jobs import (
     Tick,
 )
 from master_domain._metrics import MasterMetrics, MasterStats
-from master_domain._placement import Placer, check_fits_federation
+from master_domain._placement import Placer, Want, check_fits_federation
+from master_domain._preemption import Decision, Preemptions
 from master_domain._registry import Registry, Session, SubdomainRecord
+from master_domain._sched import _reserve
 from master_domain._sched._fairshare import capacity_from_summaries
-from master_domain._sched._power import RegionPower
-from master_domain._sched._quota import ANY, Quota, validated_quota
+from master_domain._sched._gang import GangPlan, LimitsFn, consume, plan_gang
+from master_domain._sched._loss import Link, LinkTable
+from master_domain._sched._power import Fits, RegionPower, format_kw
+from master_domain._sched._quota import ANY, GPU_ANY, Admit, Quota, demand_of, gpu_class, validated_quota
+from master_domain._sched._topology import BlockView, GpuLimit, SubDomainView, Unplaceable
 from master_domain._summary import MAX_NODES, Summary
 from master_domain._tenants import SYSTEM_TENANT, Directory, token_key
 
@@ -92,6 +112,8 @@ REQUESTS_PREFIX = "/domainos/master/requests/"
 SUBDOMAINS_PREFIX = "/domainos/master/subdomains/"
 QUOTAS_PREFIX = "/domainos/master/quotas/"
 
+#: Waiting tasks of one job tried per pass when they differ (other shards, other rejections).
+LOCALITY_TRIES = 64
 #: How often the scheduling loop wakes without an event (placement and grace timeouts).
 TICK_S = 1.0
 LOG_TIMEOUT_S = 10.0
@@ -100,6 +122,8 @@ MAX_LOG_BYTES = 1024 * 1024
 DEFAULT_NODE_PAGE = 1000
 #: Finished jobs kept in memory for GetJob/ListJobs (the rest are read from the store).
 FINISHED_CACHE = 10_000
+#: A gang that could not be placed (or whose reservation failed) is tried again after this long.
+GANG_RETRY_S = 3.0
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -126,6 +150,15 @@ def _job_not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id} not found", field="job_id")
 
 
+@dataclasses.dataclass(slots=True)
+class _GangTry:
+    """A gang between its Start and GangPlaced/GangFailed: the plan and what was charged."""
+
+    attempt: int
+    plan: GangPlan
+    tenant: str
+
+
 class MasterDomain:
     """The cross-region master: accepts jobs, places their tasks on sub-domains, tracks them.
 
@@ -139,10 +172,21 @@ class MasterDomain:
         self._clock: Clock = clock or SystemClock()
         self._jobs = JobTable(clock=self._clock, place_timeout_s=config.place_timeout_s)
         self._placer = Placer()
+        # Gang-aware preemption for jobs that wait for room (see master_domain/_preemption.py).
+        self._preemptions = Preemptions()
         # Quotas, region power budgets and the pending order; budgets come from the topology
         # file at start. Charges are released when the job table unplaces an attempt.
         self._admission = Admission()
         self._jobs.on_unplace = self._on_unplace
+        # Gangs: the two-phase reservations across sub-domains, the inter-region links (from the
+        # topology) for the loss model, the gangs in flight, the last plan or wait reason of each
+        # gang job (for explain) and when a gang that failed may be tried again (all bounded by
+        # the active jobs; dropped when a job retires).
+        self._coordinator = _reserve.Coordinator()
+        self._links = LinkTable()
+        self._gangs: dict[str, _GangTry] = {}
+        self._gang_notes: dict[str, str] = {}
+        self._gang_retry_at: dict[str, float] = {}
         self._registry = Registry(self._clock)
         self._metrics = MasterMetrics(self.stats)
         # Every job id ever seen, sorted (ids sort by creation time), and the state of the
@@ -336,6 +380,12 @@ class MasterDomain:
         topology = await asyncio.to_thread(self.config.load_topology)
         if topology is not None:
             self._admission = Admission([RegionPower.from_topology(r) for r in topology.regions])
+            self._links = LinkTable(
+                {
+                    (ln.between[0], ln.between[1]): Link(ln.bandwidth_gbps, ln.distance_km)
+                    for ln in topology.links
+                }
+            )
         for kv in await self.store.range(QUOTAS_PREFIX):
             try:
                 self._admission.put_quota(Quota.from_dict(json.loads(kv.value)))
@@ -392,9 +442,20 @@ class MasterDomain:
                     if ok:  # else: the placement times out and is redone
                         job = self._jobs.get(e.ref.job_id)
                         token = job.token if job is not None else ""
-                        self._send(e.subdomain_id, place_task_command(e.ref, e.spec, self.advertise, token))
+                        submitted = job.created_at if job is not None else 0.0
+                        self._send(
+                            e.subdomain_id,
+                            place_task_command(e.ref, e.spec, self.advertise, token, submitted_at=submitted),
+                        )
                 elif isinstance(e, StopTask):
                     self._send(e.subdomain_id, stop_task_command(e.ref, e.reason))
+                elif isinstance(e, ReleaseGang):
+                    self._send(e.subdomain_id, release_command(e.reservation_id, e.reason))
+                elif isinstance(e, SendCommand):
+                    # A Reserve goes out only once its attempt is stored (a restarted master must
+                    # never reuse a reservation id); unsent, the coordinator times the gang out.
+                    if ok or e.command.WhichOneof("body") != "reserve":
+                        self._send(e.subdomain_id, e.command)
                 elif isinstance(e, AckTasks) and ok:  # else: the sub-domain re-sends them
                     self._send(e.subdomain_id, ack_tasks_command(e.refs))
             if ok:
@@ -431,6 +492,9 @@ class MasterDomain:
         job = self._jobs.retire(job_id)
         if job is None:
             return
+        self._gang_notes.pop(job_id, None)
+        self._gang_retry_at.pop(job_id, None)
+        self._preemptions.forget(job_id)
         if job.token_id:
             self._spawn(self._revoke_job_token(job), f"revoke-token-{job_id}")
         self._finished_state[job_id] = job.state
@@ -477,6 +541,7 @@ class MasterDomain:
     async def schedule_once(self) -> None:
         """One pass: timeouts, sub-domains past their grace, then placement of PENDING tasks."""
         effects: list[Effect] = list(self._jobs.handle(Tick()))
+        effects.extend(self._carry(self._coordinator.handle(_reserve.Tick(self._clock.monotonic()))))
         effects.extend(self._expire_absent_subdomains())
         effects.extend(self._place_pending())
         if effects or self._dirty:
@@ -519,17 +584,42 @@ class MasterDomain:
         if not pending:
             return effects
         adm.set_capacity(capacity_from_summaries(r.summary for r in self._registry.connected()))
+        # The first job in fair-share order that waits for room (preemption may make it some).
+        short: tuple[Job, list[int]] | None = None
+        gang_views: list[SubDomainView] | None = None  # built for the first gang of the pass
         for job_id in adm.order():
             job, indexes = pending[job_id]
+            if job.spec.is_gang:
+                if self._jobs.gang_waiting(job):
+                    if gang_views is None:
+                        gang_views = self._gang_views()
+                    gang_effects, gang_views = self._place_gang(job, gang_views)
+                    effects.extend(gang_effects)
+                    wait = adm.last_wait(job_id)
+                    if (
+                        short is None
+                        and not gang_effects
+                        and wait is not None
+                        and wait.kind == "capacity"
+                        and not wait.reason.startswith("scheduler error")
+                    ):
+                        short = (job, list(self._jobs.gang_indexes(job)))  # a gang may preempt too
+                    continue
+                # The gang is placed: the tasks past gang.min are placed one by one.
+                indexes = [i for i in indexes if i >= job.spec.gang_min]
+                if not indexes:
+                    continue
             request = job.spec.resources
             tenant = job_tenant(job)
+            misses = 0  # tasks of this job that waited in this pass
             for index in indexes:
                 task = job.tasks[index]
                 started = time.perf_counter()
+                # Per-task constraints (excluded models, node labels, data locality) from the spec.
+                want = Want.for_task(job.spec, index, job.created_at, self._clock.time())
+                choose = self._placer.choose if want is None else partial(self._placer.choose, want=want)
                 try:
-                    decision = adm.decide(
-                        tenant, request, self._placer.choose, self._placer.slot_model, task.rejected_by
-                    )
+                    decision = adm.decide(tenant, request, choose, self._placer.slot_model, task.rejected_by)
                 except DomainOSError as exc:  # one bad record must not stop every other job
                     log.error("cannot decide for job %s task %s: %s", job_id, index, exc)
                     self._jobs.set_waiting(job_id, f"scheduler error: {exc}")
@@ -538,8 +628,13 @@ class MasterDomain:
                 if not isinstance(decision, Admitted):
                     self._jobs.set_waiting(job_id, decision.reason)
                     adm.note_wait(job_id, decision)
-                    if not task.rejected_by:
+                    if short is None and decision.kind == "capacity":
+                        short = (job, [i for i in indexes if job.tasks[i].state is TaskState.PENDING])
+                    misses += 1
+                    if not task.rejected_by and (want is None or not want.dataset):
                         break  # the job's other tasks are the same size: they would wait too
+                    if misses >= LOCALITY_TRIES:
+                        break  # tasks of other shards may fit, but a pass tries a bounded number
                     continue
                 effects.extend(
                     self._jobs.handle(
@@ -555,8 +650,61 @@ class MasterDomain:
                     decision.watts,
                     decision.why,
                 )
-                self._placer.commit(decision.subdomain_id, request, self._clock.monotonic())
+                self._placer.commit(
+                    decision.subdomain_id, request, self._clock.monotonic(), decision.gpu_model
+                )
+        if short is not None:
+            effects.extend(self._preempt_for(*short))
         return effects
+
+    def _preempt_for(self, job: Job, indexes: list[int]) -> list[Effect]:
+        """Stop lower-priority jobs whole so ``job`` (waiting for room) fits; requeue them."""
+        adm = self._admission
+        decision = self._preemptions.plan(
+            job,
+            indexes,
+            self._jobs.jobs(),
+            self._placer,
+            adm.demand_and_watts,
+            adm.priority,
+            job_tenant,
+            now=self._clock.time(),
+            mono=self._clock.monotonic(),
+        )
+        if decision is None:
+            return []
+        effects: list[Effect] = []
+        for victim in decision.victims:
+            effects.extend(self._jobs.handle(Preempt(victim, decision.stop_reason)))
+        self._preemptions.applied(decision, now=self._clock.time(), mono=self._clock.monotonic())
+        log.info("job %s preempts %s: %s", job.job_id, ", ".join(decision.victims), decision.reason)
+        self._audit_preemption(decision)
+        return effects
+
+    def _audit_preemption(self, decision: Decision) -> None:
+        """One audit entry per stopped job (written in the background: the pass must not wait)."""
+        if self._audit is None:
+            return
+        for victim in decision.victims:
+            owner = self._owners.get(victim, ("", ""))[0]
+            entry = self._audit.entry(
+                principal="master",
+                tenant=owner,
+                role="",
+                method="Preempt",
+                target=victim,
+                request_id="",
+                code="OK",
+                message=f"{decision.stop_reason}: {decision.victim_reasons.get(victim, decision.reason)}",
+                peer="",
+            )
+            self._spawn(self._write_audit(entry), f"audit-preempt-{victim}")
+
+    async def _write_audit(self, entry: Any) -> None:
+        try:
+            await self.audit.write(entry)
+        except DomainOSError as exc:
+            log.warning("audit entry for %s not written: %s", entry.target, exc)
 
     def _on_unplace(self, job_id: str, index: int, attempt: int) -> None:
         self._admission.release(allocation_id(job_id, index, attempt))
@@ -581,6 +729,269 @@ class MasterDomain:
                 )
             except DomainOSError as exc:
                 log.error("charges of task %s/%s not restored: %s", job.job_id, task.index, exc)
+
+    # -- gangs: all-or-nothing placement across sub-domains ---------------------------------------
+
+    def _gang_views(self) -> list[SubDomainView]:
+        """Every connected sub-domain as the gang planner sees it (shapes, blocks when known)."""
+        views: list[SubDomainView] = []
+        for rec in sorted(self._registry.connected(), key=lambda r: r.subdomain_id):
+            summary = rec.summary
+            # Blocks are a preference only: a summary without them plans the same way.
+            blocks = tuple(BlockView(b.block, b.shapes) for b in summary.blocks)
+            views.append(
+                SubDomainView.from_summary(rec.subdomain_id, rec.region or NO_REGION, summary, blocks)
+            )
+        return views
+
+    def _gang_limits(self, tenant: str) -> tuple[LimitsFn, LimitsFn]:
+        """GPU limits per region and per sub-domain, by GPU model: power and quota headroom."""
+        adm = self._admission
+        power = adm.power
+        quotas = adm.quotas
+        cache: dict[str, tuple[dict[str, GpuLimit], dict[str, GpuLimit]]] = {}
+
+        def tighten(table: dict[str, GpuLimit], key: str, limit: GpuLimit) -> None:
+            old = table.get(key)
+            if old is None or limit.gpus < old.gpus:
+                table[key] = limit
+
+        def compute(model: str) -> tuple[dict[str, GpuLimit], dict[str, GpuLimit]]:
+            if model not in cache:
+                regions: dict[str, GpuLimit] = {}
+                subdomains: dict[str, GpuLimit] = {}
+                tdp = power.model.tdp(model)
+                for region in power.regions():
+                    room = power.headroom_w(region)
+                    if math.isinf(room) or tdp <= 0:
+                        continue
+                    tighten(
+                        regions,
+                        region,
+                        GpuLimit(
+                            int(room // tdp),
+                            f"power: {format_kw(room)} kW headroom / {tdp} W per {model or 'GPU'}",
+                        ),
+                    )
+                for q in quotas.quotas(tenant):
+                    if q.region == ANY and q.subdomain == ANY:
+                        continue  # a total over every region: checked on the whole plan
+                    used = quotas.used(tenant, q.region, q.subdomain)
+                    for cls in (gpu_class(model), GPU_ANY):
+                        if cls not in q.limits:
+                            continue
+                        left = max(0, q.limits[cls] - used.get(cls, 0))
+                        limit = GpuLimit(left, f"quota {q.name}: {left} {cls} left")
+                        if q.subdomain != ANY:
+                            tighten(subdomains, q.subdomain, limit)
+                        else:
+                            tighten(regions, q.region, limit)
+                cache[model] = (regions, subdomains)
+            return cache[model]
+
+        return (lambda m: compute(m)[0]), (lambda m: compute(m)[1])
+
+    def _gang_wait(self, job: Job, kind: str, reason: str) -> None:
+        self._jobs.set_waiting(job.job_id, reason)
+        self._admission.note_wait(job.job_id, Refused(kind, reason))
+        self._gang_retry_at[job.job_id] = self._clock.monotonic() + GANG_RETRY_S
+
+    def _place_gang(self, job: Job, views: list[SubDomainView]) -> tuple[list[Effect], list[SubDomainView]]:
+        """Plan, admit, charge and start reserving a gang's tasks (all or nothing).
+
+        Returns the effects and the views minus what this gang takes (for the next gang of the
+        pass). A gang that cannot go waits with the reason; nothing is reserved or charged.
+        """
+        now = self._clock.monotonic()
+        job_id = job.job_id
+        if self._coordinator.phase(job_id) is not None or self._gang_retry_at.get(job_id, 0.0) > now:
+            return [], views
+        indexes = tuple(self._jobs.gang_indexes(job))
+        tenant = job_tenant(job)
+        adm = self._admission
+        region_limits, subdomain_limits = self._gang_limits(tenant)
+        started = time.perf_counter()
+        try:
+            plan = plan_gang(
+                job.spec,
+                indexes,
+                views,
+                self._links,
+                region_limits=region_limits,
+                subdomain_limits=subdomain_limits,
+            )
+        except DomainOSError as exc:
+            log.error("cannot plan the gang of job %s: %s", job_id, exc)
+            self._gang_wait(job, "capacity", f"scheduler error: {exc}")
+            return [], views
+        self._metrics.observe_decision(time.perf_counter() - started)
+        if isinstance(plan, Unplaceable):
+            self._gang_notes[job_id] = f"unplaceable ({plan.rule}): {plan.reason}" + (
+                "\nloss model: " + plan.loss.explain() if plan.loss is not None else ""
+            )
+            kind = {"limit": "quota+power", "loss": "loss"}.get(plan.rule, "capacity")
+            self._gang_wait(job, kind, plan.reason)
+            return [], views
+        # Admission of the whole gang: quota over the split, power per region.
+        demands: dict[tuple[str, str], dict[str, int]] = {}
+        watts_by_region: dict[str, int] = {}
+        per_task: dict[str, tuple[dict[str, int], int]] = {}
+        for sd, idx in plan.parts.items():
+            region = plan.regions[sd]
+            request = plan.task_request(sd)
+            demand, watts = adm.demand_and_watts(request, request.gpu_model)
+            per_task[sd] = (demand, watts)
+            demands[(region, sd)] = demand_of(
+                Resources(request.cpu_millis, request.memory_bytes, request.gpus, request.gpu_model or ANY),
+                len(idx),
+            )
+            watts_by_region[region] = watts_by_region.get(region, 0) + watts * len(idx)
+        verdict = adm.quotas.admit_split(tenant, demands)
+        if not isinstance(verdict, Admit):
+            self._gang_notes[job_id] = plan.describe() + f"\nquota: refused: {verdict.reason}"
+            self._gang_wait(job, "quota", f"quota: {verdict.reason}")
+            return [], views
+        power_notes: list[str] = []
+        for region, watts in sorted(watts_by_region.items()):
+            if not watts or region not in adm.power.regions():
+                continue
+            check = adm.power.check(region, watts)
+            if not isinstance(check, Fits):
+                self._gang_notes[job_id] = plan.describe() + f"\npower: refused: {check.reason}"
+                self._gang_wait(job, "power", f"power: {check.reason}")
+                return [], views
+            if not math.isinf(check.budget_w):
+                power_notes.append(
+                    f"region {region} {format_kw(check.in_use_w + watts)} kW of "
+                    f"{format_kw(check.budget_w)} kW with this gang ({format_kw(watts)} kW)"
+                )
+        quota_note = (
+            "quota: within " + ", ".join(q.name for q in verdict.quotas)
+            if verdict.quotas
+            else f"quota: tenant {tenant} has no quota here (not limited)"
+        )
+        power_note = "power: " + ("; ".join(power_notes) if power_notes else "no budget applies")
+        # Go: one fresh attempt (persisted before any Reserve), charges, then the coordinator.
+        effects: list[Effect] = list(self._jobs.handle(StartGang(job_id, indexes)))
+        attempt = self._jobs.gang_attempt(job)
+        why = f"gang attempt {attempt}: {plan.reasons[0] if plan.reasons else 'planned'}; {quota_note}; {power_note}"
+        for sd, idx in plan.parts.items():
+            demand, watts = per_task[sd]
+            for i in idx:
+                adm.charge(
+                    allocation_id(job_id, i, attempt), tenant, plan.regions[sd], sd, demand, watts, why
+                )
+        self._gangs[job_id] = _GangTry(attempt, plan, tenant)
+        self._gang_notes[job_id] = "\n".join([plan.describe(), quota_note, power_note])
+        timeout = job.spec.gang_timeout_s
+        parts = {sd: _reserve.Demand.of(plan.task_request(sd), len(idx)) for sd, idx in plan.parts.items()}
+        effects.extend(
+            self._carry(
+                self._coordinator.handle(
+                    _reserve.Start(
+                        job_id, attempt, parts, now, timeout, adm.priority(job.spec.priority).value
+                    )
+                )
+            )
+        )
+        log.info("gang of job %s attempt %s reserving: %s", job_id, attempt, plan.describe().splitlines()[0])
+        return effects, consume(views, plan)
+
+    def _carry(self, commands: Iterable[_reserve.MasterCommand]) -> list[Effect]:
+        """Turn the coordinator's commands into effects (messages, job table events, charges)."""
+        effects: list[Effect] = []
+        for c in commands:
+            if isinstance(c, _reserve.Reserve):
+                gang = self._gangs.get(c.job_id)
+                job = self._jobs.get(c.job_id)
+                if gang is None or job is None or gang.attempt != c.attempt:
+                    log.warning("no gang for reservation %s; not sent", c.reservation_id)
+                    continue
+                model = gang.plan.models.get(c.subdomain, "")
+                specs = [
+                    task_spec(
+                        TaskRef(c.job_id, i, c.attempt),
+                        job.spec,
+                        self.advertise,
+                        job.token,
+                        submitted_at=job.created_at,
+                        reservation_id=c.reservation_id,
+                        gpu_model=model,
+                    )
+                    for i in gang.plan.parts.get(c.subdomain, ())
+                ]
+                effects.append(SendCommand(c.subdomain, reserve_command(c.reservation_id, specs, c.hold_s)))
+            elif isinstance(c, _reserve.Commit):
+                effects.append(SendCommand(c.subdomain, commit_command(c.reservation_id)))
+            elif isinstance(c, _reserve.Release):
+                effects.append(SendCommand(c.subdomain, release_command(c.reservation_id, c.reason)))
+            elif isinstance(c, _reserve.GangPlaced):
+                effects.extend(self._gang_placed(c))
+            elif isinstance(c, _reserve.GangFailed):
+                effects.extend(self._gang_failed(c))
+        return effects
+
+    def _gang_placed(self, c: _reserve.GangPlaced) -> list[Effect]:
+        gang = self._gangs.pop(c.job_id, None)
+        if gang is None or gang.attempt != c.attempt:
+            return []
+        assignments = {
+            i: (sd, "" if region == NO_REGION else region, model)
+            for i, (sd, region, model) in gang.plan.assignments().items()
+        }
+        if not self._jobs.gang_placeable(c.job_id, c.attempt, assignments):
+            # Cancelled (or superseded) while committing: undo every part.
+            self._release_charges(c.job_id, gang)
+            return [
+                SendCommand(sd, release_command(rid, "the job no longer wants this gang"))
+                for sd, rid in c.reservations.items()
+            ]
+        return list(self._jobs.handle(PlaceGang(c.job_id, c.attempt, assignments)))
+
+    def _gang_failed(self, c: _reserve.GangFailed) -> list[Effect]:
+        gang = self._gangs.pop(c.job_id, None)
+        if gang is not None and gang.attempt == c.attempt:
+            self._release_charges(c.job_id, gang)
+        self._gang_retry_at[c.job_id] = self._clock.monotonic() + GANG_RETRY_S
+        reason = f"gang attempt {c.attempt} not placed: {c.reason}"
+        previous = self._gang_notes.get(c.job_id, "")
+        self._gang_notes[c.job_id] = f"{reason}\nlast plan:\n{previous}" if previous else reason
+        job = self._jobs.get(c.job_id)
+        if job is not None and not job.terminal and not job.cancel_requested:
+            self._admission.note_wait(c.job_id, Refused("capacity", reason))
+        return list(self._jobs.handle(GangNotPlaced(c.job_id, c.attempt, reason, c.misdispatches)))
+
+    def _release_charges(self, job_id: str, gang: _GangTry) -> None:
+        for idx in gang.plan.parts.values():
+            for i in idx:
+                self._admission.release(allocation_id(job_id, i, gang.attempt))
+
+    def _explain_gang(self, job: Job) -> list[str]:
+        lines: list[str] = []
+        spec = job.spec
+        if spec.parallelism is not None:
+            par = spec.parallelism
+            size = (
+                f", model {spec.model.parameters:,} params × {spec.model.bytes_per_parameter:g} B"
+                if spec.model is not None
+                else ""
+            )
+            it = f", iteration {spec.iteration_time_s:g} s" if spec.iteration_time_s else ""
+            lines.append(
+                f"training job: TP {par.tp} × PP {par.pp} × DP {par.dp} ({spec.replicas} tasks of "
+                f"{par.tp} GPUs){size}{it}, loss budget {spec.max_cross_domain_loss * 100:g}%; placed all or nothing"
+            )
+        else:
+            lines.append(
+                f"gang: the first {spec.gang_min} of {spec.replicas} tasks are placed all or nothing"
+            )
+        phase = self._coordinator.explain(job.job_id)
+        if phase:
+            lines.append(f"  reservation: {phase}")
+        note = self._gang_notes.get(job.job_id)
+        if note:
+            lines.extend(f"  {line}" for line in note.splitlines())
+        return lines
 
     # -- sub-domain streams ----------------------------------------------------------------------
 
@@ -638,7 +1049,9 @@ class MasterDomain:
             summary.nodes_ready,
             session.peer,
         )
-        effects = self._jobs.handle(SubdomainHello(sd, tuple(reports)))
+        effects = list(self._jobs.handle(SubdomainHello(sd, tuple(reports))))
+        # Gang reservations it holds: those of failed or unknown gangs are released.
+        effects.extend(self._carry(self._coordinator.handle(resync_event(sd, list(hello.reservations)))))
         await self._persist_subdomain(rec)
         await self._commit(effects)
         self.wake()
@@ -659,7 +1072,11 @@ class MasterDomain:
             self.config.subdomain_lost_grace_s,
         )
         if not self._stopping:
+            # Gangs reserving or committing there fail whole (every other part is released).
+            lost = self._carry(self._coordinator.handle(_reserve.SubdomainLost(session.subdomain_id)))
             await self._persist_subdomain(rec)
+            if lost:
+                await self._commit(lost)
             self.wake()
 
     async def _persist_subdomain(self, rec: SubdomainRecord) -> None:
@@ -709,6 +1126,12 @@ class MasterDomain:
                     )
                     await self._commit(self._jobs.handle(TaskUpdates(sd, (report,))))
                     self.wake()
+        elif kind == "reservation":
+            event = reservation_event(sd, msg.reservation)
+            if event is not None:
+                self._registry.touch(sd)
+                await self._commit(self._carry(self._coordinator.handle(event)))
+                self.wake()
         elif kind == "node_list":
             if not session.resolve(msg.node_list.request_id, msg.node_list):
                 log.debug("late node list %s from sub-domain %s", msg.node_list.request_id, sd)
@@ -896,7 +1319,10 @@ class MasterDomain:
         job = self._jobs.get(job_id)
         if job is None:
             return found
-        ok = await self._commit(self._jobs.handle(Cancel(job_id, reason)))
+        # A gang still reserving is released first (its charges with it).
+        effects = self._carry(self._coordinator.handle(_reserve.Cancel(job_id, reason or "cancelled")))
+        effects.extend(self._jobs.handle(Cancel(job_id, reason)))
+        ok = await self._commit(effects)
         if not ok:
             raise Unavailable("the cancel could not be recorded (store unavailable); retry")
         return job
@@ -1102,6 +1528,14 @@ class MasterDomain:
             f"{job.spec.resources.describe()}): {job.state.value}"
             + (f" - {job.message}" if job.message else "")
         ]
+        lines.extend(
+            f"  {line}"
+            for line in self._preemptions.explain(
+                job.job_id, lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+            )
+        )
+        if job.spec.is_gang and job.job_id in self._jobs:
+            lines.extend(self._explain_gang(job))
         pending = [t.index for t in job.tasks if t.state is TaskState.PENDING]
         if pending and job.job_id in self._jobs:
             lines.append(f"{len(pending)} task(s) pending: {_indexes(pending)}")
@@ -1141,6 +1575,7 @@ class MasterDomain:
                 jobs.update(dict(self._finished_counts))
                 records = list(self._registry)
                 connected = [r for r in records if r.connected]
+                rs = self._coordinator.stats
                 return MasterStats(
                     jobs_by_state={s.value: jobs.get(s, 0) for s in JobState},
                     subdomains_connected=len(connected),
@@ -1148,6 +1583,12 @@ class MasterDomain:
                     tasks_placed_total=self._jobs.placed_total,
                     misdispatch_total=self._jobs.misdispatch_total,
                     nodes_ready=sum(r.summary.nodes_ready for r in connected),
+                    reservations_sent=rs.reserves_sent,
+                    reservations_accepted=rs.accepted,
+                    reservations_refused=rs.refused,
+                    reservations_expired=rs.expired,
+                    gangs_placed=rs.gangs_placed,
+                    gangs_failed=rs.gangs_failed,
                 )
             except RuntimeError:  # a dict changed size while being copied: try again
                 continue

@@ -32,6 +32,14 @@ class MasterStats:
     tasks_placed_total: int = 0
     misdispatch_total: int = 0
     nodes_ready: int = 0
+    #: Gang reservations: Reserve messages sent, accepted, refused for capacity (mis-dispatches),
+    #: refused because the hold expired; gangs placed and failed.
+    reservations_sent: int = 0
+    reservations_accepted: int = 0
+    reservations_refused: int = 0
+    reservations_expired: int = 0
+    gangs_placed: int = 0
+    gangs_failed: int = 0
 
 
 class _MasterCollector(Collector):
@@ -66,6 +74,25 @@ class _MasterCollector(Collector):
             "Placements that did not land (rejected by the sub-domain or not confirmed in time).",
             value=stats.misdispatch_total,
         )
+        reservations = CounterMetricFamily(
+            "domainos_master_reservations",
+            "Gang reservations sent to sub-domains, and their answers (refused = a mis-dispatch for "
+            "capacity; expired = the hold ended before the commit).",
+            labels=["outcome"],
+        )
+        reservations.add_metric(["sent"], stats.reservations_sent)
+        reservations.add_metric(["accepted"], stats.reservations_accepted)
+        reservations.add_metric(["refused"], stats.reservations_refused)
+        reservations.add_metric(["expired"], stats.reservations_expired)
+        yield reservations
+        gangs = CounterMetricFamily(
+            "domainos_master_gangs",
+            "Gangs placed whole, or failed (every part released).",
+            labels=["outcome"],
+        )
+        gangs.add_metric(["placed"], stats.gangs_placed)
+        gangs.add_metric(["failed"], stats.gangs_failed)
+        yield gangs
         yield GaugeMetricFamily(
             "domainos_master_nodes_ready",
             "Ready nodes, summed over the connected sub-domains' summaries.",

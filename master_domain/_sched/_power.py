@@ -389,7 +389,10 @@ class PowerBook:
                 notes.append(f"{region}: no power budget declared")
                 continue
             room = self.headroom_w(region)
-            can = left if per == 0 or math.isinf(room) else min(left, int(room // per))
+            if per == 0:  # nothing to add, but a region already over its budget takes nothing
+                can = left if isinstance(self.check(region, 0), Fits) else 0
+            else:
+                can = left if math.isinf(room) else min(left, int(room // per))
             notes.append(f"{region}: {format_kw(room)} kW headroom holds {can}")
             if can > 0:
                 parts.append((region, can))

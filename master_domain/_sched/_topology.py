@@ -17,7 +17,8 @@ counted per shape, never per node:
 
 * a node of a shape with ``f`` free GPUs and ``c``/``m`` free CPU/memory (the shape's roomiest
   node's vector) hosts ``g = min(⌊f / tp⌋, ⌊c / (tp · cpu)⌋, ⌊m / (tp · mem)⌋)`` TP groups (a
-  dimension the job does not ask for is not a limit); the shape's ``n`` nodes host ``n · g``.
+  dimension the job does not ask for is not a limit), none when its largest free NVLink domain
+  (``free_nvlink_gpus``) holds fewer than ``tp``; the shape's ``n`` nodes host ``n · g``.
   GPUs are exact (free GPUs are part of the shape's key); CPU and memory are the roomiest node's,
   so another node of the shape may have up to one bucket (2^¼, ~19%) less — the sub-domain's
   reservation answer is the final check, as for every placement from summaries;
@@ -162,6 +163,8 @@ class TrainingShape:
         """TP groups one node of ``shape`` hosts (0 when its model is not allowed)."""
         if shape.count <= 0 or not self.allows(shape.gpu_model):
             return 0
+        if shape.free_nvlink_gpus < self.tp:
+            return 0  # a TP group needs its GPUs inside one NVLink domain
         g = shape.free_gpus // self.tp
         if self.cpu_millis_per_gpu:
             g = min(g, shape.best.cpu_millis // (self.tp * self.cpu_millis_per_gpu))

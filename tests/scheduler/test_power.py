@@ -304,10 +304,11 @@ def test_charges_never_exceed_a_budget_and_release_restores(data: st.DataObject)
             if isinstance(result, Fits):
                 assert b.charge_of(aid) == (region, w)
                 assert b.charged_w(region) <= b.budget_w(region)
-                # A new charge is never hidden under the measured draw, and admitting it keeps
-                # the region's draw in use within its budget.
-                assert b.in_use_w(region) >= b.measured_w(region) + w
                 if old is None:
+                    # A new charge is never hidden under the measured draw, and admitting it keeps
+                    # the region's draw in use within its budget. (A repeated charge of the same
+                    # allocation may already be inside a later measurement: nothing is added.)
+                    assert b.in_use_w(region) >= b.measured_w(region) + w
                     assert b.in_use_w(region) <= b.budget_w(region)
             else:
                 assert b.charge_of(aid) == old and b.charged_w(region) == before
