@@ -312,7 +312,20 @@ NODE_HEADERS = (
     "GPUS",
     "GPU%",
     "TASKS",
+    "TOPOLOGY",
 )
+
+
+def fmt_topology(n: Node) -> str:
+    """Block, NVLink domain sizes and dataset shards of a node: ``block a1, nvlink 4+4, 2 shards``."""
+    parts = []
+    if n.block:
+        parts.append(f"block {n.block}")
+    if len(n.nvlink_domains) > 1 or (n.nvlink_domains and len(n.nvlink_domains[0]) > 1):
+        parts.append("nvlink " + "+".join(str(len(d)) for d in n.nvlink_domains))
+    if n.datasets:
+        parts.append(f"{len(n.datasets)} shard" + ("s" if len(n.datasets) > 1 else ""))
+    return ", ".join(parts) or DASH
 
 
 def node_rows(nodes: Sequence[Node]) -> list[list[str]]:
@@ -332,6 +345,7 @@ def node_rows(nodes: Sequence[Node]) -> list[list[str]]:
                 fmt_gpus(n.free.gpus, total.gpus or n.gpus, {n.gpu_model: 1} if n.gpu_model else None),
                 fmt_percent(n.gpu_utilization_percent) if (total.gpus or n.gpus) else DASH,
                 str(n.running_tasks),
+                fmt_topology(n),
             ]
         )
     return rows

@@ -268,6 +268,12 @@ class Node:
     labels: Mapping[str, str] = field(default_factory=dict)
     last_report_at: float = 0.0
     incarnation: str = ""
+    #: The switch tier the node sits under ("" = none declared).
+    block: str = ""
+    #: GPU indexes of each NVLink domain, lowest index first (one tuple per domain).
+    nvlink_domains: tuple[tuple[int, ...], ...] = ()
+    #: Dataset shards held on the node, as ``"name:shard"``.
+    datasets: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: Any) -> Node:
@@ -297,7 +303,17 @@ class Node:
             labels=dict(inv.labels),
             last_report_at=msg.last_report_at,
             incarnation=msg.incarnation,
+            block=inv.block,
+            nvlink_domains=_nvlink_domains(inv.gpus),
+            datasets=tuple(f"{d.dataset}:{d.shard}" for d in inv.datasets),
         )
+
+
+def _nvlink_domains(gpus: Any) -> tuple[tuple[int, ...], ...]:
+    domains: dict[int, list[int]] = {}
+    for g in gpus:
+        domains.setdefault(g.nvlink_domain, []).append(g.index)
+    return tuple(tuple(sorted(v)) for _, v in sorted(domains.items()))
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,9 @@ def test_node_rows_mark_simulated_nodes_and_show_usage() -> None:
         memory_used_bytes=4 * GiB,
         gpu_utilization_percent=50,
         running_tasks=3,
+        block="west-b1",
+        nvlink_domains=((0, 1, 2, 3), (4, 5, 6, 7)),
+        datasets=("corpus:0", "corpus:1"),
     )
     real = Node(
         "east-1-n1",
@@ -134,8 +137,10 @@ def test_node_rows_mark_simulated_nodes_and_show_usage() -> None:
         "6/8 H100",
         "50%",
         "3",
+        "block west-b1, nvlink 4+4, 2 shards",
     ]
     assert rows[1][0] == "east-1-n1" and rows[1][3] == "suspect (degraded)" and rows[1][8] == "-"
+    assert rows[1][11] == "-"  # no block, no NVLink, no data
 
 
 def _job(state: JobState = JobState.FAILED) -> Job:
