@@ -9,8 +9,9 @@ sub-domain is full) moves to the next address at once.
 
 The inventory travels only in ``Register``. What can change while the node runs (dataset shards
 appearing on local storage) is rescanned once per full-report interval, in a worker thread; when it
-changed, the agent half-closes its stream and registers again at once with the new inventory (the
-sub-domain keeps the node's tasks: a re-registration reconciles them).
+changed, the agent sends ``Register`` again *on the same stream* with the new inventory: the
+sub-domain updates the node in place (its indexes and summary; the node stays ready, its tasks keep
+running and are reconciled from the Register's task list) and answers ``Registered`` again.
 
 All protobuf translation of the agent happens in this module; the runner, the report planner and
 the hardware probes speak the dataclasses of :mod:`domainos.model`.
@@ -147,8 +148,8 @@ class NodeAgent:
         #: re-issued in place are used without restarting the agent.
         self._tls: TLSFiles | None = None
         self._refusals: TLSRefusals | None = None
-        #: The stream was half-closed to register again with a changed inventory.
-        self._reregister = False
+        #: The inventory changed and no Register has carried it yet.
+        self._inventory_unsent = False
 
     # ------------------------------------------------------------------ public API
 
@@ -393,25 +394,32 @@ class NodeAgent:
 
     async def refresh_inventory(self) -> bool:
         """Rescan what can change (dataset shards); when the inventory changed, register again
-        with it. True when it changed."""
+        with it on the current stream. True when it changed."""
         hw = self._hardware
         assert hw is not None
         if not await asyncio.to_thread(hw.refresh):
+            self._send_inventory()  # one that could not be queued last time
             return False
         old, self._inventory = self._inventory, hw.inventory()
         log.info(
-            "node %s: inventory changed (datasets %d -> %d shards); registering again",
+            "node %s: inventory changed (datasets %d -> %d shards); registering it",
             self.node_id,
             len(old.datasets) if old is not None else 0,
             len(self._inventory.datasets),
         )
-        queue = self._queue
-        if self._connected and queue is not None:
-            # Half-close: the sub-domain ends the stream, the connection loop registers again.
-            self._reregister = True
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        self._inventory_unsent = True
+        self._send_inventory()
         return True
+
+    def _send_inventory(self) -> None:
+        """Queue a Register with the current inventory on the live stream (a reconnect's Register
+        carries it anyway)."""
+        queue = self._queue
+        if not self._inventory_unsent or not self._connected or queue is None:
+            return
+        if queue.full():
+            return  # congested: tried again at the next rescan
+        queue.put_nowait(self._register_message())
 
     async def _inventory_loop(self) -> None:
         planner = self._planner
@@ -449,9 +457,6 @@ class NodeAgent:
             # registering keeps backing off.
             if outcome.registered and self._clock.monotonic() - started >= STABLE_SESSION_S:
                 failures = 0
-            if self._reregister and outcome.registered:
-                self._reregister = False
-                continue  # our own half-close to send a new inventory: register again at once
             if outcome.code == "RESOURCE_EXHAUSTED":
                 log.warning(
                     "node %s: sub-domain at %s refused registration: %s",
@@ -573,6 +578,7 @@ class NodeAgent:
         assert runner is not None and planner is not None and inv is not None
         tasks = runner.statuses()
         planner.handle(Connected(self._usage, self._health))
+        self._inventory_unsent = False  # this Register carries the current inventory
         return agent_pb2.AgentMessage(
             register=agent_pb2.Register(
                 inventory=inv.to_proto(),

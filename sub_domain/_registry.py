@@ -508,8 +508,9 @@ class NodeRegistry:
         heapq.heapify(self._heap)
 
     def _set_state(self, node: NodeRecord, state: NodeState, now: float) -> None:
+        if node.state != state:  # "since" is when the state began, not when it was last confirmed
+            node.state_since = now
         node.state = state
-        node.state_since = now
         if state == DEAD:
             node.generation += 1  # invalidates any heap entry
             node.conn_token = None

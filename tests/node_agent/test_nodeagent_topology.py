@@ -332,6 +332,8 @@ def test_a_shard_appearing_later_reaches_the_subdomain_within_a_full_report(tmp_
                     what="the task running",
                 )
                 registrations = agent.registrations_total
+                reconnects = agent.reconnects_total
+                since = mgr.registry.get("node-a").state_since  # type: ignore[union-attr]
                 make_shard(data, "corpus", "7", [1234])
                 # The agent rescans every full-sync interval (0.3 s, from the sub-domain).
                 await until(
@@ -346,7 +348,10 @@ def test_a_shard_appearing_later_reaches_the_subdomain_within_a_full_report(tmp_
                     lambda: agent.registrations_total == registrations + 1 and agent.connected,
                     what="the agent registered again",
                 )
-                assert mgr.registry.get("node-a").state == "ready"  # type: ignore[union-attr]
+                # Registered again on the same stream: no reconnect, never suspect.
+                assert agent.reconnects_total == reconnects
+                node = mgr.registry.get("node-a")
+                assert node is not None and node.state == "ready" and node.state_since == since
                 status = agent.runner.get(ref)
                 assert status is not None and status.state is TaskState.RUNNING
                 entry = mgr.tasks.get(ref)
