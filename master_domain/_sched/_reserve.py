@@ -6,7 +6,8 @@ per task: CPU in millicores, memory in bytes, whole GPUs of ``gpu_model``). Both
 state machines, ``handle(event) -> list[command]``; the commands of one are the events of the
 other, so the service layer only carries messages::
 
-    master: Coordinator                                sub-domain: SubdomainReservations
+    master: Coordinator                   sub-domain: sub_domain/_reservations.py (live),
+                                                   SubdomainReservations (the pure model below)
     Start ─▶ Reserve(rid, demand, expires_at, hold_s) ─▶ hold if it fits in capacity − allocated − held
          ◀─ Accepted(rid)  |  Refused(rid, reason)   ◀─
     every part accepted ─▶ Commit(rid) ─────────────▶ the hold becomes an allocation
@@ -774,7 +775,13 @@ class _Hold:
 
 
 class SubdomainReservations:
-    """The sub-domain's side: holds with expiry and committed allocations, per node.
+    """A pure model of the sub-domain's side: holds with expiry and committed allocations, per node.
+
+    The live sub-domain does not use this class: ``sub_domain/_reservations.py`` speaks the same
+    protocol with holds on the manager's real placement state (NVLink domains, shares, locality,
+    blocks). This model stays as the reference the coordinator is tested against (here, in the
+    property tests, and as the sub-domain behind the master's gRPC gang tests, where a test must
+    script refusals and losses on demand).
 
     Per node: ``allocated + held <= capacity`` in CPU millicores, memory bytes and GPUs, and GPU
     tasks only on nodes of their model (checked by :meth:`validate`; a node whose capacity was
