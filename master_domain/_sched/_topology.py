@@ -585,6 +585,7 @@ def _tp_reason(job: TrainingShape, model: str, views: Sequence[SubDomainView]) -
     if extras:
         need += " with " + " and ".join(extras)
     most, where = -1, ""
+    most_nvl, where_nvl = -1, ""
     roomy: list[tuple[int, int, str]] = []
     for v in views:
         for s in v.shapes:
@@ -592,10 +593,17 @@ def _tp_reason(job: TrainingShape, model: str, views: Sequence[SubDomainView]) -
                 continue
             if s.free_gpus > most:
                 most, where = s.free_gpus, v.id
-            if s.free_gpus >= job.tp:
+            if s.free_gpus >= job.tp and s.free_nvlink_gpus > most_nvl:
+                most_nvl, where_nvl = s.free_nvlink_gpus, v.id
+            if s.free_gpus >= job.tp and s.free_nvlink_gpus >= job.tp:
                 roomy.append((s.best.cpu_millis, s.best.memory_bytes, v.id))
-    head = f"a TP group needs {need} free on one node (TP never spans nodes)"
+    head = f"a TP group needs {need} free on one node, in one NVLink domain (TP never spans either)"
     if not roomy:
+        if most >= job.tp:
+            return (
+                f"{head}; {model} nodes with {job.tp}+ free GPUs have at most {most_nvl} free in one "
+                f"NVLink domain ({where_nvl})"
+            )
         return f"{head}; the most free on one {model} node is {max(most, 0)} ({where or 'none ready'})"
     cpu, mem, sd = max(roomy)
     return (

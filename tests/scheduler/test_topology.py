@@ -226,9 +226,14 @@ def test_tp_group_never_spans_nodes() -> None:
     views = [view("east-1", "east", shape("H100", 4, 16))]
     u = refused(plan(job7b(dp=1), views, LinkTable()), RULE_TP)
     assert u.reason == (
-        "a TP group needs 8 H100 GPUs free on one node (TP never spans nodes); "
+        "a TP group needs 8 H100 GPUs free on one node, in one NVLink domain (TP never spans either); "
         "the most free on one H100 node is 4 (east-1)"
     )
+    # 8 free GPUs on a node, but in two NVLink domains of 4: still no TP-8 group, and the reason
+    # names the NVLink domain.
+    split = Shape("H100", 8, 16, Resources(96_000, 1024 * GI, 8, "H100"), free_nvlink_gpus=4)
+    u = refused(plan(job7b(dp=1), [view("east-1", "east", split)], LinkTable()), RULE_TP)
+    assert u.reason.endswith("H100 nodes with 8+ free GPUs have at most 4 free in one NVLink domain (east-1)")
     # Each node hosts floor(free / tp) groups: 6 free GPUs host one TP-4 group, not 1.5.
     six = [view("east-1", "east", shape("H100", 6, 2))]
     assert placed(plan(job7b(tp=4, pp=2, dp=1), six, LinkTable())).shape_use[0].nodes == 2
