@@ -725,10 +725,26 @@ class JobTable:
         if job is None or job.terminal or job.cancel_requested:
             return
         job.message = f"waiting: {ev.reason}"
+        why = f"gang attempt {ev.attempt} not placed: {ev.reason}"[:MAX_MESSAGE]
+        requeued = False
         for i in self.gang_indexes(job):
             task = job.tasks[i]
-            if task.state is TaskState.PENDING and task.attempt == ev.attempt:
-                task.message = f"gang attempt {ev.attempt} not placed: {ev.reason}"[:MAX_MESSAGE]
+            if task.attempt != ev.attempt:
+                continue
+            if task.live:
+                # Recorded when the commit phase began, then a part failed to commit: every part
+                # is released (its started tasks stopped); all go back as a new attempt, no retry
+                # spent (a placement failure, not the job's).
+                if not task.stopping:
+                    out.commands.append(
+                        StopTask(task.subdomain_id, TaskRef(job.job_id, i, task.attempt), why)
+                    )
+                self._repend(job, task, why)
+                requeued = True
+            elif task.state is TaskState.PENDING:
+                task.message = why
+        if requeued:
+            self._changed(job, out)
         if ev.misdispatches:
             self.misdispatch_total += ev.misdispatches
             job.misdispatches += ev.misdispatches

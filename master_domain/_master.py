@@ -157,6 +157,8 @@ class _GangTry:
     attempt: int
     plan: GangPlan
     tenant: str
+    #: Every part was accepted and the tasks are recorded ASSIGNED where they go (commit phase).
+    recorded: bool = False
 
 
 class MasterDomain:
@@ -791,6 +793,10 @@ class MasterDomain:
 
         return (lambda m: compute(m)[0]), (lambda m: compute(m)[1])
 
+    def _has_labels(self, subdomain_id: str, pairs: Iterable[str]) -> bool:
+        rec = self._registry.get(subdomain_id)
+        return rec is not None and all(rec.summary.label_nodes.get(p, 0) > 0 for p in pairs)
+
     def _gang_wait(self, job: Job, kind: str, reason: str) -> None:
         self._jobs.set_waiting(job.job_id, reason)
         self._admission.note_wait(job.job_id, Refused(kind, reason))
@@ -809,13 +815,26 @@ class MasterDomain:
         indexes = tuple(self._jobs.gang_indexes(job))
         tenant = job_tenant(job)
         adm = self._admission
+        candidates = views
+        if job.spec.node_selector:
+            # Labels are known per sub-domain (label_nodes); the sub-domain picks the nodes.
+            pairs = [f"{k}={v}" for k, v in sorted(job.spec.node_selector.items())]
+            candidates = [v for v in views if self._has_labels(v.id, pairs)]
+            if not candidates:
+                reason = (
+                    f"node_selector {', '.join(pairs)}: none of the {len(views)} connected "
+                    "sub-domain(s) has ready nodes with every label"
+                )
+                self._gang_notes[job_id] = f"unplaceable (node_selector): {reason}"
+                self._gang_wait(job, "node_selector", reason)  # no preemption makes labels
+                return [], views
         region_limits, subdomain_limits = self._gang_limits(tenant)
         started = time.perf_counter()
         try:
             plan = plan_gang(
                 job.spec,
                 indexes,
-                views,
+                candidates,
                 self._links,
                 region_limits=region_limits,
                 subdomain_limits=subdomain_limits,
@@ -922,6 +941,10 @@ class MasterDomain:
                 ]
                 effects.append(SendCommand(c.subdomain, reserve_command(c.reservation_id, specs, c.hold_s)))
             elif isinstance(c, _reserve.Commit):
+                # The tasks are recorded where they go before the first Commit leaves: a
+                # sub-domain starts (and reports) its part's tasks as soon as it commits, maybe
+                # before the other parts have answered.
+                effects.extend(self._gang_committing(c.reservation_id))
                 effects.append(SendCommand(c.subdomain, commit_command(c.reservation_id)))
             elif isinstance(c, _reserve.Release):
                 effects.append(SendCommand(c.subdomain, release_command(c.reservation_id, c.reason)))
@@ -931,22 +954,31 @@ class MasterDomain:
                 effects.extend(self._gang_failed(c))
         return effects
 
-    def _gang_placed(self, c: _reserve.GangPlaced) -> list[Effect]:
-        gang = self._gangs.pop(c.job_id, None)
-        if gang is None or gang.attempt != c.attempt:
+    def _gang_committing(self, reservation_id: str) -> list[Effect]:
+        """Every part is accepted: record the gang's tasks ASSIGNED on their sub-domains (once)."""
+        job_id, attempt, _ = reservation_id.rsplit("/", 2)
+        gang = self._gangs.get(job_id)
+        if gang is None or str(gang.attempt) != attempt or gang.recorded:
             return []
         assignments = {
             i: (sd, "" if region == NO_REGION else region, model)
             for i, (sd, region, model) in gang.plan.assignments().items()
         }
-        if not self._jobs.gang_placeable(c.job_id, c.attempt, assignments):
-            # Cancelled (or superseded) while committing: undo every part.
-            self._release_charges(c.job_id, gang)
-            return [
-                SendCommand(sd, release_command(rid, "the job no longer wants this gang"))
-                for sd, rid in c.reservations.items()
-            ]
-        return list(self._jobs.handle(PlaceGang(c.job_id, c.attempt, assignments)))
+        if not self._jobs.gang_placeable(job_id, gang.attempt, assignments):
+            return []  # cancelled or superseded meanwhile: undone when the gang is placed
+        gang.recorded = True
+        return list(self._jobs.handle(PlaceGang(job_id, gang.attempt, assignments)))
+
+    def _gang_placed(self, c: _reserve.GangPlaced) -> list[Effect]:
+        gang = self._gangs.pop(c.job_id, None)
+        if gang is None or gang.attempt != c.attempt or gang.recorded:
+            return []  # recorded when the commit phase began; the tasks report as they start
+        # Cancelled (or superseded) before the commit phase recorded it: undo every part.
+        self._release_charges(c.job_id, gang)
+        return [
+            SendCommand(sd, release_command(rid, "the job no longer wants this gang"))
+            for sd, rid in c.reservations.items()
+        ]
 
     def _gang_failed(self, c: _reserve.GangFailed) -> list[Effect]:
         gang = self._gangs.pop(c.job_id, None)
@@ -1531,7 +1563,9 @@ class MasterDomain:
         lines.extend(
             f"  {line}"
             for line in self._preemptions.explain(
-                job.job_id, lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+                job.job_id,
+                lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+                waiting=any(t.state is TaskState.PENDING for t in job.tasks),
             )
         )
         if job.spec.is_gang and job.job_id in self._jobs:

@@ -325,8 +325,9 @@ class Preemptions:
 
     # -- explain -------------------------------------------------------------------------------
 
-    def explain(self, job_id: str, fmt_time: Callable[[float], str]) -> list[str]:
-        """``preempted by ...`` / ``preempting ...`` lines for ``job_id`` (empty when none)."""
+    def explain(self, job_id: str, fmt_time: Callable[[float], str], *, waiting: bool = True) -> list[str]:
+        """``preempted by ...`` / ``preempting ...`` lines for ``job_id`` (empty when none); the last
+        "no preemption" verdict only while the job still ``waiting`` for room."""
         lines: list[str] = []
         for e in self._suffered.get(job_id, ()):  # the planner's reason starts "preempted by job ..."
             lines.append(f"{e.reason} (at {fmt_time(e.at)})")
@@ -335,6 +336,6 @@ class Preemptions:
                 f"preempting {e.other} in sub-domain {e.subdomain} (at {fmt_time(e.at)}): {e.reason}"
             )
         note = self._planned.get(job_id)
-        if note and note.startswith("no preemption"):
+        if note and note.startswith("no preemption") and waiting:
             lines.append(note)
         return lines

@@ -2,8 +2,9 @@
 
 Each session sends ``Hello`` (identity, every task held, the summary) and waits for ``Welcome``; then
 a writer drains one bounded outbound queue, a flusher batches task transitions into ``TaskUpdates``
-(every 50 ms or 500 statuses, latest state per task), a timer sends ``SummaryReport`` only when the
-summary changed (at most every ``summary_interval_s``), and the reader hands each ``MasterCommand`` to
+(every 50 ms or 500 statuses, latest state per task), a timer sends ``SummaryReport`` when the
+summary changed (at most every ``summary_interval_s``; unchanged, every
+``SUMMARY_REFRESH_INTERVALS`` intervals), and the reader hands each ``MasterCommand`` to
 the manager. A broken session is retried with backoff 0.2 s doubling to 5 s, with jitter; the next
 ``Hello`` carries the full task table, so nothing queued for a dead session needs to survive it.
 """
@@ -35,6 +36,10 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 FLUSH_INTERVAL_S = 0.05
 FLUSH_MAX_ITEMS = 500
+#: An unchanged summary is still sent every this many intervals (10 s at the default 1 s): the
+#: master counts a power charge as metered only once two summaries have followed it, and a quiet
+#: sub-domain must not leave its charges counted twice (estimate and measured draw) forever.
+SUMMARY_REFRESH_INTERVALS = 10
 OUTBOUND_QUEUE_SIZE = 10_000
 #: How long to wait for ``Welcome`` after ``Hello``.
 WELCOME_TIMEOUT_S = 30.0
@@ -272,12 +277,16 @@ class Upstream:
                 await self._queue.put(msg)
 
     async def _summaries(self, interval: float) -> None:
+        quiet = 0
         while True:
             await asyncio.sleep(interval)
             summary = self._owner.summary()
             applied = self._placements_applied
             if summary == self._last_summary and applied == self._placements_reported:
-                continue
+                quiet += 1
+                if quiet < SUMMARY_REFRESH_INTERVALS:
+                    continue
+            quiet = 0
             self._last_summary = summary
             self._placements_reported = applied
             self._summary_seq += 1

@@ -688,8 +688,9 @@ def _plan_model(
         rule = RULE_LIMIT if notes and sum(c.raw for c in caps) >= job.dp else RULE_CAPACITY
         return _blocked(
             rule,
-            f"needs {unit}; the federation has room for {_plural(room, 'replica')} ({per}){limits_text}: "
-            "waiting for capacity",
+            f"needs {unit}; the federation has room for {_plural(room, 'replica')}"
+            + (f" ({per})" if per else "")
+            + f"{limits_text}: waiting for capacity",
         )
 
     best_set, complete = search.best_split()

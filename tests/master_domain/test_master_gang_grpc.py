@@ -32,10 +32,13 @@ class GangFake(FakeSubdomain):
     ``refuse`` refuses every Reserve (a stale summary: a mis-dispatch).
     """
 
-    def __init__(self, *args: Any, refuse: bool = False, answer: bool = True, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, refuse: bool = False, answer: bool = True, commit_delay: float = 0.0, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.refuse = refuse
         self.answer = answer
+        self.commit_delay = commit_delay  # a slow part: its Commit is answered this much later
         self.book = _reserve.SubdomainReservations(self.id, SystemClock())
         node = self.summary.largest_node
         for i in range(self.summary.nodes_ready):
@@ -75,6 +78,8 @@ class GangFake(FakeSubdomain):
             ):
                 await self._answer(answer)
         elif kind == "commit":
+            if self.commit_delay:
+                await asyncio.sleep(self.commit_delay)
             for answer in self.book.handle(_reserve.Commit(cmd.commit.reservation_id, self.id)):
                 await self._answer(answer)
         elif kind == "release":
@@ -172,6 +177,56 @@ def test_a_gang_split_over_two_sub_domains_is_reserved_committed_and_runs_whole(
             assert 'domainos_master_reservations_total{outcome="sent"} 2.0' in text
             assert 'domainos_master_reservations_total{outcome="accepted"} 2.0' in text
             assert 'domainos_master_gangs_total{outcome="placed"} 1.0' in text
+
+    run(body())
+
+
+def test_tasks_of_a_part_that_commits_first_are_not_stopped_while_another_part_commits() -> None:
+    # A sub-domain starts (and reports) its part's tasks as soon as it commits; the other part
+    # answers its Commit later. The master recorded where every task goes before the first
+    # Commit left, so the early reports are its tasks, never "not the current attempt".
+    async def body() -> None:
+        async with cluster() as c:
+            fast = await gang_fake(c, "east-1", nodes=1, cpus=8, gpus=4, model=MODEL, behaviour="run")
+            slow = await gang_fake(
+                c, "east-2", nodes=1, cpus=8, gpus=4, model=MODEL, behaviour="run", commit_delay=1.0
+            )
+            job = await submit_gang(c, 4, 2, gang=JS.GangPolicy(min=4, timeout_s=20))
+            await wait_for(lambda: len(fast.placed) == 2 and len(slow.placed) == 2, what="both parts started")
+            running = await c.wait_state(job.job_id, JS.JOB_STATE_RUNNING)
+            assert len({t.attempt for t in running.tasks}) == 1
+            await asyncio.sleep(0.5)  # any stop the early reports caused would have been sent
+            assert fast.stopped == [] and slow.stopped == []
+            assert (await c.job(job.job_id)).state == JS.JOB_STATE_RUNNING
+
+    run(body())
+
+
+def test_a_gang_with_a_node_selector_is_reserved_only_where_the_labels_are() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            a = GangFake(c.address, "east-1", "east", nodes=1, cpus=8, gpus=4, model=MODEL)
+            b = GangFake(c.address, "east-2", "east", nodes=1, cpus=8, gpus=4, model=MODEL)
+            b.summary.label_nodes["zone=b"] = 1
+            for fake in (a, b):
+                c.fakes.append(fake)
+                await fake.connect()
+                await wait_for(lambda f=fake: f.welcome is not None, what=f"{fake.id} welcomed")
+            job = await submit_gang(c, 2, 2, gang=JS.GangPolicy(min=2), node_selector={"zone": "b"})
+            done = await c.wait_state(job.job_id, JS.JOB_STATE_SUCCEEDED)
+            assert {t.subdomain_id for t in done.tasks} == {"east-2"}
+            assert not [m for m in a.commands if m.WhichOneof("body") == "reserve"]
+            # Labels no sub-domain has: the gang waits with the reason, nothing is reserved.
+            stuck = await submit_gang(c, 2, 2, gang=JS.GangPolicy(min=2), node_selector={"zone": "c"})
+
+            async def waiting() -> str | None:
+                text = await explain(c, stuck.job_id)
+                return text if "node_selector zone=c" in text else None
+
+            text = await wait_async(waiting, 10, "the node_selector reason")
+            assert "none of the 2 connected sub-domain(s) has ready nodes with every label" in text
+            reserves = [m for f in (a, b) for m in f.commands if m.WhichOneof("body") == "reserve"]
+            assert len(reserves) == 1  # the first job's only
 
     run(body())
 

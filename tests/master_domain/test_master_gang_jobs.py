@@ -229,3 +229,24 @@ def test_a_gang_task_that_finished_while_the_rest_was_preempted_rejoins_the_gang
     step(t, StartGang("j-1", (0, 1)))
     assert [task.state for task in job.tasks] == [S.PENDING, S.PENDING]
     assert len({task.attempt for task in job.tasks}) == 1 and t.gang_attempt(job) > attempt
+
+
+def test_a_gang_whose_commit_fails_after_it_was_recorded_goes_back_whole_without_spending_a_retry() -> None:
+    # The master records the gang ASSIGNED when the commit phase begins; then one part cannot
+    # commit (its hold expired): every task, started or not, is stopped and goes back as one new
+    # attempt, and no retry is charged (a placement failure, not the job's).
+    t = table()
+    job = add_job(t, gang_spec(4))
+    attempt = place_gang(t)
+    step(t, rep("sd-a", "j-1", 0, attempt, S.RUNNING, node_id="sd-a-n"))  # part a committed first
+    effects = step(t, GangNotPlaced("j-1", attempt, "sub-domain sd-b refused the commit: expired"))
+    stops = sorted((e.subdomain_id, e.ref.task_index) for e in effects if isinstance(e, StopTask))
+    assert stops == [("sd-a", 0), ("sd-a", 1), ("sd-b", 2), ("sd-b", 3)]
+    assert [task.state for task in job.tasks] == [S.PENDING] * 4
+    assert {task.attempt for task in job.tasks} == {attempt + 1}
+    assert all(task.lost_retries == 0 and task.exit_retries == 0 for task in job.tasks)
+    assert t.gang_waiting(job) and state(job) is JobState.PENDING
+    assert "refused the commit" in job.tasks[3].message
+    # A late report of the old attempt is stopped, not mistaken for the new one.
+    late = step(t, rep("sd-b", "j-1", 2, attempt, S.RUNNING, node_id="sd-b-n"))
+    assert [e for e in late if isinstance(e, StopTask)]

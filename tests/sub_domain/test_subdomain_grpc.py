@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -198,6 +199,25 @@ async def test_hello_welcome_and_summary() -> None:
             assert rep.incarnation == mgr.incarnation and rep.seq >= 1
             assert rep.summary.gpus_by_model["H100"] == 8
             assert [(sh.gpu_model, sh.free_gpus, sh.count) for sh in rep.summary.shapes] == [("H100", 8, 1)]
+
+
+@async_test()
+async def test_an_unchanged_summary_is_still_sent_every_refresh_period() -> None:
+    # Nothing changes, yet the master hears from the sub-domain every SUMMARY_REFRESH_INTERVALS
+    # summary intervals (it meters power charges by summaries; a quiet sub-domain must not
+    # leave them counted twice).
+    from sub_domain._upstream import SUMMARY_REFRESH_INTERVALS
+
+    async with fake_master() as master, running(master.address) as mgr:
+        await connected(mgr)
+        async with agent(mgr.listen_address, "g1", gpus=8) as a:
+            await a.connect()
+            first = await master.next("summary", lambda s: s.summary.nodes_ready == 1)
+            started = time.monotonic()
+            again = await master.next("summary", lambda s: s.seq > first.seq, timeout=10)
+            assert again.summary == first.summary and again.seq == first.seq + 1  # the same, again
+            # Not every interval (0.1 s here): one per refresh period.
+            assert time.monotonic() - started >= (SUMMARY_REFRESH_INTERVALS - 2) * 0.1
 
 
 @async_test()
