@@ -97,7 +97,7 @@ from master_domain._preemption import Decision, Preemptions
 from master_domain._registry import Registry, Session, SubdomainRecord
 from master_domain._sched import _reserve
 from master_domain._sched._fairshare import capacity_from_summaries
-from master_domain._sched._gang import GangPlan, LimitsFn, consume, plan_gang
+from master_domain._sched._gang import GangPlan, LimitsFn, consume, consume_requests, plan_gang
 from master_domain._sched._loss import Link, LinkTable
 from master_domain._sched._power import Fits, RegionPower, format_kw
 from master_domain._sched._quota import ANY, GPU_ANY, Admit, Quota, demand_of, gpu_class, validated_quota
@@ -189,6 +189,10 @@ class MasterDomain:
         self._gangs: dict[str, _GangTry] = {}
         self._gang_notes: dict[str, str] = {}
         self._gang_retry_at: dict[str, float] = {}
+        # A sub-domain that refused a gang's reservation is not asked again for that gang until it
+        # has sent a newer summary (job -> sub-domain -> summaries seen from it at the refusal).
+        self._gang_refused: dict[str, dict[str, int]] = {}
+        self._summaries_seen: dict[str, int] = {}
         self._registry = Registry(self._clock)
         self._metrics = MasterMetrics(self.stats)
         # Every job id ever seen, sorted (ids sort by creation time), and the state of the
@@ -496,6 +500,7 @@ class MasterDomain:
             return
         self._gang_notes.pop(job_id, None)
         self._gang_retry_at.pop(job_id, None)
+        self._gang_refused.pop(job_id, None)
         self._preemptions.forget(job_id)
         if job.token_id:
             self._spawn(self._revoke_job_token(job), f"revoke-token-{job_id}")
@@ -741,9 +746,9 @@ class MasterDomain:
             summary = rec.summary
             # Blocks are a preference only: a summary without them plans the same way.
             blocks = tuple(BlockView(b.block, b.shapes) for b in summary.blocks)
-            views.append(
-                SubDomainView.from_summary(rec.subdomain_id, rec.region or NO_REGION, summary, blocks)
-            )
+            view = SubDomainView.from_summary(rec.subdomain_id, rec.region or NO_REGION, summary, blocks)
+            # Minus what was placed or reserved there since that summary (tasks and gangs alike).
+            views.append(consume_requests(view, self._placer.inflight_requests(rec.subdomain_id)))
         return views
 
     def _gang_limits(self, tenant: str) -> tuple[LimitsFn, LimitsFn]:
@@ -815,11 +820,16 @@ class MasterDomain:
         indexes = tuple(self._jobs.gang_indexes(job))
         tenant = job_tenant(job)
         adm = self._admission
-        candidates = views
+        refused = self._gang_refused.get(job_id, {})
+        candidates = [v for v in views if refused.get(v.id, -1) != self._summaries_seen.get(v.id, 0)]
+        skipped = sorted(v.id for v in views if v not in candidates)
+        if skipped and not candidates:
+            self._gang_wait(job, "capacity", f"waiting for new summaries from {', '.join(skipped)}")
+            return [], views
         if job.spec.node_selector:
             # Labels are known per sub-domain (label_nodes); the sub-domain picks the nodes.
             pairs = [f"{k}={v}" for k, v in sorted(job.spec.node_selector.items())]
-            candidates = [v for v in views if self._has_labels(v.id, pairs)]
+            candidates = [v for v in candidates if self._has_labels(v.id, pairs)]
             if not candidates:
                 reason = (
                     f"node_selector {', '.join(pairs)}: none of the {len(views)} connected "
@@ -845,11 +855,17 @@ class MasterDomain:
             return [], views
         self._metrics.observe_decision(time.perf_counter() - started)
         if isinstance(plan, Unplaceable):
-            self._gang_notes[job_id] = f"unplaceable ({plan.rule}): {plan.reason}" + (
+            reason = plan.reason
+            if skipped:
+                reason += (
+                    f"; waiting for new summaries from {', '.join(skipped)} "
+                    "(refused this gang; not asked again before its next summary)"
+                )
+            self._gang_notes[job_id] = f"unplaceable ({plan.rule}): {reason}" + (
                 "\nloss model: " + plan.loss.explain() if plan.loss is not None else ""
             )
             kind = {"limit": "quota+power", "loss": "loss"}.get(plan.rule, "capacity")
-            self._gang_wait(job, kind, plan.reason)
+            self._gang_wait(job, kind, reason)
             return [], views
         # Admission of the whole gang: quota over the split, power per region.
         demands: dict[tuple[str, str], dict[str, int]] = {}
@@ -940,6 +956,12 @@ class MasterDomain:
                     for i in gang.plan.parts.get(c.subdomain, ())
                 ]
                 effects.append(SendCommand(c.subdomain, reserve_command(c.reservation_id, specs, c.hold_s)))
+                # Held at once by the sub-domain: deducted until a summary counts them applied
+                # (placements_applied counts a reservation's tasks), for tasks and later gangs.
+                request = gang.plan.task_request(c.subdomain)
+                now = self._clock.monotonic()
+                for _ in specs:
+                    self._placer.commit(c.subdomain, request, now, model)
             elif isinstance(c, _reserve.Commit):
                 # The tasks are recorded where they go before the first Commit leaves: a
                 # sub-domain starts (and reports) its part's tasks as soon as it commits, maybe
@@ -985,6 +1007,10 @@ class MasterDomain:
         if gang is not None and gang.attempt == c.attempt:
             self._release_charges(c.job_id, gang)
         self._gang_retry_at[c.job_id] = self._clock.monotonic() + GANG_RETRY_S
+        if c.refused_by:  # ask them again only once their summaries have changed
+            avoid = self._gang_refused.setdefault(c.job_id, {})
+            for sd, _ in c.refused_by:
+                avoid[sd] = self._summaries_seen.get(sd, 0)
         reason = f"gang attempt {c.attempt} not placed: {c.reason}"
         previous = self._gang_notes.get(c.job_id, "")
         self._gang_notes[c.job_id] = f"{reason}\nlast plan:\n{previous}" if previous else reason
@@ -1131,6 +1157,7 @@ class MasterDomain:
             rec = self._registry.get(sd)
             if self._registry.update_summary(sd, summary) and rec is not None:
                 await self._persist_subdomain(rec)
+            self._summaries_seen[sd] = self._summaries_seen.get(sd, 0) + 1
             if rec is not None:
                 self._placer.update(
                     sd, rec.region, summary, self._clock.monotonic(), applied=msg.summary.placements_applied

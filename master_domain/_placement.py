@@ -373,6 +373,11 @@ class Placer:
         view = self._views.get(subdomain_id)
         return view.inflight if view is not None else 0
 
+    def inflight_requests(self, subdomain_id: str) -> list[Resources]:
+        """The placements there that no summary reflects yet (per task: the gang planner deducts them)."""
+        view = self._views.get(subdomain_id)
+        return [request for _, request, _ in view.pending] if view is not None else []
+
     def subdomains(self) -> list[str]:
         """Connected sub-domains the placer knows (ids)."""
         return list(self._views)

@@ -248,8 +248,11 @@ class Upstream:
             if msg is EOF:
                 return
             await self._owner.handle_master_command(msg)
-            if msg.WhichOneof("body") == "place_task":
+            kind = msg.WhichOneof("body")
+            if kind == "place_task":
                 self._placements_applied += 1
+            elif kind == "reserve":  # held (or refused) at once: the next summary reflects them
+                self._placements_applied += len(msg.reserve.tasks)
 
     async def _writer(self, call: Any) -> None:
         while True:

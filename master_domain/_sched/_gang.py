@@ -24,7 +24,7 @@ Never O(nodes).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -398,35 +398,43 @@ def consume(views: Sequence[SubDomainView], plan: GangPlan) -> list[SubDomainVie
     out: list[SubDomainView] = []
     for v in views:
         idx = plan.parts.get(v.id)
-        if not idx:
-            out.append(v)
-            continue
-        request = plan.task_request(v.id)
-        shapes = list(v.shapes)
-        for _ in idx:
-            fits = [
-                (s.free_gpus, s.best.cpu_millis, s.best.memory_bytes, i)
-                for i, s in enumerate(shapes)
-                if s.count > 0
-                and tasks_per_node(request, s) > 0
-                and (not request.gpus or not request.gpu_model or s.gpu_model == request.gpu_model)
-            ]
-            if not fits:
-                break
-            i = min(fits)[3]
-            s = shapes[i]
-            rest = Shape(
-                s.gpu_model,
-                s.free_gpus - request.gpus,
-                1,
-                Resources(
-                    max(0, s.best.cpu_millis - request.cpu_millis),
-                    max(0, s.best.memory_bytes - request.memory_bytes),
-                    max(0, s.best.gpus - request.gpus),
-                    s.best.gpu_model,
-                ),
-            )
-            shapes[i] = Shape(s.gpu_model, s.free_gpus, s.count - 1, s.best)
-            shapes.append(rest)
-        out.append(SubDomainView(v.id, v.region, tuple(s for s in shapes if s.count > 0), v.blocks))
+        out.append(consume_requests(v, [plan.task_request(v.id)] * len(idx)) if idx else v)
     return out
+
+
+def consume_requests(view: SubDomainView, requests: Iterable[Resources]) -> SubDomainView:
+    """``view`` minus ``requests`` (placements its summary does not show yet), each from the
+    tightest shape it fits in; a request that fits nowhere is skipped. O(requests × shapes)."""
+    shapes = list(view.shapes)
+    taken = False
+    for request in requests:
+        fits = [
+            (s.free_gpus, s.best.cpu_millis, s.best.memory_bytes, i)
+            for i, s in enumerate(shapes)
+            if s.count > 0
+            and tasks_per_node(request, s) > 0
+            and (not request.gpus or not request.gpu_model or s.gpu_model == request.gpu_model)
+        ]
+        if not fits:
+            continue
+        taken = True
+        i = min(fits)[3]
+        s = shapes[i]
+        left = s.free_gpus - request.gpus
+        rest = Shape(
+            s.gpu_model,
+            left,
+            1,
+            Resources(
+                max(0, s.best.cpu_millis - request.cpu_millis),
+                max(0, s.best.memory_bytes - request.memory_bytes),
+                max(0, s.best.gpus - request.gpus),
+                s.best.gpu_model,
+            ),
+            free_nvlink_gpus=max(0, min(s.free_nvlink_gpus, left)),
+        )
+        shapes[i] = Shape(s.gpu_model, s.free_gpus, s.count - 1, s.best, free_nvlink_gpus=s.free_nvlink_gpus)
+        shapes.append(rest)
+    if not taken:
+        return view
+    return SubDomainView(view.id, view.region, tuple(s for s in shapes if s.count > 0), view.blocks)

@@ -524,6 +524,8 @@ class Coordinator:
         if g is None:
             if self._ended.get(ev.reservation_id):
                 return []  # a duplicate for a placed gang
+            if self._ended.get(ev.reservation_id) is False:
+                self.stats.accepted += 1  # answered after another part failed the gang: still an answer
             # An orphan hold (its gang failed, or this master never knew it): free it.
             return [Release(ev.reservation_id, ev.subdomain, "no gang waits for this reservation")]
         if g.phase is not Phase.RESERVING or ev.subdomain in g.accepted:

@@ -50,6 +50,9 @@ class GangFake(FakeSubdomain):
             )
         self.reserved: dict[str, list[common_pb2.TaskSpec]] = {}
         self.released: list[str] = []
+        self.applied = 0
+        self.summary_seq = 0
+        self.quiet = False  # refuse every Reserve and send no summary after it
 
     async def reply(self, rid: str, outcome: Any, reason: str = "", expired: bool = False) -> None:
         await self.send(
@@ -67,16 +70,33 @@ class GangFake(FakeSubdomain):
             self.reserved[r.reservation_id] = list(r.tasks)
             if not self.answer:
                 return
+            self.applied += len(r.tasks)  # held or refused: the next summary reflects them
+            if self.quiet:
+                await self.reply(r.reservation_id, subdomain_pb2.RESERVATION_OUTCOME_REFUSED, "no room")
+                return  # and no summary follows
             if self.refuse:
                 await self.reply(
                     r.reservation_id, subdomain_pb2.RESERVATION_OUTCOME_REFUSED, "no room (stale)"
                 )
-                return
-            demand = _reserve.Demand(tuple(Resources.from_proto(t.resources) for t in r.tasks))
-            for answer in self.book.handle(
-                _reserve.Reserve(r.reservation_id, self.id, demand, 0.0, r.hold_s)
-            ):
-                await self._answer(answer)
+            else:
+                demand = _reserve.Demand(tuple(Resources.from_proto(t.resources) for t in r.tasks))
+                for answer in self.book.handle(
+                    _reserve.Reserve(r.reservation_id, self.id, demand, 0.0, r.hold_s)
+                ):
+                    await self._answer(answer)
+            # Like a real sub-domain, a summary follows (this fake's capacity numbers stay as
+            # declared; what matters to the master is that they reflect the reservation).
+            self.summary_seq += 1
+            await self.send(
+                subdomain_pb2.SubDomainMessage(
+                    summary=subdomain_pb2.SummaryReport(
+                        incarnation=self.incarnation,
+                        seq=self.summary_seq,
+                        summary=self.summary,
+                        placements_applied=self.applied,
+                    )
+                )
+            )
         elif kind == "commit":
             if self.commit_delay:
                 await asyncio.sleep(self.commit_delay)
@@ -267,6 +287,41 @@ def test_a_refused_reservation_releases_every_part_and_the_gang_is_tried_again()
             a.refuse = False
             done = await c.wait_state(job.job_id, JS.JOB_STATE_SUCCEEDED, timeout=20)
             assert min(t.attempt for t in done.tasks) >= 2
+
+    run(body())
+
+
+def test_a_sub_domain_that_refused_a_gang_is_not_asked_again_before_its_next_summary() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            a = await gang_fake(c, "east-1", nodes=1, cpus=8, gpus=4, model=MODEL)
+            b = await gang_fake(c, "east-2", nodes=1, cpus=8, gpus=4, model=MODEL)
+            a.quiet = True
+            job = await submit_gang(c, 4, 2, gang=JS.GangPolicy(min=4, timeout_s=20))
+
+            def reserves(f: GangFake) -> int:
+                return len([m for m in f.commands if m.WhichOneof("body") == "reserve"])
+
+            await wait_for(lambda: reserves(a) == 1, 10, "the first reservation at east-1")
+            await asyncio.sleep(4.0)  # more than GANG_RETRY_S: a retry would have gone out
+            assert reserves(a) == 1, "asked again with nothing new to go on"
+            text = await explain(c, job.job_id)
+            assert "waiting for new summaries from east-1" in text
+            # A new summary (room now): the gang is tried again and lands.
+            a.quiet = False
+            a.summary_seq += 1
+            await a.send(
+                subdomain_pb2.SubDomainMessage(
+                    summary=subdomain_pb2.SummaryReport(
+                        incarnation=a.incarnation,
+                        seq=a.summary_seq,
+                        summary=a.summary,
+                        placements_applied=a.applied,
+                    )
+                )
+            )
+            done = await c.wait_state(job.job_id, JS.JOB_STATE_SUCCEEDED, timeout=20)
+            assert reserves(a) == 2 and len({t.attempt for t in done.tasks}) == 1
 
     run(body())
 
