@@ -1,12 +1,21 @@
-"""Run the benchmarks: ``python -m bench [--smoke] [--out DIR]``."""
+"""Run the benchmarks: ``python -m bench [--smoke] [--out DIR] [--only NAME ...]``."""
 
 from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from bench import foundation
+from bench import foundation, gang, scheduler
+
+#: name -> run(smoke=..., out=...), in the order they run.
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "foundation": foundation.run,
+    "scheduler": scheduler.run,
+    "gang": gang.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,9 +24,17 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny sizes, to keep the benchmarks working in CI"
     )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/results"))
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only this benchmark (repeatable; default: all)",
+    )
     ns = parser.parse_args(argv)
     ns.out.mkdir(parents=True, exist_ok=True)
-    foundation.run(smoke=ns.smoke, out=ns.out)
+    for name, run in BENCHMARKS.items():
+        if ns.only is None or name in ns.only:
+            run(smoke=ns.smoke, out=ns.out)
     return 0
 
 

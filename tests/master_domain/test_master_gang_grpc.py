@@ -295,7 +295,7 @@ def test_a_sub_domain_that_refused_a_gang_is_not_asked_again_before_its_next_sum
     async def body() -> None:
         async with cluster() as c:
             a = await gang_fake(c, "east-1", nodes=1, cpus=8, gpus=4, model=MODEL)
-            b = await gang_fake(c, "east-2", nodes=1, cpus=8, gpus=4, model=MODEL)
+            await gang_fake(c, "east-2", nodes=1, cpus=8, gpus=4, model=MODEL)
             a.quiet = True
             job = await submit_gang(c, 4, 2, gang=JS.GangPolicy(min=4, timeout_s=20))
 
