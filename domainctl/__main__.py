@@ -44,6 +44,7 @@ _HANDLERS = {
     "audit": "domainctl._auth_commands:cmd_audit",
     "quota": "domainctl._sched_commands:cmd_quota",
     "explain": "domainctl._sched_commands:cmd_explain",
+    "sim": "domainctl._sim_command:cmd_sim",
 }
 
 _EPILOG = """\
@@ -58,6 +59,7 @@ examples:
   domainctl token create --tenant acme --ttl 30d   (admins; `domainctl login` to use a token)
   domainctl quota set --tenant acme --region east --gpus 64 --gpu-model H100   (admins)
   domainctl explain JOB_ID                  why a job is where it is, or why it waits
+  domainctl sim --subdomain 127.0.0.1:7101 --nodes 1000 --profile h100x8 --insecure   simulated nodes
   domainctl down
 
 The master is found from --master, then $DOMAINOS_MASTER, then the local federation
@@ -397,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also create OUT/pki: a CA (kept if present) and every component's certificate, plus client-admin",
     )
+
+    from domainctl import _sim_command  # standard library only: keeps --help fast
+
+    _sim_command.add_parser(sub, common)
 
     for name, module in DAEMONS.items():
         sub.add_parser(
