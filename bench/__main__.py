@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import foundation, gang, scheduler
+from bench import foundation, gang, scale, scheduler
 
 #: name -> run(smoke=..., out=...), in the order they run.
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "foundation": foundation.run,
     "scheduler": scheduler.run,
     "gang": gang.run,
+    "scale": scale.run,
 }
 
 

@@ -41,6 +41,7 @@ def test_foundation_benchmark_smoke(tmp_path: pathlib.Path) -> None:
     assert {r["summary_every"] for r in sched["misdispatch"]} == {1, 10, 100}
     assert all(0 <= r["refused_per_decision"] <= 1 for r in sched["misdispatch"])
     _check_gang_smoke(json.loads((tmp_path / "gang-smoke.json").read_text()))
+    _check_scale_smoke(json.loads((tmp_path / "scale-smoke.json").read_text()))
 
 
 def _check_gang_smoke(gang: dict[str, Any]) -> None:
@@ -65,3 +66,32 @@ def _check_gang_smoke(gang: dict[str, Any]) -> None:
     assert run["wall_s"] > 0 and run["cpu_s"]["master"] > 0
     assert gang["median"]["reservations"] == res
     assert isinstance(gang["logs"]["errors"], list) and isinstance(gang["stuck_jobs"], list)
+
+
+def _check_scale_smoke(scale: dict[str, Any]) -> None:
+    """One real sub-domain took a simulated fleet, and detected every injected fault, no false positive."""
+    assert scale["smoke"] is True and scale["config"]["nodes"] == [200]
+    settings = scale["detection_settings"]
+    assert settings["silent_after_s"] > settings["full_sync_interval_s"] > 0
+    (row,) = scale["ingest"]
+    assert row["nodes"] == 200 and row["states_at_end"]["ready"] == 200
+    assert row["window_s"] > 0 and 0 < row["subdomain_cpu_cores"] < 2.5
+    assert 10 < row["subdomain_rss_mib"] < 4096
+    assert row["reports_per_s"] > 0 and row["transitions_before_faults"] == 0
+    det = scale["detection"]
+    assert det["nodes"] == 200 and det["killed"] == 2 and det["silenced"] == 2
+    assert det["false_positives"] == 0 and det["false_positive_nodes"] == []
+    assert det["metrics_excess_suspect_or_dead"] == 0
+    assert det["states_at_end"]["dead"] == 4 and det["all_dead_after_s"] is not None
+    limit = settings["silent_after_s"] + settings["dead_after_s"] + 5
+    for key in ("killed_to_suspect_s", "killed_to_dead_s", "silenced_to_suspect_s", "silenced_to_dead_s"):
+        lat = det[key]
+        assert lat["n"] == lat["expected"] == 2, key
+        assert 0 <= lat["p50_s"] <= lat["p99_s"] <= lat["max_s"] < limit, key
+    # A dropped stream is noticed at once; a silent one only after silent_after_s.
+    assert det["killed_to_suspect_s"]["max_s"] < settings["silent_after_s"]
+    assert (
+        det["silenced_to_suspect_s"]["p50_s"] >= settings["silent_after_s"] - settings["full_sync_interval_s"]
+    )
+    assert det["all_to_dead_s"]["n"] == 4
+    assert scale["problems"] == []
