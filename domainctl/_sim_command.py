@@ -207,6 +207,7 @@ async def _run(ns: argparse.Namespace) -> int:
 
 def _issue(directory: pathlib.Path, node_ids: list[str]) -> dict[str, Any]:
     """Every node's agent certificate (an existing, usable one is kept)."""
+    from domainos.errors import ConfigError
     from domainos.security import Identity, check_usable, files_for, issue_files
 
     out: dict[str, Any] = {}
@@ -215,7 +216,7 @@ def _issue(directory: pathlib.Path, node_ids: list[str]) -> dict[str, Any]:
         files = files_for(directory, who)
         try:
             usable = check_usable(files)
-        except Exception:
+        except (ConfigError, OSError):  # missing, unreadable, expired or not yet valid: issue anew
             usable = None
         out[node_id] = files if usable == who else issue_files(directory, who)
     return out

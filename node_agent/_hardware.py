@@ -134,6 +134,13 @@ class _Datasets:
     def scan(self) -> tuple[DatasetShard, ...]:
         return node_datasets(self.declared, self.data_dir)
 
+    def rescanned(self, inventory: NodeInventory) -> NodeInventory | None:
+        """``inventory`` with the shards found now, or None when they did not change."""
+        datasets = self.scan()
+        if datasets == inventory.datasets:
+            return None
+        return dataclasses.replace(inventory, datasets=datasets)
+
 
 def health_from_usage(usage: NodeUsage, problems: Sequence[str] = ()) -> NodeHealth:
     """HEALTHY unless a GPU is hotter than :data:`GPU_TEMPERATURE_LIMIT_C` or NVML reported errors."""
@@ -355,10 +362,10 @@ class RealHardware:
         return self._inventory
 
     def refresh(self) -> bool:
-        datasets = self._datasets.scan()
-        if datasets == self._inventory.datasets:
+        changed = self._datasets.rescanned(self._inventory)
+        if changed is None:
             return False
-        self._inventory = dataclasses.replace(self._inventory, datasets=datasets)
+        self._inventory = changed
         return True
 
     def sample(self, running: Sequence[RunningTask]) -> NodeUsage:
@@ -451,10 +458,10 @@ class SimulatedHardware:
         return self._inventory
 
     def refresh(self) -> bool:
-        datasets = self._datasets.scan()
-        if datasets == self._inventory.datasets:
+        changed = self._datasets.rescanned(self._inventory)
+        if changed is None:
             return False
-        self._inventory = dataclasses.replace(self._inventory, datasets=datasets)
+        self._inventory = changed
         return True
 
     def sample(self, running: Sequence[RunningTask]) -> NodeUsage:

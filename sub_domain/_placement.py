@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
+from domainos.model import PlacementConstraints
 from domainos.resources import Resources
 
 _Key = tuple[str, int, int]  # (gpu model, free whole GPUs, most free GPUs in one NVLink domain)
@@ -46,49 +46,9 @@ class Placement:
     note: str = ""
 
 
-class ConstraintsLike(Protocol):
-    """What placement reads of a task's constraints (``domainos.model.PlacementConstraints``)."""
-
-    @property
-    def exclude_gpu_models(self) -> Sequence[str]: ...
-
-    @property
-    def node_selector(self) -> Mapping[str, str]: ...
-
-    @property
-    def one_nvlink_domain(self) -> bool: ...
-
-    @property
-    def dataset(self) -> str: ...
-
-    @property
-    def shard(self) -> int: ...
-
-    @property
-    def locality_wait_s(self) -> float: ...
-
-    @property
-    def group(self) -> str: ...
-
-    @property
-    def submitted_at(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Constraints:
-    """A plain implementation of :class:`ConstraintsLike` (tests, and tasks without any)."""
-
-    exclude_gpu_models: tuple[str, ...] = ()
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    one_nvlink_domain: bool = False
-    dataset: str = ""
-    shard: int = 0
-    locality_wait_s: float = 0.0
-    group: str = ""
-    submitted_at: float = 0.0
-
-
-NO_CONSTRAINTS = Constraints()
+#: What a task without constraints asks for (the shared model type: the master builds it from the
+#: job spec, the sub-domain reads it from the TaskSpec).
+NO_CONSTRAINTS = PlacementConstraints()
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,12 @@ from typing import Any, Literal
 
 from domainos.api.v1 import common_pb2
 from domainos.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
-from domainos.model import NodeHealth, NodeInventory, NodeUsage, TaskRef
+from domainos.model import NodeHealth, NodeInventory, NodeUsage, PlacementConstraints, TaskRef
 from domainos.resources import Resources
 
 from ._placement import (
     NO_CONSTRAINTS,
     CardRoom,
-    ConstraintsLike,
     Placement,
     PlacementIndex,
     pick_gpus,
@@ -873,7 +872,7 @@ class NodeRegistry:
     def place(
         self,
         request: Resources,
-        constraints: ConstraintsLike = NO_CONSTRAINTS,
+        constraints: PlacementConstraints = NO_CONSTRAINTS,
         *,
         now: float = 0.0,
         group_key: str = "",
@@ -980,7 +979,7 @@ class NodeRegistry:
         return sorted(self._by_block)
 
     def _node_fit(
-        self, node: NodeRecord, request: Resources, c: ConstraintsLike, model_ok: Callable[[str], bool]
+        self, node: NodeRecord, request: Resources, c: PlacementConstraints, model_ok: Callable[[str], bool]
     ) -> tuple[tuple[int, int, int, str], tuple[int, ...]] | None:
         """(best-fit key, GPU indexes) for ``request`` on ``node``, or None when it does not fit.
 
@@ -1033,7 +1032,7 @@ class NodeRegistry:
         self,
         candidates: Iterable[str],
         request: Resources,
-        c: ConstraintsLike,
+        c: PlacementConstraints,
         model_ok: Callable[[str], bool],
         ok: Callable[[str], bool],
     ) -> Placement | None:
@@ -1050,7 +1049,7 @@ class NodeRegistry:
     def _walk(
         self,
         request: Resources,
-        c: ConstraintsLike,
+        c: PlacementConstraints,
         model_ok: Callable[[str], bool],
         ok: Callable[[str], bool],
     ) -> Placement | None:
@@ -1081,7 +1080,7 @@ class NodeRegistry:
     def _reason(
         self,
         request: Resources,
-        c: ConstraintsLike,
+        c: PlacementConstraints,
         model_ok: Callable[[str], bool],
         *,
         selector_matches: int | None,
