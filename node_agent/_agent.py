@@ -597,7 +597,9 @@ class NodeAgent:
         self.region = msg.region or self.config.region
         self.address = address
         self._runner.subdomain_id = msg.subdomain_id
-        self._planner.handle(IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s))
+        self._planner.handle(
+            IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s, msg.heartbeat_interval_s)
+        )
         self._connected = True
         self.registrations_total += 1
         self.registered.set()
@@ -625,7 +627,7 @@ class NodeAgent:
                         await self._wake.wait()
             self._wake.clear()
             for report in planner.handle(Tick()):
-                await queue.put(_report_message(self.incarnation, report))
+                await queue.put(_report_message(self.incarnation, report, self._clock.time()))
                 self.reports_sent_total += 1
 
     # ------------------------------------------------------------------ commands
@@ -643,6 +645,8 @@ class NodeAgent:
         elif kind == "fetch_log":
             reply = await self._fetch_log(command.fetch_log)
             await queue.put(agent_pb2.AgentMessage(log_reply=reply))
+        elif kind == "probe":
+            await queue.put(probe_reply(command.probe))
         else:
             log.debug("node %s: ignoring command %s", self.node_id, kind)
 
@@ -816,12 +820,19 @@ async def _outbound(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
         yield msg
 
 
-def _report_message(incarnation: str, report: SendReport) -> Any:
+def probe_reply(probe: Any) -> Any:
+    """The answer to a sub-domain's ``Probe``: proof that this agent is alive, sent at once."""
+    return agent_pb2.AgentMessage(probe_reply=agent_pb2.ProbeReply(nonce=probe.nonce))
+
+
+def _report_message(incarnation: str, report: SendReport, sent_at: float) -> Any:
+    """``report`` as an ``AgentMessage``; ``sent_at`` (unix seconds) lets the sub-domain measure lag."""
     body = agent_pb2.AgentReport(
         incarnation=incarnation,
         seq=report.seq,
         full=report.full,
         tasks=[s.to_proto() for s in report.tasks],
+        sent_at=sent_at,
     )
     if report.usage is not None:
         body.usage.CopyFrom(report.usage.to_proto())

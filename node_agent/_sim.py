@@ -11,12 +11,12 @@ processes, metrics, a thread or timer of its own.
 Scale by design:
 
 * streams share channels: one ``grpc.aio`` channel per :data:`AGENTS_PER_CHANNEL` agents and
-  sub-domain address (one HTTP/2 connection, one stream per agent; HTTP/2 keepalive carries
-  liveness, as for real agents). With mutual TLS every agent needs its own certificate (the
+  sub-domain address (one HTTP/2 connection, one stream per agent; heartbeats and probe answers
+  carry liveness, as for real agents). With mutual TLS every agent needs its own certificate (the
   sub-domain checks that it names the node), so each agent then has its own channel;
 * one scheduler (a heap of deadlines) drives every agent's reports, simulated task completions and
   flaps; an agent sends a report only when its planner says one is due (task transitions, usage
-  deltas, health changes, full syncs);
+  deltas, health changes, full syncs, heartbeats); a ``Probe`` is answered at once;
 * one asyncio task per agent reads its stream (commands are handled inline).
 
 Simulated tasks: ``StartTask`` is RUNNING at once, then SUCCEEDED (exit 0) or FAILED (exit code
@@ -26,7 +26,7 @@ Simulated tasks: ``StartTask`` is RUNNING at once, then SUCCEEDED (exit 0) or FA
 
 Faults (:meth:`Fleet.kill`, :meth:`Fleet.silence`, :meth:`Fleet.flap`, :meth:`Fleet.revive`):
 ``kill`` cancels the node's stream and keeps it down; ``silence`` keeps the stream open but sends
-and answers nothing; ``flap`` kills and reconnects the stream every period; ``revive`` clears any
+and answers nothing (not even a ``Probe``); ``flap`` kills and reconnects the stream every period; ``revive`` clears any
 fault (a killed node reconnects with the same incarnation: a cut link, not a reboot).
 """
 
@@ -64,6 +64,7 @@ from node_agent._agent import (
     _outbound,
     _report_message,
     backoff_delay,
+    probe_reply,
 )
 from node_agent._hardware import SimulatedHardware
 from node_agent._state import (
@@ -192,6 +193,9 @@ class SimAgent:
         self.registrations_total = 0
         self.reports_sent_total = 0
         self.refused_total = 0
+        #: Sub-domain address -> (gRPC code, message) of its last refusal because it is full
+        #: (``RESOURCE_EXHAUSTED``), at most one entry per address.
+        self.refusals: dict[str, tuple[str, str]] = {}
         #: Faults: killed (no stream until revived), silent (stream open, nothing sent or answered).
         self.killed = False
         self.silent = False
@@ -248,6 +252,7 @@ class SimAgent:
                 failures = 0  # a drop after registering: reconnect soon, to the same address
             elif outcome == "RESOURCE_EXHAUSTED":
                 self.refused_total += 1
+                self.refusals[addresses[self._address_index]] = (outcome, self.last_message)
                 self._address_index = (self._address_index + 1) % len(addresses)
                 if self._address_index != self._home:
                     continue  # the next address at once; back off after a full cycle
@@ -321,7 +326,9 @@ class SimAgent:
     def _on_registered(self, msg: Any, address: str) -> None:
         self.subdomain_id = msg.subdomain_id
         self.address = address
-        self._planner.handle(IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s))
+        self._planner.handle(
+            IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s, msg.heartbeat_interval_s)
+        )
         self.connected = True
         self.registrations_total += 1
         self._schedule()
@@ -348,7 +355,7 @@ class SimAgent:
         if not self.silent:
             for report in self._planner.handle(Tick()):
                 try:
-                    queue.put_nowait(_report_message(self.incarnation, report))
+                    queue.put_nowait(_report_message(self.incarnation, report, self.fleet.clock.time()))
                 except asyncio.QueueFull:
                     log.warning(
                         "sim node %s: outbound queue full; report %d dropped", self.node_id, report.seq
@@ -387,6 +394,8 @@ class SimAgent:
             self._send(queue, agent_pb2.AgentMessage(ack=self._stop_task(command.stop_task)))
         elif kind == "ack_tasks":
             self._ack_tasks(command.ack_tasks)
+        elif kind == "probe":
+            self._send(queue, probe_reply(command.probe))
         elif kind == "fetch_log":
             chunk = common_pb2.LogChunk(data=b"simulated task: no output\n", eof=True)
             reply = common_pb2.LogReply(request_id=command.fetch_log.request_id, chunk=chunk)
@@ -432,6 +441,8 @@ class SimAgent:
         )
         self._tasks[ref] = _SimTask(status, spec.resources, exit_code)
         self.fleet.tasks_started_total += 1
+        if self.fleet.start_times is not None:
+            self.fleet.start_times.setdefault(ref, self.fleet.clock.monotonic())
         self._changed(status)
         self.fleet._scheduler.at(self.fleet.clock.monotonic() + duration, lambda: self._finish(ref, status))
         return common_pb2.CommandAck(command_id=cid, ok=True)
@@ -588,6 +599,9 @@ class Fleet:
         self.closing = False
         self.tasks_started_total = 0
         self.reports_sent_total = 0
+        #: When a dict (benchmarks set one): the ``clock.monotonic()`` at which each task's first
+        #: ``StartTask`` arrived, by ref, to time placements end to end. None records nothing.
+        self.start_times: dict[TaskRef, float] | None = None
         self._random = random.Random(seed)
         self._tls_for = tls_for
         self._per_channel = agents_per_channel

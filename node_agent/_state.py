@@ -9,7 +9,9 @@ Rules (docs/protocol.md, agent -> sub-domain, step 3):
   (CPU +-5 points, memory +-1 % of the node's memory, a GPU's utilisation +-5 points, memory
   +-1 % of that GPU, temperature +-5 C or power +-10 %);
 * health as soon as it changes;
-* a full report (every known task, usage, health) every ``full_sync_interval_s``.
+* a full report (every known task, usage, health) every ``full_sync_interval_s``;
+* a heartbeat (an empty delta: no tasks, usage or health) when nothing at all went out for
+  ``heartbeat_interval_s`` (0: never; a sub-domain that does not set it relies on full reports).
 
 ``seq`` restarts with every stream: the first report after a ``Register`` has ``seq`` 1.
 """
@@ -49,10 +51,12 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class IntervalsChanged:
-    """The sub-domain's ``Registered`` set the damping and full-sync intervals."""
+    """The sub-domain's ``Registered`` set the damping, full-sync and heartbeat intervals (0: it
+    did not say, except for the heartbeat, where 0 means none)."""
 
     report_interval_s: float
     full_sync_interval_s: float
+    heartbeat_interval_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class ReportPlanner:
         clock: Clock,
         report_interval_s: float,
         full_sync_interval_s: float,
+        heartbeat_interval_s: float = 0.0,
         memory_total: int = 0,
         gpu_memory_totals: Mapping[int, int] | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
@@ -142,6 +147,7 @@ class ReportPlanner:
         self._clock = clock
         self.report_interval_s = report_interval_s
         self.full_sync_interval_s = full_sync_interval_s
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.batch_window_s = batch_window_s
         self._memory_total = memory_total
         self._gpu_memory_totals = dict(gpu_memory_totals or {})
@@ -156,6 +162,8 @@ class ReportPlanner:
         self._usage_sent_at = 0.0
         self._health_sent: NodeHealth | None = None
         self._full_at = 0.0
+        #: When the last report of any kind (or the ``Register``) went out.
+        self._sent_at = 0.0
 
     # ------------------------------------------------------------------ queries
 
@@ -173,6 +181,8 @@ class ReportPlanner:
         if not self.connected:
             return None
         deadlines = [self._full_at + self.full_sync_interval_s]
+        if self.heartbeat_interval_s > 0:
+            deadlines.append(self._sent_at + self.heartbeat_interval_s)
         if self._pending_since is not None:
             deadlines.append(self._pending_since + self.batch_window_s)
         if self._health is not None and self._health != self._health_sent:
@@ -193,7 +203,7 @@ class ReportPlanner:
             self._pending_since = None
             self._usage = self._usage_sent = event.usage
             self._health = self._health_sent = event.health
-            self._usage_sent_at = self._full_at = now
+            self._usage_sent_at = self._full_at = self._sent_at = now
             return []
         if isinstance(event, Disconnected):
             self.connected = False
@@ -205,6 +215,7 @@ class ReportPlanner:
                 self.report_interval_s = event.report_interval_s
             if event.full_sync_interval_s > 0:
                 self.full_sync_interval_s = event.full_sync_interval_s
+            self.heartbeat_interval_s = max(event.heartbeat_interval_s, 0.0)
             return []
         if isinstance(event, TaskChanged):
             ref = event.status.ref
@@ -251,7 +262,7 @@ class ReportPlanner:
             )
             self._pending.clear()
             self._pending_since = None
-            self._full_at = self._usage_sent_at = now
+            self._full_at = self._usage_sent_at = self._sent_at = now
             self._usage_sent = self._usage
             self._health_sent = self._health
             return [report]
@@ -262,9 +273,11 @@ class ReportPlanner:
             and self._usage_differs()
         )
         health_due = self._health is not None and self._health != self._health_sent
-        if not (tasks_due or usage_due or health_due):
+        heartbeat_due = self.heartbeat_interval_s > 0 and now >= self._sent_at + self.heartbeat_interval_s
+        if not (tasks_due or usage_due or health_due or heartbeat_due):
             return []
         self.seq += 1
+        self._sent_at = now
         tasks: tuple[TaskStatus, ...] = ()
         if tasks_due:
             tasks = tuple(self._pending)
@@ -293,3 +306,4 @@ class ReportPlanner:
         if not self.connected:
             assert not self._pending, "transitions pending while disconnected"
         assert self._full_at <= self._clock.monotonic(), "full report in the future"
+        assert self._full_at <= self._sent_at, "a full report went out after the last report sent"

@@ -36,12 +36,17 @@ class SubDomainConfig:
     max_nodes: int = 10_000
     #: Told to agents: send a usage delta at most this often.
     report_interval_s: float = 1.0
-    #: Told to agents: send a full report at least this often.
-    full_sync_interval_s: float = 5.0
-    #: A ready node with no report for this long becomes suspect.
-    silent_after_s: float = 15.0
-    #: A suspect node with no reconnect/report for this long becomes dead.
-    dead_after_s: float = 5.0
+    #: Told to agents: send a full report at least this often (it repairs a view a lost delta
+    #: left wrong; liveness does not depend on it).
+    full_sync_interval_s: float = 30.0
+    #: Told to agents: send something (an empty delta when nothing else is due) at least this often.
+    heartbeat_interval_s: float = 2.0
+    #: A ready node heard nothing from for this long becomes suspect and is probed on its stream.
+    silent_after_s: float = 3.0
+    #: A probed node that does not answer (with anything) within this long is dead.
+    probe_timeout_s: float = 1.0
+    #: A node whose stream ended and that has not registered again within this long is dead.
+    dead_after_s: float = 3.0
     #: Send a changed summary to the master at most this often.
     summary_interval_s: float = 1.0
     #: Messages per second each agent stream may send (0 = unlimited), with bursts of ...
@@ -74,7 +79,9 @@ class SubDomainConfig:
         for name in (
             "report_interval_s",
             "full_sync_interval_s",
+            "heartbeat_interval_s",
             "silent_after_s",
+            "probe_timeout_s",
             "dead_after_s",
             "summary_interval_s",
         ):
@@ -88,10 +95,11 @@ class SubDomainConfig:
             "agent_message_burst",
         )
         check_rate(self.register_rate_per_s, self.register_burst, "register_rate_per_s", "register_burst")
-        if self.silent_after_s <= self.full_sync_interval_s:
+        if self.silent_after_s <= self.heartbeat_interval_s:
             raise ConfigError(
-                f"must be greater than full_sync_interval_s ({self.full_sync_interval_s}), got "
-                f"{self.silent_after_s}: a healthy node would be declared silent between full reports",
+                f"must be greater than heartbeat_interval_s ({self.heartbeat_interval_s}), got "
+                f"{self.silent_after_s}: every healthy node would be suspected (and probed) between "
+                "two heartbeats",
                 field="silent_after_s",
             )
         if self.log_level.lower() not in LOG_LEVELS:

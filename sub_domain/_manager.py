@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from domainos.rpc import bind, create_server
 from domainos.store import AsyncStore, Op, delete_op, open_store, put_op
 
 from ._config import SubDomainConfig
-from ._metrics import MetricsServer, MetricsSnapshot
+from ._metrics import LagHistogram, MetricsServer, MetricsSnapshot
 from ._registry import (
     DEAD,
     READY,
@@ -55,14 +56,27 @@ from ._upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-#: How often deadlines (silent / dead nodes) are checked.
-TICK_INTERVAL_S = 0.5
+#: How often deadlines (silent / probed / disconnected nodes) are checked; a detection takes up to
+#: two ticks more than ``silent_after_s + probe_timeout_s``. A tick costs O(due entries).
+TICK_INTERVAL_S = 0.2
+#: A tick later than this (the event loop was blocked, so messages waited unread) gives every node
+#: that much more time (``NodeRegistry.stalled``) ...
+STALL_TOLERANCE_S = 0.1
+#: ... and so does a tick interval in which the process used this much CPU (of one core), after
+#: another such interval: the loop has not idled for two ticks, so messages may have waited unread
+#: (behind a burst of registrations, say).
+SATURATED_CPU = 0.9
 #: How long a FetchTaskLog waits for the node's answer.
 LOG_TIMEOUT_S = 10.0
 #: Most log fetches in flight at once.
 MAX_PENDING_LOGS = 1024
 #: Store operations per transaction when writing a batch of transitions.
 TXN_BATCH = 100
+#: A ``PlaceTask`` does not wait for its effects while fewer than this many effect lists are
+#: queued (the master's commands then run as groups: one store write for many placements).
+MAX_QUEUED_EFFECT_LISTS = 256
+#: Most effect lists run as one group (their leading store writes in one write).
+EFFECT_GROUP_MAX = 256
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 5000
 
@@ -101,6 +115,7 @@ class SubDomainManager:
             max_nodes=config.max_nodes,
             silent_after_s=config.silent_after_s,
             dead_after_s=config.dead_after_s,
+            probe_timeout_s=config.probe_timeout_s,
         )
         self.tasks = TaskTable(config.id, self.registry)
         self.reservations = Reservations(config.id, self.registry, self.tasks)
@@ -125,6 +140,14 @@ class SubDomainManager:
         self.registrations = 0
         self.refused: Counter[str] = Counter()
         self.reports_received = 0
+        self.probes_sent = 0
+        self.probes_answered = 0
+        #: Stalled or saturated tick intervals (each extended node deadlines), and their seconds.
+        self.stalls = 0
+        self.stalled_s = 0.0
+        #: Receive time minus each report's ``sent_at``.
+        self.report_lag = LagHistogram()
+        self._nonces = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -271,6 +294,7 @@ class SubDomainManager:
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Numbers for the collector (called on the metrics thread: plain lookups only)."""
+        lag_buckets, lag_sum = self.report_lag.snapshot()
         return MetricsSnapshot(
             subdomain_id=self.config.id,
             nodes={s: self.registry.count(s) for s in STATES},
@@ -288,6 +312,12 @@ class SubDomainManager:
                 "committed": self.reservations.committed,
                 "expired": self.reservations.expired,
             },
+            probes_sent=self.probes_sent,
+            probes_answered=self.probes_answered,
+            loop_stalls=self.stalls,
+            loop_stalled_s=self.stalled_s,
+            report_lag_buckets=lag_buckets,
+            report_lag_sum=lag_sum,
         )
 
     # -- store -----------------------------------------------------------------------------------
@@ -329,17 +359,19 @@ class SubDomainManager:
 
     async def _write(self, batch: Sequence[Persist | PersistNode]) -> bool:
         assert self._store is not None
-        ops: list[Op] = []
+        latest: dict[str, Op] = {}  # the last write of a key wins (etcd refuses a key twice per txn)
         for eff in batch:
             key = (
                 self._task_key(eff.job_id, eff.task_index)
                 if isinstance(eff, Persist)
                 else self._node_key(eff.node_id)
             )
+            latest.pop(key, None)
             if eff.record is None:
-                ops.append(delete_op(key))
+                latest[key] = delete_op(key)
             else:
-                ops.append(put_op(key, json.dumps(eff.record, separators=(",", ":")).encode()))
+                latest[key] = put_op(key, json.dumps(eff.record, separators=(",", ":")).encode())
+        ops = list(latest.values())
         try:
             for i in range(0, len(ops), TXN_BATCH):
                 await self._store.txn([], ops[i : i + TXN_BATCH])
@@ -350,29 +382,62 @@ class SubDomainManager:
 
     # -- effects ---------------------------------------------------------------------------------
 
-    async def _run_effects(self, effects: Sequence[_AnyEffect]) -> None:
-        """Hand an effect list to the runner and wait until it ran.
+    async def _run_effects(self, effects: Sequence[_AnyEffect], *, wait: bool = True) -> None:
+        """Hand an effect list to the runner and (``wait``) wait until it ran.
 
-        Lists run one at a time in the order they were submitted (= computed), by one background
-        coroutine, so a caller that is cancelled (its agent stream ended) does not cut a list in
-        half: the statuses it carries still reach the master.
+        Lists run in the order they were submitted (= computed), by one background coroutine, so
+        a caller that is cancelled (its agent stream ended) does not cut a list in half: the
+        statuses it carries still reach the master. ``wait=False`` (the master's ``PlaceTask``s,
+        one producer) returns at once unless :data:`MAX_QUEUED_EFFECT_LISTS` lists are queued,
+        which bounds the queue and lets the runner write many placements in one transaction.
         """
         if not effects or self._closing or self._effects_runner is None:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._effects.put_nowait((effects, future))
-        await asyncio.shield(future)
+        if wait or self._effects.qsize() >= MAX_QUEUED_EFFECT_LISTS:
+            await asyncio.shield(future)
 
     async def _run_effect_lists(self) -> None:
         while True:
-            effects, future = await self._effects.get()
+            group = [await self._effects.get()]
+            # Group commit: lists queued meanwhile whose store writes all come first run together,
+            # those writes in one batch (a list that writes after a send runs on its own).
+            if _writes_lead(group[0][0]):
+                while len(group) < EFFECT_GROUP_MAX and not self._effects.empty():
+                    group.append(self._effects.get_nowait())
+                    if not _writes_lead(group[-1][0]):
+                        break
+            alone = [] if _writes_lead(group[-1][0]) else [group.pop()]
             try:
-                await self._execute(effects)
+                if group:
+                    await self._execute_group([effects for effects, _ in group])
+                for effects, _ in alone:
+                    await self._execute(effects)
             except Exception:
-                log.exception("running %d effects failed", len(effects))
+                log.exception("running %d effect lists failed", len(group) + len(alone))
             finally:
-                if not future.done():
-                    future.set_result(None)
+                for _, future in group + alone:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _execute_group(self, lists: Sequence[Sequence[_AnyEffect]]) -> None:
+        """Lists whose store writes all lead: every list's writes in one batch, then each list's
+        other effects in order (acks only if the batch is durable, as in :meth:`_execute`)."""
+        if len(lists) == 1:
+            await self._execute(lists[0])
+            return
+        writes: list[Persist | PersistNode] = []
+        rest: list[_AnyEffect] = []
+        for effects in lists:
+            n = _leading_writes(effects)
+            writes.extend(effects[:n])  # type: ignore[arg-type]
+            rest.extend(effects[n:])
+        durable = True
+        if writes:
+            durable = self._store is not None and not self._closed and await self._write(writes)
+        for eff in rest:
+            self._apply(eff, durable)
 
     async def _execute(self, effects: Sequence[_AnyEffect]) -> None:
         """Run effects in order; consecutive store writes go in one transaction.
@@ -488,6 +553,8 @@ class SubDomainManager:
                 )
             elif isinstance(ev, NodeSuspect):
                 log.warning("node %s suspect: %s", ev.node_id, ev.why)
+                if ev.probe:
+                    self._probe(ev.node_id)
             elif isinstance(ev, NodeDead):
                 log.warning("node %s dead: %s", ev.node_id, ev.why)
                 node = self.registry.get(ev.node_id)
@@ -509,10 +576,36 @@ class SubDomainManager:
                 out.append(PersistNode(ev.node_id, None))
         return out
 
+    def _probe(self, node_id: str) -> None:
+        """Ask a silent node to answer at once (``Probe``); any message from it revives it."""
+        nonce = next(self._nonces)
+        if self._send_agent(node_id, agent_pb2.AgentCommand(probe=agent_pb2.Probe(nonce=nonce))):
+            self.probes_sent += 1
+
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        last, last_cpu, last_clock = loop.time(), time.process_time(), self.clock.monotonic()
+        saturated = False
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
+            # The loop's own (real) time: a stall is real time in which nothing was read.
+            now, cpu, clock_now = loop.time(), time.process_time(), self.clock.monotonic()
+            wall = now - last
+            was_saturated, saturated = saturated, cpu - last_cpu >= SATURATED_CPU * wall
+            stall = wall if saturated and was_saturated else wall - TICK_INTERVAL_S
+            # Never more than the registry's clock moved (a test's fake clock jumps, or stands still).
+            stall = min(stall, clock_now - last_clock)
+            last, last_cpu, last_clock = now, cpu, clock_now
             try:
+                if stall > STALL_TOLERANCE_S:
+                    self.stalls += 1
+                    self.stalled_s += stall
+                    self.registry.stalled(clock_now, stall)
+                    log.log(
+                        logging.WARNING if stall >= 1.0 else logging.DEBUG,
+                        "event loop stalled or saturated for %.2fs; node deadlines extended by it",
+                        stall,
+                    )
                 self.reservations.tick(self.clock.monotonic())
                 events = self.registry.tick(self.clock.monotonic())
                 if events:
@@ -574,6 +667,7 @@ class SubDomainManager:
                     region=self.config.region,
                     report_interval_s=self.config.report_interval_s,
                     full_sync_interval_s=self.config.full_sync_interval_s,
+                    heartbeat_interval_s=self.config.heartbeat_interval_s,
                 )
             )
         )
@@ -613,6 +707,12 @@ class SubDomainManager:
                 log.warning("node %s refused command %s: %s", conn.node_id, ack.command_id, ack.error)
             effects = self.tasks.agent_ack(conn.node_id, ack.command_id, ack.ok, ack.error, self.clock.time())
             await self._run_effects(effects)
+        elif kind == "probe_reply":
+            events = self.registry.report(conn.node_id, self.clock.monotonic(), conn_token=conn.token)
+            if events:
+                self.probes_answered += 1
+                log.info("node %s answered probe %d", conn.node_id, message.probe_reply.nonce)
+                await self._run_effects(self._node_effects(events))
         elif kind == "log_reply":
             pending = self._pending_logs.pop(message.log_reply.request_id, None)
             if pending is not None and not pending.future.done():
@@ -624,6 +724,8 @@ class SubDomainManager:
 
     async def _on_report(self, conn: AgentConn, report: Any) -> None:
         self.reports_received += 1
+        if report.sent_at:
+            self.report_lag.observe(self.clock.time() - report.sent_at)
         if report.incarnation and report.incarnation != conn.incarnation:
             log.debug(
                 "node %s: report from incarnation %s ignored (registered %s)",
@@ -648,6 +750,8 @@ class SubDomainManager:
             usage=usage,
             health=NodeHealth.from_proto(report.health) if report.HasField("health") else None,
         )
+        if not events and not report.tasks:
+            return  # a heartbeat (most reports): nothing else to do
         effects: list[_AnyEffect] = self._node_effects(events)
         now = self.clock.time()
         for raw in report.tasks:
@@ -709,6 +813,9 @@ class SubDomainManager:
         try:
             if kind == "place_task":
                 await self._place(command.place_task)
+            elif kind == "place_tasks":
+                for place in command.place_tasks.tasks:
+                    await self._place_one_of_many(place)
             elif kind == "stop_task":
                 await self._stop(command.stop_task)
             elif kind == "ack_tasks":
@@ -748,7 +855,18 @@ class SubDomainManager:
                 _command_id(command, kind), False, f"internal error in sub-domain {self.config.id}"
             )
 
-    async def _place(self, cmd: Any) -> None:
+    async def _place_one_of_many(self, cmd: Any) -> None:
+        """One task of a ``PlaceTasks``: placed like a ``PlaceTask``, acked only when refused."""
+        try:
+            await self._place(cmd, ack=False)
+        except DomainOSError as exc:
+            log.warning("place task (command %s) refused: %s", cmd.command_id, exc)
+            await self._ack_master(cmd.command_id, False, str(exc))
+        except Exception:
+            log.exception("place task (command %s) failed", cmd.command_id)
+            await self._ack_master(cmd.command_id, False, f"internal error in sub-domain {self.config.id}")
+
+    async def _place(self, cmd: Any, *, ack: bool = True) -> None:
         spec = TaskSpec.from_proto(cmd.spec)
         holder = self.reservations.holder_of(spec.ref)
         if holder:
@@ -768,8 +886,9 @@ class SubDomainManager:
                 status.state.label,
                 f" ({status.message})" if status.message else "",
             )
-        await self._run_effects(effects)
-        await self._ack_master(cmd.command_id)
+        await self._run_effects(effects, wait=False)
+        if ack:
+            await self._ack_master(cmd.command_id)
 
     async def _reserve(self, cmd: Any) -> None:
         rid = cmd.reservation_id
@@ -876,6 +995,21 @@ class SubDomainManager:
             if pending.node_id == node_id and not pending.future.done():
                 pending.future.set_result(why)
                 self._pending_logs.pop(local_id, None)
+
+
+def _leading_writes(effects: Sequence[_AnyEffect]) -> int:
+    """How many store writes (``Persist``/``PersistNode``) begin ``effects``."""
+    n = 0
+    while n < len(effects) and isinstance(effects[n], (Persist, PersistNode)):
+        n += 1
+    return n
+
+
+def _writes_lead(effects: Sequence[_AnyEffect]) -> bool:
+    """True when every store write of ``effects`` comes before its other effects (such lists may
+    run as a group: moving their writes ahead of an earlier list's sends reorders no two writes)."""
+    n = _leading_writes(effects)
+    return not any(isinstance(e, (Persist, PersistNode)) for e in effects[n:])
 
 
 def _command_id(command: Any, kind: str | None) -> str:

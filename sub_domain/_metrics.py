@@ -1,19 +1,58 @@
 """Prometheus metrics of the sub-domain, read from its state at scrape time.
 
-The only module of the package that imports ``prometheus_client``. Nothing is updated on a hot
+The only module of the package that imports ``prometheus_client``. Nothing of it is updated on a hot
 path: the collector asks the manager for a :class:`MetricsSnapshot` when ``/metrics`` is scraped.
+The one per-report figure, the report lag, goes into a :class:`LagHistogram` (a list of counts,
+one bisect per report) that the snapshot copies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from domainos._metrics import start_metrics_server, stop_metrics_server
+
+#: Upper bounds (s) of the report-lag buckets: 1 ms to 10 s, six per decade, fine enough to read a
+#: p50 and a p99 from (``bench/scale.py`` interpolates inside a bucket).
+LAG_BUCKETS: tuple[float, ...] = (
+    *(round(m * 10.0**e, 6) for e in range(-3, 1) for m in (1.0, 1.5, 2.0, 3.0, 5.0, 7.5)),
+    10.0,
+)
+
+
+class LagHistogram:
+    """Report lag (receive time minus the agent's ``sent_at``): per-bucket counts and a sum.
+
+    Written by the event loop (one :meth:`observe` per report), read by the metrics thread through
+    :meth:`snapshot`; both are plain list/float operations under the GIL.
+    """
+
+    def __init__(self, bounds: Sequence[float] = LAG_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one lag; negative ones (clock skew) count as 0."""
+        seconds = max(seconds, 0.0)
+        self._counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self._sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative ``(le, count)`` buckets (Prometheus style, ending with ``+Inf``) and the sum."""
+        counts, total = list(self._counts), self._sum
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*(f"{b:g}" for b in self.bounds), "+Inf"), counts, strict=True):
+            running += n
+            out.append((bound, float(running)))
+        return out, total
 
 
 @dataclass(frozen=True)
@@ -32,6 +71,15 @@ class MetricsSnapshot:
     reservations_held: int = 0
     #: Gang reservation outcomes: accepted, refused, committed, expired.
     reservations: dict[str, int] = field(default_factory=dict)
+    #: Probes sent to silent nodes, and the answers that revived them.
+    probes_sent: int = 0
+    probes_answered: int = 0
+    #: Late ticks (the event loop stalled) and their summed lateness; liveness deadlines skip it.
+    loop_stalls: int = 0
+    loop_stalled_s: float = 0.0
+    #: Report lag: cumulative ``(le, count)`` buckets and the sum (see :class:`LagHistogram`).
+    report_lag_buckets: list[tuple[str, float]] = field(default_factory=list)
+    report_lag_sum: float = 0.0
 
 
 class SubDomainCollector(Collector):
@@ -90,6 +138,36 @@ class SubDomainCollector(Collector):
         for outcome, n in s.reservations.items():
             outcomes.add_metric([outcome], n)
         yield outcomes
+        probes = CounterMetricFamily(
+            "domainos_subdomain_probes", "Probes sent to nodes silent for silent_after_s."
+        )
+        probes.add_metric([], s.probes_sent)
+        yield probes
+        answered = CounterMetricFamily(
+            "domainos_subdomain_probes_answered", "Probe answers that made a suspect node ready again."
+        )
+        answered.add_metric([], s.probes_answered)
+        yield answered
+        stalls = CounterMetricFamily(
+            "domainos_subdomain_loop_stalls",
+            "Deadline ticks later than 0.1 s: the event loop was blocked or overloaded.",
+        )
+        stalls.add_metric([], s.loop_stalls)
+        yield stalls
+        stalled = CounterMetricFamily(
+            "domainos_subdomain_loop_stalled_seconds",
+            "Summed lateness of those ticks; node liveness deadlines are extended by it.",
+        )
+        stalled.add_metric([], s.loop_stalled_s)
+        yield stalled
+        if s.report_lag_buckets:
+            yield HistogramMetricFamily(
+                "domainos_subdomain_report_lag_seconds",
+                "Receive time minus the agent's sent_at, per report (clamped at 0). Exact on one "
+                "machine; across machines it needs their clocks in sync (NTP).",
+                buckets=s.report_lag_buckets,
+                sum_value=s.report_lag_sum,
+            )
 
 
 class MetricsServer:

@@ -1,8 +1,15 @@
 """The node registry: a pure state machine (no I/O; time comes in as ``now`` arguments).
 
-Nodes are ``ready`` → ``suspect`` → ``dead``. A ready node turns suspect when its stream ends or when it
-has not reported for ``silent_after_s``; a suspect node that neither reconnects nor reports within
-``dead_after_s`` is dead. Deadlines live in a heap of ``(deadline, node_id, generation)``: a state
+Nodes are ``ready`` → ``suspect`` → ``dead``. Agents send something (an empty delta, a heartbeat) at
+least every ``heartbeat_interval_s``. A ready node heard nothing from for ``silent_after_s`` turns
+suspect *and is probed* on its open stream (:class:`NodeSuspect` with ``probe=True``: the owner sends
+the ``Probe``); any message from it on that stream revives it, and no answer within
+``probe_timeout_s`` makes it dead. A ready node whose stream ends turns suspect at once and is dead
+unless it registers again within ``dead_after_s`` (the reconnect grace). So a slow-but-alive node
+costs a probe, never a false death, while a silent or vanished node is dead within
+``silent_after_s + probe_timeout_s`` (plus the caller's tick). Time the owner could not listen (its
+event loop stalled, :meth:`NodeRegistry.stalled`) does not count against any node: an overloaded
+sub-domain detects more slowly instead of declaring healthy nodes dead. Deadlines live in a heap of ``(deadline, node_id, generation)``: a state
 change bumps the node's generation so older entries are skipped when popped, and a report only
 updates ``last_report`` -- the entry is pushed again, later, when it comes due. :meth:`tick` therefore
 costs O(log n) per due entry and O(1) when nothing is due, never a scan of all nodes.
@@ -74,6 +81,8 @@ class NodeReady:
 class NodeSuspect:
     node_id: str
     why: str
+    #: True when the node went silent on an open stream: the owner sends it a ``Probe`` now.
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +138,8 @@ class NodeRecord:
     state_since: float
     generation: int = 0
     suspect_why: str = ""
+    #: How long (s, stalls not counted) a suspect node has to be heard from before it is dead.
+    suspect_for: float = 0.0
     usage: NodeUsage = field(default_factory=NodeUsage)
     health: NodeHealth = field(default_factory=NodeHealth)
     allocated: Resources = field(default_factory=Resources)
@@ -249,6 +260,15 @@ class ShareSlot:
         )
 
 
+#: Stalls remembered for the stall credit (older ones fold into a base).
+STALL_MEMORY_S = 120.0
+#: A deadline is extended by stalls by at most this much: a sub-domain that stays overloaded still
+#: declares dead nodes dead, only later.
+MAX_STALL_CREDIT_S = 30.0
+#: A node reloaded after a sub-domain restart has at least this long to register again: longer
+#: than an agent's longest reconnect backoff (5 s, ``node_agent._agent.BACKOFF_MAX_S``) twice over,
+#: since its agent may have backed off all the while the sub-domain was down.
+RESTART_GRACE_S = 15.0
 #: Summary caps: label pairs, datasets, shards per dataset (sizes independent of node count).
 MAX_SUMMARY_LABELS = 256
 MAX_SUMMARY_DATASETS = 256
@@ -395,17 +415,24 @@ class NodeRegistry:
         max_nodes: int,
         silent_after_s: float,
         dead_after_s: float,
+        probe_timeout_s: float = 1.0,
         dead_retention: int | None = None,
     ) -> None:
         self.subdomain_id = subdomain_id
         self.max_nodes = max_nodes
         self.silent_after_s = silent_after_s
+        #: The reconnect grace of a node whose stream ended.
         self.dead_after_s = dead_after_s
+        self.probe_timeout_s = probe_timeout_s
         #: How many dead node records to keep for views (oldest forgotten first).
         self.dead_retention = max_nodes if dead_retention is None else dead_retention
         self._nodes: dict[str, NodeRecord] = {}
         self._dead: OrderedDict[str, None] = OrderedDict()
         self._heap: list[tuple[float, str, int]] = []
+        #: ``(end, cumulative stalled seconds)`` of the owner's recent stalls, and the cumulative
+        #: stall of those already forgotten (see :meth:`stalled`).
+        self._stalls: list[tuple[float, float]] = []
+        self._stall_base = 0.0
         self._index = PlacementIndex()
         # Topology lookups over registered nodes (any state; callers check ``placeable``).
         self._by_label: dict[str, set[str]] = {}
@@ -505,6 +532,35 @@ class NodeRegistry:
             if (n := self._nodes.get(e[1])) is not None and n.state != DEAD and n.generation == e[2]
         ]
         heapq.heapify(self._heap)
+
+    def stalled(self, now: float, seconds: float) -> None:
+        """The owner could not process messages for ``seconds`` up to ``now`` (its loop was
+        blocked or overloaded): that time is not counted against any node's deadline."""
+        if seconds <= 0:
+            return
+        total = (self._stalls[-1][1] if self._stalls else self._stall_base) + seconds
+        self._stalls.append((now, total))
+        while self._stalls and self._stalls[0][0] < now - STALL_MEMORY_S:
+            self._stall_base = self._stalls.pop(0)[1]
+
+    def _stalled_by(self, t: float) -> float:
+        i = bisect.bisect_right(self._stalls, (t, math.inf))
+        return self._stalls[i - 1][1] if i else self._stall_base
+
+    def _listened(self, since: float, now: float) -> float:
+        """Seconds from ``since`` to ``now`` minus the stalls in between."""
+        if not self._stalls or self._stalls[-1][0] <= since:
+            return now - since
+        credit = min(self._stalled_by(now) - self._stalled_by(since), MAX_STALL_CREDIT_S)
+        return (now - since) - credit
+
+    def _suspect(self, node: NodeRecord, why: str, span: float, now: float) -> None:
+        """Make ``node`` suspect (between ``_begin`` and ``_end``); dead unless heard from within
+        ``span``."""
+        node.suspect_why = why
+        node.suspect_for = span
+        self._set_state(node, SUSPECT, now)
+        self._schedule(node, now + span)
 
     def _set_state(self, node: NodeRecord, state: NodeState, now: float) -> None:
         if node.state != state:  # "since" is when the state began, not when it was last confirmed
@@ -652,8 +708,8 @@ class NodeRegistry:
     def restore(self, inventory: NodeInventory, incarnation: str, *, dead: bool, now: float) -> None:
         """Reload a node record from the store after a restart.
 
-        A node that was alive comes back ``suspect`` with no connection and a grace of
-        ``max(silent_after_s, dead_after_s)`` to re-register before it is declared dead.
+        A node that was alive comes back ``suspect`` with no connection and a grace of at least
+        :data:`RESTART_GRACE_S` to re-register before it is declared dead.
         """
         if inventory.node_id in self._nodes:
             return
@@ -666,6 +722,7 @@ class NodeRegistry:
             last_report=now,
             state_since=now,
             suspect_why="sub-domain restarted; waiting for the agent to re-register",
+            suspect_for=max(RESTART_GRACE_S, self.silent_after_s, self.dead_after_s),
         )
         self._nodes[node.node_id] = node
         self._topo(node, add=True)
@@ -673,7 +730,7 @@ class NodeRegistry:
             self._dead[node.node_id] = None
         self._end(node)
         if not dead:
-            self._schedule(node, now + max(self.silent_after_s, self.dead_after_s))
+            self._schedule(node, now + node.suspect_for)
 
     def report(
         self,
@@ -684,10 +741,11 @@ class NodeRegistry:
         usage: NodeUsage | None = None,
         health: NodeHealth | None = None,
     ) -> list[NodeEvent]:
-        """A report arrived: refresh liveness (no heap push), apply usage/health if present.
+        """A report (or a probe's answer) arrived: refresh liveness (no heap push), apply
+        usage/health if present.
 
         Reports on a connection that is not the node's live one are ignored. A suspect node whose
-        stream stayed open comes back to ready.
+        stream stayed open (a probed one) comes back to ready.
         """
         node = self._nodes.get(node_id)
         if node is None or node.state == DEAD:
@@ -718,9 +776,7 @@ class NodeRegistry:
         node.conn_token = None
         events: list[NodeEvent] = []
         if node.state == READY:
-            node.suspect_why = "its stream ended"
-            self._set_state(node, SUSPECT, now)
-            self._schedule(node, now + self.dead_after_s)
+            self._suspect(node, "its stream ended", self.dead_after_s, now)
             events.append(NodeSuspect(node_id, node.suspect_why))
         self._end(node)
         return events
@@ -735,17 +791,20 @@ class NodeRegistry:
             if node is None or node.generation != gen or node.state == DEAD:
                 continue
             if node.state == READY:
-                due = node.last_report + self.silent_after_s
+                due = now + self.silent_after_s - self._listened(node.last_report, now)
                 if due > now:
                     heapq.heappush(heap, (due, node_id, gen))
                     continue
                 self._begin(node)
-                node.suspect_why = f"no report for {now - node.last_report:.1f}s"
-                self._set_state(node, SUSPECT, now)
+                why = f"nothing heard for {now - node.last_report:.1f}s, probed"
+                self._suspect(node, why, self.probe_timeout_s, now)
                 self._end(node)
-                self._schedule(node, now + self.dead_after_s)
-                events.append(NodeSuspect(node_id, node.suspect_why))
-            else:  # SUSPECT, and nothing revived it in time
+                events.append(NodeSuspect(node_id, node.suspect_why, probe=True))
+            else:  # SUSPECT: dead unless it was heard from (or the owner stalled) in the meantime
+                due = now + node.suspect_for - self._listened(node.state_since, now)
+                if due > now:
+                    heapq.heappush(heap, (due, node_id, gen))
+                    continue
                 self._begin(node)
                 had_conn = node.conn_token is not None
                 why = f"{node.suspect_why}, then nothing for {now - node.state_since:.1f}s"

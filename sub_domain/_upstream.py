@@ -251,6 +251,8 @@ class Upstream:
             kind = msg.WhichOneof("body")
             if kind == "place_task":
                 self._placements_applied += 1
+            elif kind == "place_tasks":
+                self._placements_applied += len(msg.place_tasks.tasks)
             elif kind == "reserve":  # held (or refused) at once: the next summary reflects them
                 self._placements_applied += len(msg.reserve.tasks)
 

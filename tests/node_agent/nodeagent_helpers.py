@@ -218,6 +218,7 @@ class FakeSubDomain(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
         region: str = "r-test",
         report_interval_s: float = 0.1,
         full_sync_interval_s: float = 5.0,
+        heartbeat_interval_s: float = 0.0,
         refuse: tuple[grpc.StatusCode, str] | None = None,
         silent: bool = False,
     ) -> None:
@@ -225,6 +226,7 @@ class FakeSubDomain(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
         self.region = region
         self.report_interval_s = report_interval_s
         self.full_sync_interval_s = full_sync_interval_s
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.refuse = refuse
         self.silent = silent  # accept the stream, never answer Register
         self.accepted = 0
@@ -267,6 +269,7 @@ class FakeSubDomain(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
                         region=self.region,
                         report_interval_s=self.report_interval_s,
                         full_sync_interval_s=self.full_sync_interval_s,
+                        heartbeat_interval_s=self.heartbeat_interval_s,
                     )
                 )
             )

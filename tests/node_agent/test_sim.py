@@ -33,7 +33,9 @@ async def subdomain(ident: str = "sd-1", **kw: Any) -> AsyncIterator[SubDomainMa
         "metrics_listen": "",
         "report_interval_s": 0.1,
         "full_sync_interval_s": 0.5,
+        "heartbeat_interval_s": 0.3,
         "silent_after_s": 1.0,
+        "probe_timeout_s": 0.5,
         "dead_after_s": 0.5,
         "insecure": True,
     }

@@ -25,8 +25,9 @@ def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
     path.write_text("id: east-1\nregion: east\nmax_nodes: 500\nlisten: 127.0.0.1:0\ninsecure: true\n")
     cfg = load(SubDomainConfig, str(path), {"max_nodes": 20, "master": None})
     assert (cfg.id, cfg.region, cfg.max_nodes, cfg.master) == ("east-1", "east", 20, "")
-    assert cfg.store == "memory://" and cfg.silent_after_s == 15.0 and cfg.dead_after_s == 5.0
-    assert cfg.full_sync_interval_s == 5.0 and cfg.summary_interval_s == 1.0
+    assert cfg.store == "memory://" and cfg.silent_after_s == 3.0 and cfg.dead_after_s == 3.0
+    assert (cfg.heartbeat_interval_s, cfg.probe_timeout_s) == (2.0, 1.0)
+    assert cfg.full_sync_interval_s == 30.0 and cfg.summary_interval_s == 1.0
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
         ("id: e1\nregion: east\nmax_nodes: 0\n", "max_nodes: must be between 1 and 100000"),
         (
             "id: e1\nregion: east\nsilent_after_s: 2\n",
-            "silent_after_s: must be greater than full_sync_interval_s",
+            "silent_after_s: must be greater than heartbeat_interval_s",
         ),
         ("id: e1\nregion: east\nlog_format: xml\n", "log_format: expected one of json, text"),
         ("id: e1\nregion: east\nbogus: 1\n", "unknown field bogus"),

@@ -84,11 +84,13 @@ def test_silent_node_suspect_then_dead_with_explicit_now() -> None:
     r.report("n1", 10.0, conn_token=1)
     assert r.tick(24.9) == []  # last report at 10 + 15 = 25
     r.validate()
-    assert r.tick(25.0) == [NodeSuspect("n1", "no report for 15.0s")]
+    assert r.tick(25.0) == [NodeSuspect("n1", "nothing heard for 15.0s, probed", probe=True)]
     r.validate()
-    assert r.tick(29.9) == []
-    events = r.tick(30.0)
-    assert events == [NodeDead("n1", "no report for 15.0s, then nothing for 5.0s", had_connection=True)]
+    assert r.tick(25.9) == []  # the probe has probe_timeout_s (1 s) to be answered
+    events = r.tick(26.0)
+    assert events == [
+        NodeDead("n1", "nothing heard for 15.0s, probed, then nothing for 1.0s", had_connection=True)
+    ]
     node = r.get("n1")
     assert node is not None and node.state == "dead" and node.conn_token is None
     r.validate()
@@ -104,7 +106,7 @@ def test_silent_suspect_comes_back_on_report() -> None:
     r.validate()
     assert r.tick(20.5) == []  # the old dead deadline is stale
     assert r.get("n1").state == "ready"  # type: ignore[union-attr]
-    assert r.tick(31.0) == [NodeSuspect("n1", "no report for 15.0s")]
+    assert r.tick(31.0) == [NodeSuspect("n1", "nothing heard for 15.0s, probed", probe=True)]
 
 
 def test_stream_drop_then_reconnect_in_time() -> None:

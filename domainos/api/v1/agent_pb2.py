@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from domainos.api.v1 import common_pb2 as domainos_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64omainos/api/v1/agent.proto\x12\x0f\x64omainos.api.v1\x1a\x1c\x64omainos/api/v1/common.proto\"\xd1\x01\n\x0c\x41gentMessage\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.domainos.api.v1.RegisterH\x00\x12.\n\x06report\x18\x02 \x01(\x0b\x32\x1c.domainos.api.v1.AgentReportH\x00\x12*\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1b.domainos.api.v1.CommandAckH\x00\x12.\n\tlog_reply\x18\x04 \x01(\x0b\x32\x19.domainos.api.v1.LogReplyH\x00\x42\x06\n\x04\x62ody\"\xd6\x01\n\x08Register\x12\x31\n\tinventory\x18\x01 \x01(\x0b\x32\x1e.domainos.api.v1.NodeInventory\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.domainos.api.v1.NodeUsage\x12+\n\x06health\x18\x05 \x01(\x0b\x32\x1b.domainos.api.v1.NodeHealth\"\xc1\x01\n\x0b\x41gentReport\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.domainos.api.v1.NodeUsage\x12+\n\x06health\x18\x05 \x01(\x0b\x32\x1b.domainos.api.v1.NodeHealth\x12*\n\x05tasks\x18\x06 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\"\x8b\x02\n\x0c\x41gentCommand\x12\x31\n\nregistered\x18\x01 \x01(\x0b\x32\x1b.domainos.api.v1.RegisteredH\x00\x12\x30\n\nstart_task\x18\x02 \x01(\x0b\x32\x1a.domainos.api.v1.StartTaskH\x00\x12.\n\tstop_task\x18\x03 \x01(\x0b\x32\x19.domainos.api.v1.StopTaskH\x00\x12.\n\tack_tasks\x18\x04 \x01(\x0b\x32\x19.domainos.api.v1.AckTasksH\x00\x12.\n\tfetch_log\x18\x05 \x01(\x0b\x32\x19.domainos.api.v1.FetchLogH\x00\x42\x06\n\x04\x62ody\"|\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0csubdomain_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x19\n\x11report_interval_s\x18\x04 \x01(\x01\x12\x1c\n\x14\x66ull_sync_interval_s\x18\x05 \x01(\x01\"]\n\tStartTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.domainos.api.v1.TaskSpec\x12\x13\n\x0bgpu_indexes\x18\x03 \x03(\x05\"g\n\x08StopTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x18.domainos.api.v1.TaskRef\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"3\n\x08\x41\x63kTasks\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.domainos.api.v1.TaskRef\"L\n\x08\x46\x65tchLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.domainos.api.v1.LogRequest2[\n\x0c\x41gentGateway\x12K\n\x07\x43onnect\x12\x1d.domainos.api.v1.AgentMessage\x1a\x1d.domainos.api.v1.AgentCommand(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64omainos/api/v1/agent.proto\x12\x0f\x64omainos.api.v1\x1a\x1c\x64omainos/api/v1/common.proto\"\x85\x02\n\x0c\x41gentMessage\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.domainos.api.v1.RegisterH\x00\x12.\n\x06report\x18\x02 \x01(\x0b\x32\x1c.domainos.api.v1.AgentReportH\x00\x12*\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1b.domainos.api.v1.CommandAckH\x00\x12.\n\tlog_reply\x18\x04 \x01(\x0b\x32\x19.domainos.api.v1.LogReplyH\x00\x12\x32\n\x0bprobe_reply\x18\x05 \x01(\x0b\x32\x1b.domainos.api.v1.ProbeReplyH\x00\x42\x06\n\x04\x62ody\"\xd6\x01\n\x08Register\x12\x31\n\tinventory\x18\x01 \x01(\x0b\x32\x1e.domainos.api.v1.NodeInventory\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.domainos.api.v1.NodeUsage\x12+\n\x06health\x18\x05 \x01(\x0b\x32\x1b.domainos.api.v1.NodeHealth\"\xd2\x01\n\x0b\x41gentReport\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.domainos.api.v1.NodeUsage\x12+\n\x06health\x18\x05 \x01(\x0b\x32\x1b.domainos.api.v1.NodeHealth\x12*\n\x05tasks\x18\x06 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\x12\x0f\n\x07sent_at\x18\x07 \x01(\x01\"\xb4\x02\n\x0c\x41gentCommand\x12\x31\n\nregistered\x18\x01 \x01(\x0b\x32\x1b.domainos.api.v1.RegisteredH\x00\x12\x30\n\nstart_task\x18\x02 \x01(\x0b\x32\x1a.domainos.api.v1.StartTaskH\x00\x12.\n\tstop_task\x18\x03 \x01(\x0b\x32\x19.domainos.api.v1.StopTaskH\x00\x12.\n\tack_tasks\x18\x04 \x01(\x0b\x32\x19.domainos.api.v1.AckTasksH\x00\x12.\n\tfetch_log\x18\x05 \x01(\x0b\x32\x19.domainos.api.v1.FetchLogH\x00\x12\'\n\x05probe\x18\x06 \x01(\x0b\x32\x16.domainos.api.v1.ProbeH\x00\x42\x06\n\x04\x62ody\"\x9a\x01\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0csubdomain_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x19\n\x11report_interval_s\x18\x04 \x01(\x01\x12\x1c\n\x14\x66ull_sync_interval_s\x18\x05 \x01(\x01\x12\x1c\n\x14heartbeat_interval_s\x18\x06 \x01(\x01\"]\n\tStartTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.domainos.api.v1.TaskSpec\x12\x13\n\x0bgpu_indexes\x18\x03 \x03(\x05\"g\n\x08StopTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x18.domainos.api.v1.TaskRef\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"3\n\x08\x41\x63kTasks\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.domainos.api.v1.TaskRef\"L\n\x08\x46\x65tchLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.domainos.api.v1.LogRequest\"\x16\n\x05Probe\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x1b\n\nProbeReply\x12\r\n\x05nonce\x18\x01 \x01(\x04\x32[\n\x0c\x41gentGateway\x12K\n\x07\x43onnect\x12\x1d.domainos.api.v1.AgentMessage\x1a\x1d.domainos.api.v1.AgentCommand(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domainos.api.v1.agent_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTMESSAGE']._serialized_start=79
-  _globals['_AGENTMESSAGE']._serialized_end=288
-  _globals['_REGISTER']._serialized_start=291
-  _globals['_REGISTER']._serialized_end=505
-  _globals['_AGENTREPORT']._serialized_start=508
-  _globals['_AGENTREPORT']._serialized_end=701
-  _globals['_AGENTCOMMAND']._serialized_start=704
-  _globals['_AGENTCOMMAND']._serialized_end=971
-  _globals['_REGISTERED']._serialized_start=973
-  _globals['_REGISTERED']._serialized_end=1097
-  _globals['_STARTTASK']._serialized_start=1099
-  _globals['_STARTTASK']._serialized_end=1192
-  _globals['_STOPTASK']._serialized_start=1194
-  _globals['_STOPTASK']._serialized_end=1297
-  _globals['_ACKTASKS']._serialized_start=1299
-  _globals['_ACKTASKS']._serialized_end=1350
-  _globals['_FETCHLOG']._serialized_start=1352
-  _globals['_FETCHLOG']._serialized_end=1428
-  _globals['_AGENTGATEWAY']._serialized_start=1430
-  _globals['_AGENTGATEWAY']._serialized_end=1521
+  _globals['_AGENTMESSAGE']._serialized_end=340
+  _globals['_REGISTER']._serialized_start=343
+  _globals['_REGISTER']._serialized_end=557
+  _globals['_AGENTREPORT']._serialized_start=560
+  _globals['_AGENTREPORT']._serialized_end=770
+  _globals['_AGENTCOMMAND']._serialized_start=773
+  _globals['_AGENTCOMMAND']._serialized_end=1081
+  _globals['_REGISTERED']._serialized_start=1084
+  _globals['_REGISTERED']._serialized_end=1238
+  _globals['_STARTTASK']._serialized_start=1240
+  _globals['_STARTTASK']._serialized_end=1333
+  _globals['_STOPTASK']._serialized_start=1335
+  _globals['_STOPTASK']._serialized_end=1438
+  _globals['_ACKTASKS']._serialized_start=1440
+  _globals['_ACKTASKS']._serialized_end=1491
+  _globals['_FETCHLOG']._serialized_start=1493
+  _globals['_FETCHLOG']._serialized_end=1569
+  _globals['_PROBE']._serialized_start=1571
+  _globals['_PROBE']._serialized_end=1593
+  _globals['_PROBEREPLY']._serialized_start=1595
+  _globals['_PROBEREPLY']._serialized_end=1622
+  _globals['_AGENTGATEWAY']._serialized_start=1624
+  _globals['_AGENTGATEWAY']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)
