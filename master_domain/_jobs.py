@@ -562,6 +562,11 @@ class JobTable:
     def tasks_on(self, subdomain_id: str) -> int:
         return len(self._by_subdomain.get(subdomain_id, ()))
 
+    @property
+    def unconfirmed(self) -> int:
+        """Placements sent and not yet confirmed by their sub-domain (O(1))."""
+        return len(self._unconfirmed)
+
     # -- jobs in and out -------------------------------------------------------------------------
 
     def new_job(self, job_id: str, spec: JobSpec, request_id: str) -> Job:

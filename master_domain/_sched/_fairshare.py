@@ -45,6 +45,7 @@ from master_domain._sched._quota import (
     MEMORY,
     SHARE_PREFIX,
     SHARE_UNITS_PER_GPU,
+    check_class,
     check_vector,
 )
 from master_domain._summary import Summary
@@ -169,6 +170,20 @@ class PriorityClasses:
 
 
 # -- shares --------------------------------------------------------------------------------------
+
+
+def check_capacity(amounts: Mapping[str, int], fld: str) -> dict[str, int]:
+    """Validate a capacity ``{class: amount}`` (zero amounts dropped) like :func:`check_vector`, but
+    with no upper bound: a capacity is summed from summaries, not typed by a person, and 10,000
+    nodes of 2 TiB already hold 2.2e16 bytes (over ``MAX_AMOUNT`` = 2**53); it only divides."""
+    out: dict[str, int] = {}
+    for cls, amount in amounts.items():
+        name = check_class(cls, f"{fld}[{str(cls)[:80]!r}]")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise InvalidArgument(f"expected a whole number >= 0, got {amount!r}", field=f"{fld}[{name!r}]")
+        if amount:
+            out[name] = amount
+    return out
 
 
 def capacity_from_summaries(summaries: Iterable[Summary]) -> dict[str, int]:
@@ -296,7 +311,7 @@ class FairShareQueue:
     def __init__(
         self, capacity: Mapping[str, int] | None = None, weights: Mapping[str, float] | None = None
     ) -> None:
-        self._capacity: dict[str, int] = check_vector(capacity or {}, "capacity")
+        self._capacity: dict[str, int] = check_capacity(capacity or {}, "capacity")
         self._weights: dict[str, float] = {}
         self._usage: dict[str, dict[str, int]] = {}
         self._share: dict[str, float] = {}  # tenant -> weighted dominant share (absent: 0.0)
@@ -524,7 +539,7 @@ class FairShareQueue:
 
     def set_capacity(self, capacity: Mapping[str, int]) -> None:
         """The federation's capacity by class (:func:`capacity_from_summaries`); re-keys every tenant."""
-        vec = check_vector(capacity, "capacity")
+        vec = check_capacity(capacity, "capacity")
         if vec == self._capacity:
             return
         self._capacity = vec

@@ -286,7 +286,10 @@ class ScriptedSubdomain:
 
     async def _handle(self, cmd: Any) -> None:
         kind = cmd.WhichOneof("body")
-        if kind == "welcome":
+        if kind == "place_tasks":  # a batch: each as if it came alone
+            for place in cmd.place_tasks.tasks:
+                await self._handle(subdomain_pb2.MasterCommand(place_task=place))
+        elif kind == "welcome":
             self.welcome = cmd.welcome
         elif kind == "place_task" and self.behaviour != "inert":
             spec = cmd.place_task.spec

@@ -188,7 +188,7 @@ def test_a_gang_split_over_two_sub_domains_is_reserved_committed_and_runs_whole(
             assert len({t.attempt for t in done.tasks}) == 1
             # Every task went out in a reservation (never a PlaceTask), carrying its reservation id.
             for fake in (a, b):
-                assert not [m for m in fake.commands if m.WhichOneof("body") == "place_task"]
+                assert not [m for m in fake.commands if m.WhichOneof("body") in ("place_task", "place_tasks")]
                 assert all(s.reservation_id.endswith(fake.id) for s in fake.placed)
             # The finished gang's allocations are released.
             await wait_for(lambda: a.released and b.released, what="releases after success")
@@ -264,7 +264,9 @@ def test_a_gang_that_fits_nowhere_waits_with_the_numbers_and_nothing_is_reserved
             text = await wait_async(waiting, 10, "the capacity reason")
             assert "gang: the first 3 of 3 tasks are placed all or nothing" in text
             assert (await c.job(job.job_id)).state == JS.JOB_STATE_PENDING
-            assert not [m for m in a.commands if m.WhichOneof("body") in ("reserve", "place_task")]
+            assert not [
+                m for m in a.commands if m.WhichOneof("body") in ("reserve", "place_task", "place_tasks")
+            ]
 
     run(body())
 

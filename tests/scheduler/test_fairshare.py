@@ -159,6 +159,19 @@ def test_capacity_change_rekeys() -> None:
     assert ids(q) == ["a", "b"]
 
 
+def test_capacity_may_exceed_the_amount_bound() -> None:
+    # 10,000 nodes of 2 TiB hold 2.2e16 bytes, over MAX_AMOUNT (2**53): the master's capacity
+    # comes from summaries, and refusing it stopped every scheduling pass (seen at 10,000 nodes).
+    memory = 10_000 * 2 * 2**40
+    q = FairShareQueue({"memory": memory})
+    q.set_capacity({"memory": 2 * memory, "gpu:H100": 80_000})
+    q.set_usage("acme", {"memory": memory // 4})
+    q.validate()
+    assert q.share("acme") == pytest.approx(0.125)
+    with pytest.raises(InvalidArgument, match="capacity"):
+        q.set_capacity({"memory": -1})
+
+
 def test_push_remove_pop_and_errors() -> None:
     q = FairShareQueue(CAP)
     q.push(job("a", "acme"))

@@ -92,7 +92,7 @@ class NodeListReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[_common_pb2.NodeView, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MasterCommand(_message.Message):
-    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log", "reserve", "commit", "release")
+    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log", "reserve", "commit", "release", "place_tasks")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     PLACE_TASK_FIELD_NUMBER: _ClassVar[int]
     STOP_TASK_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class MasterCommand(_message.Message):
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PLACE_TASKS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     place_task: PlaceTask
     stop_task: StopTaskCommand
@@ -111,7 +112,8 @@ class MasterCommand(_message.Message):
     reserve: ReserveTasks
     commit: CommitReservation
     release: ReleaseReservation
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ..., reserve: _Optional[_Union[ReserveTasks, _Mapping]] = ..., commit: _Optional[_Union[CommitReservation, _Mapping]] = ..., release: _Optional[_Union[ReleaseReservation, _Mapping]] = ...) -> None: ...
+    place_tasks: PlaceTasks
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ..., reserve: _Optional[_Union[ReserveTasks, _Mapping]] = ..., commit: _Optional[_Union[CommitReservation, _Mapping]] = ..., release: _Optional[_Union[ReleaseReservation, _Mapping]] = ..., place_tasks: _Optional[_Union[PlaceTasks, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("master_id", "summary_interval_s")
@@ -128,6 +130,12 @@ class PlaceTask(_message.Message):
     command_id: str
     spec: _common_pb2.TaskSpec
     def __init__(self, command_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+
+class PlaceTasks(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[PlaceTask]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[PlaceTask, _Mapping]]] = ...) -> None: ...
 
 class StopTaskCommand(_message.Message):
     __slots__ = ("command_id", "task", "grace_s", "reason")
