@@ -45,6 +45,7 @@ _HANDLERS = {
     "quota": "domainctl._sched_commands:cmd_quota",
     "explain": "domainctl._sched_commands:cmd_explain",
     "sim": "domainctl._sim_command:cmd_sim",
+    "sim-subdomains": "domainctl._sim_subdomains:cmd_sim_subdomains",
 }
 
 _EPILOG = """\
@@ -60,6 +61,7 @@ examples:
   domainctl quota set --tenant acme --region east --gpus 64 --gpu-model H100   (admins)
   domainctl explain JOB_ID                  why a job is where it is, or why it waits
   domainctl sim --subdomain 127.0.0.1:7101 --nodes 1000 --profile h100x8 --insecure   simulated nodes
+  domainctl sim-subdomains --master 127.0.0.1:7070 --subdomains 100 --nodes 10000 --insecure   simulated sub-domains
   domainctl down
 
 The master is found from --master, then $DOMAINOS_MASTER, then the local federation
@@ -400,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also create OUT/pki: a CA (kept if present) and every component's certificate, plus client-admin",
     )
 
-    from domainctl import _sim_command  # standard library only: keeps --help fast
+    from domainctl import _sim_command, _sim_subdomains  # standard library only: keeps --help fast
 
     _sim_command.add_parser(sub, common)
+    _sim_subdomains.add_parser(sub, common)
 
     for name, module in DAEMONS.items():
         sub.add_parser(

@@ -205,14 +205,14 @@ async def _run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _issue(directory: pathlib.Path, node_ids: list[str]) -> dict[str, Any]:
-    """Every node's agent certificate (an existing, usable one is kept)."""
+def _issue(directory: pathlib.Path, node_ids: list[str], role: str = "agent") -> dict[str, Any]:
+    """Every node's certificate of ``role`` (an existing, usable one is kept)."""
     from domainos.errors import ConfigError
     from domainos.security import Identity, check_usable, files_for, issue_files
 
     out: dict[str, Any] = {}
     for node_id in node_ids:
-        who = Identity("agent", node_id)
+        who = Identity(role, node_id)
         files = files_for(directory, who)
         try:
             usable = check_usable(files)

@@ -19,7 +19,13 @@ from domainos._metrics import start_metrics_server, stop_metrics_server
 
 log = logging.getLogger(__name__)
 
-_DECISION_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0)
+#: Decision-latency buckets (seconds): 1-2-3-5-7.5 steps from 10 µs to 1 s, fine enough around the
+#: 10 ms goal for quantiles read from bucket deltas (the former 5x steps made a p99 between 1 and
+#: 5 ms unreadable).
+_DECISION_BUCKETS = (
+    1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
