@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-all test-fast lint typecheck gen-protos check-protos bench clean
+.PHONY: setup demo up down test test-all test-fast lint typecheck gen-protos check-protos bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,10 @@ typecheck: $(STAMP)
 gen-protos: $(STAMP)       ## regenerate domainos/api/v1 from proto/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
-bench: $(STAMP)            ## benchmarks at smoke size (results in bench/results/)
+bench: $(STAMP)            ## every benchmark at full size, by hand (~1 h; results in bench/results/)
+	$(PY) -m bench
+
+bench-smoke: $(STAMP)      ## every benchmark at smoke size (what CI runs; *-smoke.json)
 	$(PY) -m bench --smoke
 
 clean:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import foundation, gang, scale, scheduler
+from bench import federation, foundation, gang, placement, scale, scheduler
 
 #: name -> run(smoke=..., out=...), in the order they run.
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -16,6 +16,8 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "scheduler": scheduler.run,
     "gang": gang.run,
     "scale": scale.run,
+    "placement": placement.run,
+    "federation": federation.run,
 }
 
 
