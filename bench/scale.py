@@ -518,6 +518,13 @@ def _admission_cap(tmp: pathlib.Path, cap: int, size: Size) -> dict[str, Any]:
                     a.last_error for a in ft.fleet.agents.values() if a.last_error not in ("", "OK")
                 )
             )
+            samples = ft.run(
+                lambda: Counter(
+                    f"{a.last_error}: {a.last_message[:160]}"
+                    for a in ft.fleet.agents.values()
+                    if a.last_error not in ("", "OK")
+                ).most_common(3)
+            )
             n1, n2 = first.scrape()[0], second.scrape()[0]
             page1 = first.metrics_page()
     finally:
@@ -536,6 +543,7 @@ def _admission_cap(tmp: pathlib.Path, cap: int, size: Size) -> dict[str, Any]:
         "message_matches": bool(refused) and all(r["message"] == expected_message for r in refused),
         "exact": n1["ready"] == cap and n2["ready"] == 1 and len(refused) == 1,
         "stream_errors_by_code": dict(errors),
+        "stream_error_samples": [{"error": e, "nodes": k} for e, k in samples],
         "ready_after_s": round(ready_s, 2),
         "problems": first.problems() + second.problems(),
     }
