@@ -15,6 +15,8 @@ from typing import ClassVar
 #: can make megabytes long; the message becomes a gRPC status (whose trailer a client refuses past
 #: 16 KiB, hiding the real status behind "metadata size exceeds hard limit") and a log line.
 MAX_MESSAGE_CHARS = 1000
+#: Trailing metadata key carrying :attr:`DomainOSError.reason` with the status.
+REASON_KEY = "domainos-reason"
 
 
 def clip(text: str, limit: int = MAX_MESSAGE_CHARS, note: str = "") -> str:
@@ -34,6 +36,8 @@ class DomainOSError(Exception):
     code: ClassVar[str] = "INTERNAL"
     #: Process exit status the CLI uses for this error.
     exit_code: ClassVar[int] = 1
+    #: A finer reason than the status code, sent as trailing metadata (:data:`REASON_KEY`); "" = none.
+    reason: ClassVar[str] = ""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         message = clip(message)
@@ -65,6 +69,14 @@ class ResourceExhausted(DomainOSError):
     """A cap or quota was hit (e.g. a sub-domain's ``max_nodes``)."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class SubDomainFull(ResourceExhausted):
+    """A sub-domain refuses a node because ``max_nodes`` live nodes are registered: the one refusal
+    that sends an agent to its next sub-domain. Marked on the wire (:data:`REASON_KEY`), since
+    RESOURCE_EXHAUSTED alone also means a rate limit or gRPC core's own overload refusal."""
+
+    reason = "subdomain-full"
 
 
 class Unavailable(DomainOSError):

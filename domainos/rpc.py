@@ -12,12 +12,13 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
 
 from domainos.errors import (
+    REASON_KEY,
     DeadlineExceeded,
     DomainOSError,
     InvalidArgument,
@@ -52,6 +53,12 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
     ("grpc.so_reuseport", 0),
+    # gRPC core refuses new calls with RESOURCE_EXHAUSTED "Too many pending requests" once more than
+    # 3,000 (default hard limit) have arrived that the Python server has not picked up yet. A
+    # sub-domain restart brings up to max_nodes (10,000) agent streams back at once: without these
+    # limits a third of them were refused (seen by grpc.aio clients as INTERNAL, grpc/grpc#36066).
+    ("grpc.server.max_pending_requests", 12_000),
+    ("grpc.server.max_pending_requests_hard_limit", 25_000),
 ]
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     *_COMMON_OPTIONS,
@@ -157,13 +164,11 @@ class _GuardedContext:
         return getattr(self._context, name)
 
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
+# grpcio ships no type information (a stub package may add it): one alias, usable either way.
+_Interceptor: Any = grpc.aio.ServerInterceptor
 
 
-class _MalformedRequests(_Interceptor):
+class _MalformedRequests(_Interceptor):  # type: ignore[misc]
     """Outermost interceptor of every DomainOS server: unparsable requests get INVALID_ARGUMENT."""
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
@@ -215,7 +220,7 @@ def bind(server: grpc.aio.Server, address: str, tls: CertFiles | None = None) ->
         port = server.add_secure_port(address, creds)
     if port == 0:
         raise Unavailable(f"cannot listen on {address}: address in use or not local")
-    return port
+    return int(port)
 
 
 def channel_credentials(tls: CertFiles) -> grpc.ChannelCredentials:
@@ -329,6 +334,15 @@ def translate_rpc_error(
     return error_from_status(name, details)
 
 
+def error_reason(exc: grpc.RpcError) -> str:
+    """The server's :attr:`~domainos.errors.DomainOSError.reason` sent with a status ("" = none)."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == REASON_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
+
+
 #: Most bytes of a status message on the wire. gRPC percent-encodes it (a 4-byte character becomes
 #: 12 bytes) and a client drops a response whose trailers pass 8 KiB (soft limit, at random) or
 #: 16 KiB, reporting RESOURCE_EXHAUSTED "metadata size exceeds ..." instead of the real status.
@@ -352,6 +366,8 @@ def status_details(text: str) -> str:
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DomainOSError) -> NoReturn:
     """The one server-side choke point from DomainOS errors to gRPC status codes."""
+    if err.reason:
+        context.set_trailing_metadata(((REASON_KEY, err.reason),))
     await context.abort(grpc.StatusCode[err.code], status_details(str(err)))
     raise AssertionError("unreachable")  # context.abort raises
 

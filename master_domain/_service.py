@@ -176,13 +176,11 @@ def _target(method: str, request: Any, response: Any) -> str:
     return str(getattr(request, "job_id", "") or getattr(request, "token_id", ""))
 
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
+# grpcio ships no type information (a stub package may add it): one alias, usable either way.
+_Interceptor: Any = grpc.aio.ServerInterceptor
 
 
-class DomainControlGate(_Interceptor):
+class DomainControlGate(_Interceptor):  # type: ignore[misc]
     """The one door into ``DomainControl``, in front of every method.
 
     In order: the caller's client certificate (mutual TLS, :func:`check_client_cert`), its

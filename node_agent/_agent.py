@@ -4,8 +4,9 @@ Connection loop: dial the sub-domains of ``config.subdomains`` in order over
 ``AgentGateway.Connect``; send ``Register`` (inventory, incarnation, every known task, usage,
 health); on ``Registered`` start reporting; execute ``StartTask`` / ``StopTask`` / ``AckTasks`` /
 ``FetchLog``. When the stream ends, reconnect with backoff (0.2 s doubling to 5 s, jittered,
-through the injected ``sleep``), cycling through the addresses; ``RESOURCE_EXHAUSTED`` (the
-sub-domain is full) moves to the next address at once.
+through the injected ``sleep``), cycling through the addresses. A sub-domain that refuses the node for being full
+(``RESOURCE_EXHAUSTED`` marked ``subdomain-full``) sends it to the next address at once; any other
+failed stream is retried on the same address :data:`SAME_ADDRESS_TRIES` times before moving on.
 
 The inventory travels only in ``Register``. What can change while the node runs (dataset shards
 appearing on local storage) is rescanned once per full-report interval, in a worker thread; when it
@@ -42,11 +43,12 @@ from domainos.errors import (
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
+    SubDomainFull,
     Unavailable,
 )
 from domainos.ids import new_incarnation
 from domainos.model import HealthStatus, NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
-from domainos.rpc import TLSFiles, TLSRefusals, create_channel
+from domainos.rpc import TLSFiles, TLSRefusals, create_channel, error_reason
 from domainos.topology import SimInventory
 from node_agent import _metrics
 from node_agent._config import AgentConfig
@@ -79,6 +81,12 @@ FLUSH_TIMEOUT_S = 1.0
 
 Sleep = Callable[[float], Awaitable[Any]]
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined,unused-ignore]  # missing from grpc-stubs
+
+
+#: A stream that fails before registering (not a refusal) is retried on the same sub-domain this
+#: many times in all before the agent moves to the next address: one transient error (a connection
+#: reset in a registration storm) must not move a node away from its home sub-domain.
+SAME_ADDRESS_TRIES = 3
 
 
 def backoff_delay(failures: int, rand: float) -> float:
@@ -443,6 +451,7 @@ class NodeAgent:
         index = 0
         failures = 0
         exhausted_in_a_row = 0
+        tries_here = 0  # failed streams in a row on the current address
         first = True
         while not self._closing:
             address = addresses[index % len(addresses)]
@@ -457,7 +466,7 @@ class NodeAgent:
             # registering keeps backing off.
             if outcome.registered and self._clock.monotonic() - started >= STABLE_SESSION_S:
                 failures = 0
-            if outcome.code == "RESOURCE_EXHAUSTED":
+            if outcome.code == FULL:
                 log.warning(
                     "node %s: sub-domain at %s refused registration: %s",
                     self.node_id,
@@ -465,6 +474,7 @@ class NodeAgent:
                     outcome.message,
                 )
                 index += 1
+                tries_here = 0
                 exhausted_in_a_row += 1
                 if exhausted_in_a_row < len(addresses):
                     continue  # the next sub-domain, at once
@@ -489,8 +499,13 @@ class NodeAgent:
                     )
                 # A registered node retries its own sub-domain first (it expects the node back);
                 # ALREADY_EXISTS means our previous stream there is not yet noticed as dead.
-                if not (outcome.registered or outcome.code == "ALREADY_EXISTS"):
-                    index += 1
+                if outcome.registered or outcome.code == "ALREADY_EXISTS":
+                    tries_here = 0
+                else:
+                    tries_here += 1
+                    if tries_here >= SAME_ADDRESS_TRIES:
+                        tries_here = 0
+                        index += 1
             delay = backoff_delay(failures, self._rand())
             failures += 1
             log.debug("node %s: reconnecting in %.2fs", self.node_id, delay)
@@ -544,7 +559,7 @@ class NodeAgent:
         except grpc.RpcError as exc:
             # Only classified here (next address, or back off); nothing is raised to a caller.
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
-            code = _code_name(exc)
+            code = stream_end_code(exc)
             if code == "UNAVAILABLE" and not registered and self._refusals is not None:
                 # A refused TLS handshake only says "Socket closed": ask why (logged once).
                 details = await self._refusals.explain(address) or details
@@ -802,6 +817,21 @@ def _consume_outcome(task: asyncio.Future[Any]) -> None:
 def _code_name(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     return code.name if code is not None else "UNKNOWN"
+
+
+#: How a stream ends when the sub-domain refused the node for being full (``max_nodes``): the one
+#: refusal that moves an agent to its next sub-domain at once. Any other RESOURCE_EXHAUSTED (a
+#: registration rate limit, gRPC core's "Too many pending requests" in a reconnect storm) is
+#: transient and retried on the same sub-domain.
+FULL = "FULL"
+
+
+def stream_end_code(exc: grpc.RpcError) -> str:
+    """:data:`FULL` for a sub-domain's full refusal (marked by its reason), else the status name."""
+    code = _code_name(exc)
+    if code == "RESOURCE_EXHAUSTED" and error_reason(exc) == SubDomainFull.reason:
+        return FULL
+    return code
 
 
 def _end_requests(queue: asyncio.Queue[Any]) -> None:

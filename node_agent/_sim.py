@@ -58,13 +58,16 @@ from domainos.rpc import TLSFiles, create_channel
 from domainos.topology import SimInventory
 from node_agent._agent import (
     _EOF,
+    FULL,
     OUTBOUND_QUEUE_SIZE,
+    SAME_ADDRESS_TRIES,
     _code_name,
     _end_requests,
     _outbound,
     _report_message,
     backoff_delay,
     probe_reply,
+    stream_end_code,
 )
 from node_agent._hardware import SimulatedHardware
 from node_agent._state import (
@@ -244,20 +247,28 @@ class SimAgent:
     async def _connection_loop(self) -> None:
         addresses = self.fleet.subdomains
         failures = 0
+        tries_here = 0  # failed streams in a row on the current address (as the real agent)
         while True:
             outcome = await self._session(addresses[self._address_index])
             if self.silent:
                 return  # a silent node does not reconnect either (until revived)
             if outcome == "registered":
                 failures = 0  # a drop after registering: reconnect soon, to the same address
-            elif outcome == "RESOURCE_EXHAUSTED":
+                tries_here = 0
+            elif outcome == FULL:
                 self.refused_total += 1
-                self.refusals[addresses[self._address_index]] = (outcome, self.last_message)
+                self.refusals[addresses[self._address_index]] = (self.last_error, self.last_message)
                 self._address_index = (self._address_index + 1) % len(addresses)
+                tries_here = 0
                 if self._address_index != self._home:
                     continue  # the next address at once; back off after a full cycle
-            elif outcome != "ALREADY_EXISTS":
-                self._address_index = (self._address_index + 1) % len(addresses)
+            elif outcome == "ALREADY_EXISTS":
+                tries_here = 0
+            else:
+                tries_here += 1
+                if tries_here >= SAME_ADDRESS_TRIES:
+                    tries_here = 0
+                    self._address_index = (self._address_index + 1) % len(addresses)
             delay = backoff_delay(failures, self.fleet.rand())
             failures += 1
             await asyncio.sleep(delay)
@@ -287,8 +298,8 @@ class SimAgent:
                     self._handle_command(command, queue)
             return "registered" if registered else "OK"
         except grpc.RpcError as exc:
-            code = _code_name(exc)
-            self.last_error = code
+            code = stream_end_code(exc)
+            self.last_error = _code_name(exc)
             self.last_message = (exc.details() if isinstance(exc, grpc.aio.AioRpcError) else None) or str(exc)
             if not registered:
                 log.debug("sim node %s: %s from %s: %s", self.node_id, code, address, exc)

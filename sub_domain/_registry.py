@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from domainos.api.v1 import common_pb2
-from domainos.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from domainos.errors import AlreadyExists, FailedPrecondition, NotFound, SubDomainFull
 from domainos.model import NodeHealth, NodeInventory, NodeUsage, PlacementConstraints, TaskRef
 from domainos.resources import Resources
 
@@ -603,7 +603,7 @@ class NodeRegistry:
     ) -> list[NodeEvent]:
         """A node's agent sent ``Register`` on connection ``conn_token``.
 
-        Raises :class:`ResourceExhausted` when ``max_nodes`` live nodes are registered (a known live
+        Raises :class:`~domainos.errors.SubDomainFull` when ``max_nodes`` live nodes are registered (a known live
         node re-registering does not count twice) and :class:`AlreadyExists` when another live
         connection holds the node id.
         """
@@ -615,7 +615,7 @@ class NodeRegistry:
                 f"(incarnation {node.incarnation}); a second live connection is refused"
             )
         if (node is None or node.state == DEAD) and self.live_count >= self.max_nodes:
-            raise ResourceExhausted(
+            raise SubDomainFull(
                 f"sub-domain {self.subdomain_id} is full: max_nodes={self.max_nodes} nodes are registered; "
                 "try another sub-domain"
             )

@@ -24,7 +24,7 @@ from domainos.rpc import abort_with, require_peer
 
 log = logging.getLogger(__name__)
 
-EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined,unused-ignore]
 
 #: Bound of each node's outbound command queue; a node that does not drain it is disconnected.
 COMMAND_QUEUE_SIZE = 1024

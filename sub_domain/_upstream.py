@@ -30,7 +30,7 @@ from ._registry import Summary
 
 log = logging.getLogger(__name__)
 
-EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined,unused-ignore]
 
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0

@@ -15,8 +15,9 @@ import grpc
 import grpc.aio
 
 from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from domainos.errors import DomainOSError
 from domainos.model import TaskRef, TaskSpec, TaskState
-from domainos.rpc import bind, create_server
+from domainos.rpc import abort_with, bind, create_server
 from node_agent._runner import DEFAULT_TASK_USER, blocking_dir, resolve_task_user, user_may
 
 T = TypeVar("T")
@@ -219,7 +220,7 @@ class FakeSubDomain(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
         report_interval_s: float = 0.1,
         full_sync_interval_s: float = 5.0,
         heartbeat_interval_s: float = 0.0,
-        refuse: tuple[grpc.StatusCode, str] | None = None,
+        refuse: tuple[grpc.StatusCode, str] | DomainOSError | None = None,
         silent: bool = False,
     ) -> None:
         self.subdomain_id = subdomain_id
@@ -259,6 +260,8 @@ class FakeSubDomain(agent_pb2_grpc.AgentGatewayServicer):  # type: ignore[misc]
                 return
             if self.refuse is not None:
                 self.refused += 1
+                if isinstance(self.refuse, DomainOSError):
+                    await abort_with(context, self.refuse)  # as the real sub-domain does
                 await context.abort(self.refuse[0], self.refuse[1])
             self.conns.append(conn)
             await context.write(

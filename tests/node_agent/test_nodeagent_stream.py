@@ -24,7 +24,8 @@ from nodeagent_helpers import (
     until,
 )
 
-from domainos.errors import FailedPrecondition
+import node_agent._agent
+from domainos.errors import FailedPrecondition, SubDomainFull
 from domainos.model import TaskRef, TaskState
 from domainos.topology import SimInventory
 from node_agent import AgentConfig, NodeAgent
@@ -273,14 +274,14 @@ def test_full_reports_are_periodic(tmp_path: Path) -> None:
     run(main())
 
 
-def test_resource_exhausted_moves_to_the_next_address(
+def test_a_full_sub_domain_moves_the_node_to_the_next_address(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="node_agent._agent")
     message = "sub-domain full-1 is full: max_nodes=1 nodes are registered; try another sub-domain"
 
     async def main() -> None:
-        full = FakeSubDomain("full-1", refuse=(grpc.StatusCode.RESOURCE_EXHAUSTED, message))
+        full = FakeSubDomain("full-1", refuse=SubDomainFull(message))
         free = FakeSubDomain("free-2")
         s1, p1 = await serve(full)
         s2, p2 = await serve(free)
@@ -302,9 +303,36 @@ def test_resource_exhausted_moves_to_the_next_address(
     assert any(message in w for w in warnings), warnings
 
 
+def test_other_resource_exhausted_is_retried_on_the_same_address(tmp_path: Path) -> None:
+    """A rate limit or gRPC core's "Too many pending requests" (a reconnect storm) is not "full":
+    the node keeps its home sub-domain for SAME_ADDRESS_TRIES streams before moving on."""
+
+    async def main() -> None:
+        busy = FakeSubDomain(
+            "busy-1", refuse=(grpc.StatusCode.RESOURCE_EXHAUSTED, "Too many pending requests")
+        )
+        free = FakeSubDomain("free-2")
+        s1, p1 = await serve(busy)
+        s2, p2 = await serve(free)
+        sleeps = Sleeps()
+        agent = NodeAgent(config(tmp_path, f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"), sleep=sleeps)
+        try:
+            await agent.start()
+            await asyncio.wait_for(agent.registered.wait(), 10)
+            tries = node_agent._agent.SAME_ADDRESS_TRIES
+            assert busy.refused == tries and agent.subdomain_id == "free-2"
+            assert len(sleeps.delays) == tries  # backed off before every retry
+        finally:
+            await agent.shutdown()
+            await s1.stop(None)
+            await s2.stop(None)
+
+    run(main())
+
+
 def test_all_full_backs_off_between_rounds(tmp_path: Path) -> None:
     async def main() -> None:
-        full = FakeSubDomain("full-1", refuse=(grpc.StatusCode.RESOURCE_EXHAUSTED, "full"))
+        full = FakeSubDomain("full-1", refuse=SubDomainFull("full"))
         s1, p1 = await serve(full)
         sleeps = Sleeps()
         agent = NodeAgent(config(tmp_path, f"127.0.0.1:{p1}"), sleep=sleeps)
@@ -334,7 +362,10 @@ def test_gives_up_on_a_sub_domain_that_never_answers(tmp_path: Path, monkeypatch
         try:
             await agent.start()
             await asyncio.wait_for(agent.registered.wait(), 10)
-            assert mute.accepted == 1 and agent.subdomain_id == "good" and len(sleeps.delays) == 1
+            # It tries its first sub-domain SAME_ADDRESS_TRIES times (a transient failure must not
+            # move a node off its home sub-domain), then moves on.
+            tries = node_agent._agent.SAME_ADDRESS_TRIES
+            assert mute.accepted == tries and agent.subdomain_id == "good" and len(sleeps.delays) == tries
         finally:
             await agent.shutdown()
             await s1.stop(None)
