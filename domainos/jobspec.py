@@ -51,6 +51,13 @@ A training job (tensor x pipeline x data parallel) sets ``parallelism`` and leav
 Without ``model`` and ``iteration_time`` the scheduler cannot estimate the loss of spanning
 sub-domains, so such a training job still runs but always within ONE sub-domain.
 
+Placing tasks on chosen nodes (not with ``gang``, ``parallelism`` or ``locality``)::
+
+    affinity:                   # task i runs on nodes[i] ("<sub-domain>/<node>"; one per replica)
+      nodes: [east-1/n1, west-1/n7]
+      soft: true                # true (default): any node when that one cannot take it; false: wait
+    distinct_nodes: true        # no two tasks of this job on one node (default false)
+
 Durations are seconds (a number) or text with a unit: ``1500ms``, ``90s``, ``5m``, ``1h``. The
 protobuf form is ``master.proto`` ``JobSpec``; the master's store form is :meth:`JobSpec.to_dict`.
 Each task's placement constraints come from :func:`task_constraints`.
@@ -120,6 +127,8 @@ _TOP_FIELDS = (
     "iteration_time",
     "max_cross_domain_loss",
     "locality",
+    "affinity",
+    "distinct_nodes",
 )
 _RES_FIELDS = ("cpus", "memory", "gpus", "gpu_memory", "gpu_model")
 _RETRY_FIELDS = ("on_exit", "on_lost")
@@ -127,6 +136,8 @@ _GANG_FIELDS = ("min", "timeout")
 _PARALLELISM_FIELDS = ("tp", "pp", "dp")
 _MODEL_FIELDS = ("parameters", "bytes_per_parameter")
 _LOCALITY_FIELDS = ("dataset", "shards", "wait")
+_AFFINITY_FIELDS = ("nodes", "soft")
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _COUNT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
@@ -185,6 +196,28 @@ class Locality:
 
 
 @dataclass(frozen=True)
+class NodeRef:
+    """One node of one sub-domain."""
+
+    subdomain_id: str
+    node_id: str
+
+    def __str__(self) -> str:
+        return f"{self.subdomain_id}/{self.node_id}"
+
+
+@dataclass(frozen=True)
+class NodeAffinity:
+    """Task ``i`` runs on ``nodes[i]``; ``soft``: any node will do when that one cannot take it."""
+
+    nodes: tuple[NodeRef, ...]
+    soft: bool = True
+
+    def node_of(self, index: int) -> NodeRef:
+        return self.nodes[index]
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job. Construct with :func:`parse_spec`, :meth:`from_proto` or :meth:`from_dict`."""
 
@@ -205,6 +238,8 @@ class JobSpec:
     iteration_time_s: float = 0.0
     max_cross_domain_loss: float = DEFAULT_MAX_CROSS_DOMAIN_LOSS
     locality: Locality | None = None
+    affinity: NodeAffinity | None = None
+    distinct_nodes: bool = False
 
     @property
     def is_gang(self) -> bool:
@@ -240,7 +275,18 @@ class JobSpec:
             exclude_gpu_models=list(self.exclude_gpu_models),
             node_selector=dict(self.node_selector),
             iteration_time_s=self.iteration_time_s,
+            distinct_nodes=self.distinct_nodes,
         )
+        if self.affinity is not None:
+            msg.affinity.CopyFrom(
+                master_pb2.NodeAffinity(
+                    nodes=[
+                        master_pb2.NodeRef(subdomain_id=n.subdomain_id, node_id=n.node_id)
+                        for n in self.affinity.nodes
+                    ],
+                    soft=self.affinity.soft,
+                )
+            )
         if self.gang is not None:
             msg.gang.CopyFrom(master_pb2.GangPolicy(min=self.gang.min, timeout_s=self.gang.timeout_s))
         if self.parallelism is not None:
@@ -351,6 +397,13 @@ class JobSpec:
             if loc.shards:
                 locality["shards"] = list(loc.shards)
             data["locality"] = locality
+        if msg.HasField("affinity"):
+            data["affinity"] = {
+                "nodes": [f"{n.subdomain_id}/{n.node_id}" for n in msg.affinity.nodes],
+                "soft": msg.affinity.soft,
+            }
+        if msg.distinct_nodes:
+            data["distinct_nodes"] = True
         return parse_spec(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,6 +443,10 @@ class JobSpec:
         if self.locality is not None:
             loc = self.locality
             out["locality"] = {"dataset": loc.dataset, "shards": list(loc.shards), "wait_s": loc.wait_s}
+        if self.affinity is not None:
+            out["affinity"] = {"nodes": [str(n) for n in self.affinity.nodes], "soft": self.affinity.soft}
+        if self.distinct_nodes:
+            out["distinct_nodes"] = True
         return out
 
     @classmethod
@@ -403,6 +460,7 @@ class JobSpec:
         par = data.get("parallelism")
         model = data.get("model")
         loc = data.get("locality")
+        aff = data.get("affinity")
         return cls(
             command=tuple(data["command"]),
             name=data.get("name", ""),
@@ -440,6 +498,14 @@ class JobSpec:
                 if loc
                 else None
             ),
+            affinity=(
+                NodeAffinity(
+                    tuple(NodeRef(*str(n).split("/", 1)) for n in aff["nodes"]), bool(aff.get("soft", True))
+                )
+                if aff
+                else None
+            ),
+            distinct_nodes=bool(data.get("distinct_nodes", False)),
         )
 
 
@@ -449,12 +515,14 @@ def task_constraints(spec: JobSpec, index: int, submitted_at: float) -> Placemen
     The GPU models to avoid and the node selector come from the spec; a training task with
     ``tp > 1`` needs its GPUs in one NVLink domain; a task of a job with ``locality`` prefers a node
     holding its shard, for ``locality.wait_s`` from ``submitted_at``; the stages of one DP replica
-    of a training job share the group ``dp<replica>`` (they prefer one block).
+    of a training job share the group ``dp<replica>`` (they prefer one block); with ``affinity``
+    the task names its node; ``distinct_nodes`` keeps it off nodes running the job's other tasks.
     """
     from domainos.model import PlacementConstraints
 
     par = spec.parallelism
     loc = spec.locality
+    aff = spec.affinity
     return PlacementConstraints(
         exclude_gpu_models=spec.exclude_gpu_models,
         node_selector=dict(spec.node_selector),
@@ -464,6 +532,9 @@ def task_constraints(spec: JobSpec, index: int, submitted_at: float) -> Placemen
         locality_wait_s=loc.wait_s if loc is not None else 0.0,
         group=f"dp{index // par.pp}" if par is not None else "",
         submitted_at=submitted_at,
+        node_id=aff.node_of(index).node_id if aff is not None else "",
+        node_soft=aff.soft if aff is not None else False,
+        distinct_nodes=spec.distinct_nodes,
     )
 
 
@@ -797,6 +868,43 @@ def _locality(value: Any, replicas: int) -> Locality:
     return Locality(dataset, shards, wait)
 
 
+def parse_node_ref(value: Any, fld: str) -> NodeRef:
+    """``"<sub-domain>/<node>"`` (or a mapping with ``subdomain`` and ``node``) as a :class:`NodeRef`."""
+    if isinstance(value, Mapping):
+        value = f"{value.get('subdomain', '')}/{value.get('node', '')}"
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidArgument(
+            f"expected '<sub-domain>/<node>' (e.g. east-1/node-a, as `domainctl nodes` shows), got {_shown(value)}",
+            field=fld,
+        )
+    sd, node = value.split("/", 1)
+    if not _NAME_RE.match(sd):
+        raise InvalidArgument(f"{sd!r} is not a valid sub-domain id", field=fld)
+    if not _NODE_ID_RE.match(node):
+        raise InvalidArgument(f"{node!r} is not a valid node id", field=fld)
+    return NodeRef(sd, node)
+
+
+def _affinity(value: Any, replicas: int) -> NodeAffinity:
+    data = _mapping(value, "affinity", _AFFINITY_FIELDS)
+    nodes = data.get("nodes")
+    if not isinstance(nodes, (list, tuple)) or not nodes:
+        raise InvalidArgument(
+            f"expected a list of '<sub-domain>/<node>', one per task, got {_shown(nodes)}",
+            field="affinity.nodes",
+        )
+    if len(nodes) != replicas:
+        raise InvalidArgument(
+            f"one node per task: the job has {replicas} replicas, got {len(nodes)} nodes",
+            field="affinity.nodes",
+        )
+    refs = tuple(parse_node_ref(n, f"affinity.nodes[{i}]") for i, n in enumerate(nodes))
+    soft = data.get("soft", True)
+    if not isinstance(soft, bool):
+        raise InvalidArgument(f"expected true or false, got {_shown(soft)}", field="affinity.soft")
+    return NodeAffinity(refs, soft)
+
+
 def parse_spec(data: Any) -> JobSpec:
     """Validate a job spec mapping (parsed YAML, JSON or built by the CLI)."""
     if not isinstance(data, Mapping):
@@ -918,6 +1026,27 @@ def parse_spec(data: Any) -> JobSpec:
     if data.get("max_cross_domain_loss") is not None:
         loss = _number(data["max_cross_domain_loss"], "max_cross_domain_loss", 0, 1, hi_open=True)
     locality = _locality(data["locality"], replicas) if data.get("locality") is not None else None
+    affinity = _affinity(data["affinity"], replicas) if data.get("affinity") is not None else None
+    distinct = data.get("distinct_nodes", False)
+    if not isinstance(distinct, bool):
+        raise InvalidArgument(f"expected true or false, got {_shown(distinct)}", field="distinct_nodes")
+    if (affinity is not None or distinct) and (gang is not None or par is not None):
+        raise InvalidArgument(
+            "is not supported for gangs and training jobs (they are placed by reservations); "
+            "use node_selector there",
+            field="affinity" if affinity is not None else "distinct_nodes",
+        )
+    if affinity is not None and locality is not None:
+        raise InvalidArgument(
+            "affinity names each task's node; it cannot be combined with locality (which picks "
+            "nodes holding a shard)",
+            field="affinity",
+        )
+    if affinity is not None and distinct and len(set(affinity.nodes)) != len(affinity.nodes):
+        raise InvalidArgument(
+            "with distinct_nodes every task needs its own node; a node is listed twice",
+            field="affinity.nodes",
+        )
     return JobSpec(
         command=command,
         name=name,
@@ -936,6 +1065,8 @@ def parse_spec(data: Any) -> JobSpec:
         iteration_time_s=iteration,
         max_cross_domain_loss=loss,
         locality=locality,
+        affinity=affinity,
+        distinct_nodes=distinct,
     )
 
 

@@ -176,6 +176,12 @@ class PlacementConstraints:
     group: str = ""
     #: Unix seconds the job was accepted (the locality wait starts here).
     submitted_at: float = 0.0
+    #: Affinity: this node (of the sub-domain the master sent the task to) ...
+    node_id: str = ""
+    #: ... or, when it cannot take the task, any node (False: only that node).
+    node_soft: bool = False
+    #: Never on a node running another task of the same job.
+    distinct_nodes: bool = False
 
     @property
     def empty(self) -> bool:
@@ -214,6 +220,8 @@ class PlacementConstraints:
                 raise InvalidArgument("must not contain NUL characters", field=field_path(path, name))
         if self.shard < 0:
             raise InvalidArgument(f"must not be negative, got {self.shard}", field=field_path(path, "shard"))
+        if self.node_id:
+            check_node_id(self.node_id, field_path(path, "node_id"))
         for name, value in (("locality_wait_s", self.locality_wait_s), ("submitted_at", self.submitted_at)):
             if not math.isfinite(value) or value < 0:
                 raise InvalidArgument(
@@ -233,6 +241,9 @@ class PlacementConstraints:
             locality_wait_s=msg.locality_wait_s,
             group=msg.group,
             submitted_at=msg.submitted_at,
+            node_id=msg.node_id,
+            node_soft=msg.node_soft,
+            distinct_nodes=msg.distinct_nodes,
         )
         value.validate(path)
         return value
@@ -247,6 +258,9 @@ class PlacementConstraints:
             locality_wait_s=self.locality_wait_s,
             group=self.group,
             submitted_at=self.submitted_at,
+            node_id=self.node_id,
+            node_soft=self.node_soft,
+            distinct_nodes=self.distinct_nodes,
         )
 
 

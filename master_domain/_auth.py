@@ -335,11 +335,32 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "ListQuotas": _PEOPLE,
     # Like GetJob: another tenant's job is NOT_FOUND (checked by the master).
     "ExplainJob": _TENANT_USERS,
+    # The DSDK's data plane. A job credential publishes and reports only for its own job; who may
+    # list a job's endpoints is who may see the job. Datasets belong to the caller's tenant.
+    "PublishEndpoint": _TENANT_USERS,
+    "ListEndpoints": _TENANT_USERS,
+    "ReportJobStats": _TENANT_USERS,
+    "PutDataset": _TENANT_USERS,
+    "GetDataset": _TENANT_USERS,
+    "ListDatasets": _TENANT_USERS,
+    "DeleteDataset": _TENANT_USERS,
 }
 
 #: Methods that change state: each call, allowed or denied, is written to the audit log.
+#: PublishEndpoint and ReportJobStats change only memory and a job's statistics, many times per
+#: job, and are not audited (one write each would cost more than the call).
 MUTATING = frozenset(
-    {"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken", "SetQuota", "DeleteQuota"}
+    {
+        "SubmitJob",
+        "CancelJob",
+        "CreateTenant",
+        "CreateToken",
+        "RevokeToken",
+        "SetQuota",
+        "DeleteQuota",
+        "PutDataset",
+        "DeleteDataset",
+    }
 )
 
 

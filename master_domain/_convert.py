@@ -10,7 +10,9 @@ from domainos import model
 from domainos.api.v1 import common_pb2, master_pb2, subdomain_pb2
 from domainos.errors import InvalidArgument
 from domainos.jobspec import JobSpec, task_constraints
+from master_domain._datasets import DatasetRecord, ShardInfo, ShardReplica
 from master_domain._jobs import Job, JobState, Task, TaskReport, TaskState
+from master_domain._rendezvous import Endpoint
 from master_domain._sched import _reserve
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,112 @@ def job_to_proto(job: Job, *, with_tasks: bool = True) -> master_pb2.Job:
         finished_at=job.finished_at,
         tasks=[task_to_proto(t) for t in job.tasks] if with_tasks else [],
         request_id=job.request_id,
+        stats=stats_to_proto(job.stats),
+    )
+
+
+#: ``JobStats`` fields a report may set, each a running total that only grows.
+STATS_FIELDS = (
+    "bytes_intra_node",
+    "bytes_inter_node",
+    "bytes_inter_subdomain",
+    "bytes_inter_region",
+    "bytes_client",
+    "calls",
+    "local_calls",
+)
+
+
+def stats_to_proto(stats: dict[str, float]) -> master_pb2.JobStats:
+    return master_pb2.JobStats(
+        **{k: int(stats.get(k, 0)) for k in STATS_FIELDS}, updated_at=float(stats.get("updated_at", 0.0))
+    )
+
+
+def stats_from_proto(msg: master_pb2.JobStats) -> dict[str, float]:
+    """Validated running totals (InvalidArgument naming a negative field)."""
+    out: dict[str, float] = {}
+    for k in STATS_FIELDS:
+        value = int(getattr(msg, k))
+        if value < 0:
+            raise InvalidArgument(f"must not be negative, got {value}", field=f"stats.{k}")
+        out[k] = value
+    if out["local_calls"] > out["calls"]:
+        raise InvalidArgument(
+            f"cannot exceed stats.calls ({out['calls']}), got {out['local_calls']}", field="stats.local_calls"
+        )
+    return out
+
+
+def endpoint_to_proto(ep: Endpoint) -> master_pb2.Endpoint:
+    return master_pb2.Endpoint(
+        task_index=ep.task_index,
+        attempt=ep.attempt,
+        address=ep.address,
+        node_id=ep.node_id,
+        subdomain_id=ep.subdomain_id,
+        region=ep.region,
+        kind=ep.kind,
+        published_at=ep.published_at,
+    )
+
+
+def endpoint_from_proto(msg: master_pb2.Endpoint) -> Endpoint:
+    return Endpoint(
+        task_index=msg.task_index,
+        attempt=msg.attempt,
+        address=msg.address,
+        kind=msg.kind or "dsdk-worker",
+        node_id=msg.node_id,
+        subdomain_id=msg.subdomain_id,
+        region=msg.region,
+    )
+
+
+def dataset_to_proto(record: DatasetRecord, *, with_shards: bool = True) -> master_pb2.Dataset:
+    return master_pb2.Dataset(
+        name=record.name,
+        tenant=record.tenant,
+        num_shards=record.num_shards,
+        replicas=record.replicas,
+        size_bytes=record.size_bytes,
+        created_at=record.created_at,
+        created_by=record.created_by,
+        job_id=record.job_id,
+        labels=dict(record.labels),
+        shards=[
+            master_pb2.DatasetShardInfo(
+                shard=s.shard,
+                size_bytes=s.size_bytes,
+                replicas=[
+                    master_pb2.ShardReplica(node_id=r.node_id, subdomain_id=r.subdomain_id, region=r.region)
+                    for r in s.replicas
+                ],
+            )
+            for s in record.shards
+        ]
+        if with_shards
+        else [],
+    )
+
+
+def dataset_from_proto(msg: master_pb2.Dataset) -> DatasetRecord:
+    """The record as sent (validated by the registry)."""
+    return DatasetRecord(
+        name=msg.name,
+        tenant=msg.tenant,
+        num_shards=msg.num_shards,
+        replicas=msg.replicas,
+        labels=dict(msg.labels),
+        job_id=msg.job_id,
+        shards=tuple(
+            ShardInfo(
+                s.shard,
+                s.size_bytes,
+                tuple(ShardReplica(r.node_id, r.subdomain_id, r.region) for r in s.replicas),
+            )
+            for s in msg.shards
+        ),
     )
 
 

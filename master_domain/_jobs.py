@@ -185,6 +185,8 @@ class Job:
     #: job itself. Dropped from the record once the job is finished (the token is revoked then).
     token: str = ""
     token_id: str = ""
+    #: Data-plane totals reported by the job's DSDK driver (``JobStats`` field -> value).
+    stats: dict[str, float] = field(default_factory=dict)
     #: Bumped on every change that must be persisted (not stored).
     version: int = 0
     #: Number of tasks in each state, kept in step with ``tasks`` (not stored).
@@ -222,6 +224,7 @@ class Job:
             "token": "" if self.terminal else self.token,
             "token_id": self.token_id,
             "tasks": [t.to_list(with_message=task_messages) for t in self.tasks],
+            **({"stats": dict(self.stats)} if self.stats else {}),
         }
 
     @classmethod
@@ -242,6 +245,7 @@ class Job:
             created_by=str(data.get("created_by", "")),
             token=str(data.get("token", "")),
             token_id=str(data.get("token_id", "")),
+            stats={str(k): float(v) for k, v in (data.get("stats") or {}).items()},
         )
         job.counts = Counter(t.state for t in tasks)
         return job

@@ -33,6 +33,7 @@ from domainos.config import open_transport
 from domainos.errors import (
     AlreadyExists,
     DomainOSError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -65,6 +66,7 @@ from master_domain._convert import (
     task_report_from_proto,
     task_spec,
 )
+from master_domain._datasets import DatasetRegistry
 from master_domain._jobs import (
     TERMINAL_JOB_STATES,
     AckTasks,
@@ -95,6 +97,7 @@ from master_domain._metrics import MasterMetrics, MasterStats
 from master_domain._placement import Placer, Want, check_fits_federation
 from master_domain._preemption import Decision, Preemptions
 from master_domain._registry import Registry, Session, SubdomainRecord
+from master_domain._rendezvous import Endpoint, Rendezvous, check_kind
 from master_domain._sched import _reserve
 from master_domain._sched._fairshare import capacity_from_summaries
 from master_domain._sched._gang import GangPlan, LimitsFn, consume, consume_requests, plan_gang
@@ -216,6 +219,9 @@ class MasterDomain:
         # job id -> (tenant, submitted by) of every job ever seen: ListJobs filters by it.
         self._owners: dict[str, tuple[str, str]] = {}
         self._store: AsyncStore | None = None
+        #: Where the tasks of active jobs serve (DSDK workers, collective ranks): memory only.
+        self.rendezvous = Rendezvous()
+        self._datasets: DatasetRegistry | None = None
         self._directory: Directory | None = None
         self._audit: AuditLog | None = None
         #: Requests per principal on DomainControl (checked by the service's gate).
@@ -256,6 +262,7 @@ class MasterDomain:
             tls = open_transport(self.config.tls, role="master", ident=None, log=log)
             store = await asyncio.to_thread(open_store, self.config.store)
             self._store = AsyncStore(store)
+            self._datasets = DatasetRegistry(self._store)
             await self._load()
             await self._open_auth()
             # Imported here: the servicers call back into this class.
@@ -524,6 +531,7 @@ class MasterDomain:
         self._gang_retry_at.pop(job_id, None)
         self._gang_refused.pop(job_id, None)
         self._preemptions.forget(job_id)
+        self.rendezvous.forget(job_id)
         if job.token_id:
             self._spawn(self._revoke_job_token(job), f"revoke-token-{job_id}")
         self._finished_state[job_id] = job.state
@@ -677,7 +685,7 @@ class MasterDomain:
                     if short is None and decision.kind == "capacity":
                         short = (job, [i for i in indexes if job.tasks[i].state is TaskState.PENDING])
                     misses += 1
-                    if not task.rejected_by and (want is None or not want.dataset):
+                    if not task.rejected_by and (want is None or not (want.dataset or want.subdomain)):
                         break  # the job's other tasks are the same size: they would wait too
                     if misses >= LOCALITY_TRIES:
                         break  # tasks of other shards may fit, but a pass tries a bounded number
@@ -1595,6 +1603,120 @@ class MasterDomain:
             nodes_ready=sum(r.summary.nodes_ready for r in connected),
             jobs_active=len(self._jobs),
         )
+
+    # -- the DSDK's data plane: rendezvous, job statistics, datasets ------------------------------
+
+    @property
+    def datasets(self) -> DatasetRegistry:
+        if self._datasets is None:
+            raise Unavailable("the master is not started")
+        return self._datasets
+
+    def _own_active_job(self, job_id: str, principal: Principal | None, what: str) -> Job:
+        """The active job ``principal`` may act on (a job credential: only its own job)."""
+        if not job_id:
+            raise InvalidArgument("is required", field="job_id")
+        job = self._jobs.get(job_id)
+        if job is None or not self.visible(job_id, principal):
+            if self.visible(job_id, principal) and job_id in self._finished_state:
+                raise FailedPrecondition(f"job {job_id} has finished; nothing more can be {what}")
+            raise _job_not_found(job_id)
+        if principal is not None and principal.role is Role.JOB and principal.job_id != job_id:
+            raise PermissionDenied(
+                f"a job credential acts only for its own job ({principal.job_id}), not {job_id}",
+                field="job_id",
+            )
+        return job
+
+    def publish_endpoint(
+        self, job_id: str, endpoint: Endpoint, principal: Principal | None = None
+    ) -> Endpoint:
+        """Record where a task of an active job serves. Where the task runs (node, sub-domain,
+        region) is taken from the job record, not from the request; a stale attempt is refused."""
+        job = self._own_active_job(job_id, principal, "published")
+        index = endpoint.task_index
+        if 0 <= index < len(job.tasks):
+            task = job.tasks[index]
+            if endpoint.attempt != task.attempt:
+                raise FailedPrecondition(
+                    f"task {index} of job {job_id} is at attempt {task.attempt}, not {endpoint.attempt}",
+                    field="endpoint.attempt",
+                )
+            endpoint = dataclasses.replace(
+                endpoint,
+                node_id=task.node_id or endpoint.node_id,
+                subdomain_id=task.subdomain_id or endpoint.subdomain_id,
+                region=task.region or endpoint.region,
+                published_at=self._clock.time(),
+            )
+        self.rendezvous.publish(job_id, endpoint, replicas=job.spec.replicas)
+        log.info(
+            "job %s task %d.%d serves %s at %s (node %s)",
+            job_id,
+            endpoint.task_index,
+            endpoint.attempt,
+            endpoint.kind,
+            endpoint.address,
+            endpoint.node_id,
+        )
+        return endpoint
+
+    async def list_endpoints(
+        self, job_id: str, *, kind: str, min_count: int, wait_s: float, principal: Principal | None = None
+    ) -> tuple[list[Endpoint], JobState]:
+        """The current attempts' endpoints of a job, waiting (bounded) for ``min_count``."""
+        job = await self.get_job(job_id, principal)
+        check_kind(kind)
+        if min_count < 0:
+            raise InvalidArgument(f"must not be negative, got {min_count}", field="min_count")
+
+        def current() -> list[Endpoint]:
+            live = self._jobs.get(job_id)
+            if live is None:
+                return []
+            return [
+                e
+                for e in self.rendezvous.endpoints(job_id, kind)
+                if e.task_index < len(live.tasks) and live.tasks[e.task_index].attempt == e.attempt
+            ]
+
+        def done() -> bool:
+            live = self._jobs.get(job_id)
+            return live is None or live.terminal or len(current()) >= min_count
+
+        await self.rendezvous.wait(job_id, done, wait_s)
+        live = self._jobs.get(job_id)
+        return current(), (live or job).state
+
+    async def report_job_stats(
+        self, job_id: str, stats: Mapping[str, float], principal: Principal | None = None
+    ) -> dict[str, float]:
+        """Replace the job's data-plane totals (the driver reports running totals)."""
+        job = await self.get_job(job_id, principal)
+        if principal is not None and principal.role is Role.JOB and principal.job_id != job_id:
+            raise PermissionDenied(
+                f"a job credential reports only for its own job ({principal.job_id}), not {job_id}",
+                field="job_id",
+            )
+        values = {**stats, "updated_at": self._clock.time()}
+        live = self._jobs.get(job_id)
+        if live is not None:
+            live.stats = values
+            live.version += 1
+            self._dirty[job_id] = None  # written with the next commit (no extra write per report)
+            self.wake()
+            return values
+        # A finished job: update its stored record (the driver's last report may come after the end).
+        assert self._commit_lock is not None
+        async with self._commit_lock:
+            kv = await self.store.get(_key(JOBS_PREFIX, job_id))
+            if kv is None:
+                raise _job_not_found(job_id)
+            data = json.loads(kv.value)
+            data["stats"] = values
+            await self.store.put(_key(JOBS_PREFIX, job_id), json.dumps(data, separators=(",", ":")).encode())
+        job.stats = values
+        return values
 
     # -- quotas and explain (the scheduler's client API) ----------------------------------------
 

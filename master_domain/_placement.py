@@ -19,6 +19,9 @@ Per-task constraints (:class:`Want`), all read from summaries:
 * Locality (``dataset``/``shard``): sub-domains whose summary lists the shard are preferred; until
   the job's locality wait is over they are the only candidates, then any will do (and the choice
   says so).
+* Node affinity (``subdomain``/``node``): the task goes to its node's sub-domain when that one is
+  connected and has room (the sub-domain then pins it to the node); a soft affinity falls back to
+  any sub-domain, a hard one waits.
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class Want:
     locality_until: float = 0.0
     locality_wait_s: float = 0.0
     now: float = 0.0
+    #: Node affinity: the sub-domain of the node the task is pinned to, the node, and whether
+    #: any other place will do when that one cannot take it.
+    subdomain: str = ""
+    node: str = ""
+    node_soft: bool = True
 
     @classmethod
     def for_task(cls, spec: JobSpec, index: int, created_at: float, now: float) -> Want | None:
@@ -88,8 +96,14 @@ class Want:
         exclude = frozenset(m for m in spec.exclude_gpu_models if m)
         selector = tuple(sorted(spec.node_selector.items()))
         loc = spec.locality
-        if not exclude and not selector and loc is None:
+        aff = spec.affinity
+        if not exclude and not selector and loc is None and aff is None:
             return None
+        if aff is not None:
+            ref = aff.node_of(index)
+            return cls(
+                exclude, selector, now=now, subdomain=ref.subdomain_id, node=ref.node_id, node_soft=aff.soft
+            )
         if loc is None:
             return cls(exclude, selector, now=now)
         wait = float(loc.wait_s)
@@ -445,6 +459,22 @@ class Placer:
         if not self._views:
             return NoFit("no sub-domain is connected")
         w = want or _NO_WANT
+        pinned_why = ""
+        if w.subdomain:
+            view = self._views.get(w.subdomain)
+            if view is None:
+                pinned_why = f"sub-domain {w.subdomain} (of node {w.node}) is not connected"
+            elif avoid and avoid.get(w.subdomain, -math.inf) >= view.summary_at:
+                pinned_why = (
+                    f"sub-domain {w.subdomain} had no room on node {w.node} (waiting for its next summary)"
+                )
+            else:
+                model, units = view.fit_units(request, w)
+                if model is not None and units >= 1:
+                    return Choice(w.subdomain, view.region, model, f"affinity: node {w.node}")
+                pinned_why = f"sub-domain {w.subdomain} (of node {w.node}) has no {Placer._wanted(request)}"
+            if not w.node_soft:
+                return NoFit(f"affinity: task pinned to node {w.node}, but {pinned_why}")
         best: tuple[float, int, str] | None = None
         best_holder: tuple[float, int, str] | None = None
         models: dict[str, str] = {}
@@ -499,6 +529,8 @@ class Placer:
         if best is None:
             return NoFit(self._no_room_reason(request, w, considered, no_labels))
         sd = best[2]
+        if pinned_why:
+            return Choice(sd, self._views[sd].region, models[sd], f"affinity is soft and {pinned_why}")
         return Choice(sd, self._views[sd].region, models[sd])
 
     @staticmethod

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -33,10 +35,21 @@ from master_domain._admission import QuotaRow
 from master_domain._audit import AuditEntry
 from master_domain._auth import LOGIN_HINT, MUTATING, Principal, Role, authorize, bearer_token, parse_token
 from master_domain._auth_tls import check_client_cert
-from master_domain._convert import job_state_from_proto, job_to_proto
+from master_domain._convert import (
+    dataset_from_proto,
+    dataset_to_proto,
+    endpoint_from_proto,
+    endpoint_to_proto,
+    job_state_from_proto,
+    job_state_to_proto,
+    job_to_proto,
+    stats_from_proto,
+    stats_to_proto,
+)
 from master_domain._jobs import JobState
 from master_domain._registry import Session
 from master_domain._sched._quota import Quota
+from master_domain._tenants import SYSTEM_TENANT
 
 if TYPE_CHECKING:
     from master_domain._master import MasterDomain
@@ -173,6 +186,10 @@ def _target(method: str, request: Any, response: Any) -> str:
         return f"tenant {request.tenant}" if request.tenant else ""
     if method in ("SetQuota", "DeleteQuota"):
         return f"quota {request.tenant}/{request.region or '*'}/{request.subdomain or '*'}"
+    if method == "PutDataset":
+        return f"dataset {request.dataset.name}"
+    if method == "DeleteDataset":
+        return f"dataset {request.name}"
     return str(getattr(request, "job_id", "") or getattr(request, "token_id", ""))
 
 
@@ -553,6 +570,114 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
             tenant = principal.tenant
         rows = await self._master.list_quotas(tenant)
         return master_pb2.ListQuotasResponse(quotas=quota_rows_to_proto(rows))
+
+    # -- the DSDK's data plane: rendezvous, statistics, datasets --------------------------------
+
+    @rpc_method
+    async def PublishEndpoint(
+        self, request: master_pb2.PublishEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.PublishEndpointResponse:
+        self._master.publish_endpoint(
+            request.job_id, endpoint_from_proto(request.endpoint), _principal(current_call())
+        )
+        return master_pb2.PublishEndpointResponse()
+
+    @rpc_method
+    async def ListEndpoints(
+        self, request: master_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ListEndpointsResponse:
+        endpoints, state = await self._master.list_endpoints(
+            request.job_id,
+            kind=request.kind,
+            min_count=request.min_count,
+            wait_s=request.wait_s,
+            principal=_principal(current_call()),
+        )
+        return master_pb2.ListEndpointsResponse(
+            endpoints=[endpoint_to_proto(e) for e in endpoints], state=job_state_to_proto(state)
+        )
+
+    @rpc_method
+    async def ReportJobStats(
+        self, request: master_pb2.ReportJobStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.JobStats:
+        stats = await self._master.report_job_stats(
+            request.job_id, stats_from_proto(request.stats), _principal(current_call())
+        )
+        return stats_to_proto(stats)
+
+    @rpc_method
+    async def PutDataset(
+        self, request: master_pb2.PutDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.Dataset:
+        call = current_call()
+        principal = _principal(call)
+        record = dataset_from_proto(request.dataset)
+        tenant = None if principal.is_admin else principal.tenant
+        if not record.tenant:
+            record = dataclasses.replace(record, tenant=principal.tenant or SYSTEM_TENANT)
+        record = dataclasses.replace(record, created_at=time.time(), created_by=principal.name)
+        stored = await self._master.datasets.put(
+            record,
+            replace=request.replace,
+            tenant=tenant,
+            audit=_ok_op(self._master, call, f"dataset {record.name}"),
+        )
+        if stored is record:
+            self._master.audit.added()
+            call.audited = True
+            log.info(
+                "dataset %s registered by %s: %d shards x %d copies, %d bytes",
+                record.name,
+                call.who,
+                record.num_shards,
+                record.replicas,
+                record.size_bytes,
+            )
+        return dataset_to_proto(stored)
+
+    @rpc_method
+    async def GetDataset(
+        self, request: master_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.Dataset:
+        principal = _principal(current_call())
+        record = await self._master.datasets.get(
+            request.name, tenant=None if principal.is_admin else principal.tenant
+        )
+        return dataset_to_proto(record)
+
+    @rpc_method
+    async def ListDatasets(
+        self, request: master_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.ListDatasetsResponse:
+        principal = _principal(current_call())
+        tenant: str | None = request.tenant or None
+        if not principal.is_admin:
+            if tenant and tenant != principal.tenant:
+                raise PermissionDenied(
+                    f"a caller of tenant {principal.tenant!r} may list only its own tenant's datasets, not {tenant!r}"
+                )
+            tenant = principal.tenant
+        records = await self._master.datasets.list(tenant=tenant)
+        return master_pb2.ListDatasetsResponse(
+            datasets=[dataset_to_proto(r, with_shards=False) for r in records]
+        )
+
+    @rpc_method
+    async def DeleteDataset(
+        self, request: master_pb2.DeleteDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.Dataset:
+        call = current_call()
+        principal = _principal(call)
+        record = await self._master.datasets.delete(
+            request.name,
+            tenant=None if principal.is_admin else principal.tenant,
+            audit=_ok_op(self._master, call, f"dataset {request.name}"),
+        )
+        self._master.audit.added()
+        call.audited = True
+        log.info("dataset %s deleted by %s", record.name, call.who)
+        return dataset_to_proto(record)
 
     @rpc_method
     async def ExplainJob(

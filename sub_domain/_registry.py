@@ -35,7 +35,7 @@ import bisect
 import heapq
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -936,15 +936,18 @@ class NodeRegistry:
         now: float = 0.0,
         group_key: str = "",
         only_block: str = "",
+        avoid: Collection[str] = (),
     ) -> Placement | str:
         """Best-fit node and GPU indexes for ``request`` under ``constraints``, or why nothing fits.
 
         ``now`` is wall-clock unix seconds (the locality wait runs from ``submitted_at``);
         ``group_key`` names the task's group across jobs (``"<job>/<group>"``): its later tasks
         prefer the block its first one went to. ``only_block`` restricts the choice to one block's
-        nodes (gang reservations trying to keep a pipeline in one block).
+        nodes (gang reservations trying to keep a pipeline in one block). ``avoid``: nodes the
+        task must not go to (those running another task of its job, for ``distinct_nodes``).
 
-        Order of preference: nodes holding the task's dataset shard (only those while the
+        A task with node affinity (``constraints.node_id``) goes to that node, or nowhere unless
+        the affinity is soft (then the tiers below). Order of preference otherwise: nodes holding the task's dataset shard (only those while the
         locality wait runs), then the group's block, then any node. Each tier is a small exact
         scan when its candidate set is at most ``EXACT_SCAN_MAX`` nodes (shard holders, a block,
         the nodes of the rarest selector label), else an index walk filtered by the tier's
@@ -964,10 +967,22 @@ class NodeRegistry:
             return self._reason(request, c, model_ok, selector_matches=0, now=now)
 
         def labels_ok(node_id: str) -> bool:
+            if node_id in avoid:
+                return False
             inv = self._nodes[node_id].inventory
             if only_block and inv.block != only_block:
                 return False
             return all(inv.labels.get(k) == v for k, v in selector.items())
+
+        pinned_note = ""
+        if c.node_id:
+            found = self._scan((c.node_id,), request, c, model_ok, labels_ok)
+            if found is not None:
+                return found
+            why = self._pinned_reason(c.node_id, request, avoid)
+            if not c.node_soft:
+                return f"affinity: {why}"
+            pinned_note = f"affinity for node {c.node_id} is soft and {why}: placed on node "
 
         rarest = min(label_sets, key=len) if selector else None
         tiers: list[tuple[set[str] | None, Callable[[str], bool]]] = []
@@ -1005,11 +1020,14 @@ class NodeRegistry:
             if found is None:
                 continue
             note = ""
-            if c.dataset and i > 0:
+            if pinned_note:
+                note = pinned_note + found.node_id
+            elif c.dataset and i > 0:
                 note = (
                     f"locality wait for {c.dataset} shard {c.shard} is over and none of the "
                     f"{len(holders)} nodes holding it had room: placed on node {found.node_id} without it"
                 )
+            if note:
                 found = Placement(found.node_id, found.gpu_indexes, note)
             if group_key:
                 got = self._nodes[found.node_id].inventory.block
@@ -1031,6 +1049,17 @@ class NodeRegistry:
         if selector:
             matches = sum(1 for n in min(label_sets, key=len) if n in self._index and labels_ok(n))
         return self._reason(request, c, model_ok, selector_matches=matches, now=now)
+
+    def _pinned_reason(self, node_id: str, request: Resources, avoid: Collection[str]) -> str:
+        """Why the node a task is pinned to cannot take it now."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return f"node {node_id} is not registered in sub-domain {self.subdomain_id}"
+        if node_id in avoid:
+            return f"node {node_id} already runs a task of this job (distinct_nodes)"
+        if node_id not in self._index:
+            return f"node {node_id} is {node.view_state} and takes no tasks"
+        return f"node {node_id} has {node.free.describe()} free, not {request.describe()}"
 
     @property
     def blocks(self) -> list[str]:

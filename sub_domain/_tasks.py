@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +131,8 @@ class TaskTable:
         self._new_id = new_id
         self._entries: dict[TaskRef, TaskEntry] = {}
         self._active_by_node: dict[str, set[TaskRef]] = {}
+        #: Job id -> node -> its active tasks there (``distinct_nodes`` keeps a job's tasks apart).
+        self._job_nodes: dict[str, Counter[str]] = {}
         self._slots: dict[tuple[str, int], set[int]] = {}
         self._pending_starts: dict[str, TaskRef] = {}
         self._by_state: Counter[TaskState] = Counter()
@@ -190,6 +192,7 @@ class TaskTable:
         self._by_state[entry.status.state] += 1
         if entry.active:
             self._active_by_node.setdefault(entry.node_id, set()).add(key)
+            self._job_nodes.setdefault(key.job_id, Counter())[entry.node_id] += 1
 
     def _remove(self, key: TaskRef) -> TaskEntry:
         entry = self._entries.pop(key)
@@ -203,10 +206,17 @@ class TaskTable:
 
     def _deactivate(self, entry: TaskEntry) -> None:
         keys = self._active_by_node.get(entry.node_id)
-        if keys is not None:
+        if keys is not None and entry.key in keys:
             keys.discard(entry.key)
             if not keys:
                 del self._active_by_node[entry.node_id]
+            nodes = self._job_nodes.get(entry.key.job_id)
+            if nodes is not None:
+                nodes[entry.node_id] -= 1
+                if nodes[entry.node_id] <= 0:
+                    del nodes[entry.node_id]
+                if not nodes:
+                    del self._job_nodes[entry.key.job_id]
         if entry.start_command:
             self._pending_starts.pop(entry.start_command, None)
             entry.start_command = ""
@@ -264,11 +274,15 @@ class TaskTable:
         if problem:
             return problem
         group = spec.placement.group
+        avoid: Collection[str] = ()
+        if spec.placement.distinct_nodes:
+            avoid = self._job_nodes.get(spec.ref.job_id, {}).keys()
         return self.registry.place(
             spec.resources,
             spec.placement,
             now=now,
             group_key=f"{spec.ref.job_id}/{group}" if group else "",
+            avoid=avoid,
         )
 
     def _assigned(
@@ -480,6 +494,11 @@ class TaskTable:
                 assert self._pending_starts.get(entry.start_command) == key
         assert +counts == +self._by_state, f"state counts drifted: {self._by_state} != {counts}"
         assert by_node == self._active_by_node, "per-node index drifted"
+        job_nodes: dict[str, Counter[str]] = {}
+        for node_id, keys in by_node.items():
+            for key in keys:
+                job_nodes.setdefault(key.job_id, Counter())[node_id] += 1
+        assert job_nodes == self._job_nodes, "per-job node index drifted"
         assert sum(len(v) for v in self._slots.values()) == len(self._entries)
         for command, key in self._pending_starts.items():
             assert self._entries[key].start_command == command

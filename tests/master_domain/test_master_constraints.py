@@ -313,3 +313,46 @@ def test_master_places_by_constraints_and_sends_them_in_place_task() -> None:
             await master.shutdown()
 
     run(body())
+
+
+# -- node affinity ---------------------------------------------------------------------------------
+
+
+def test_affinity_sends_a_task_to_its_nodes_sub_domain() -> None:
+    p = Placer()
+    p.update("big", "west", sm(4, cpus=64), now=0.0)
+    p.update("small", "east", sm(1, cpus=4), now=0.0)
+    c = p.choose(req(1), want=want(subdomain="small", node="n9", node_soft=False))
+    assert c == Choice("small", "east") and c.why == "affinity: node n9"  # not the roomiest
+
+
+def test_hard_affinity_waits_for_its_sub_domain() -> None:
+    p = Placer()
+    p.update("big", "west", sm(4, cpus=64), now=0.0)
+    gone = p.choose(req(1), want=want(subdomain="away", node="n1", node_soft=False))
+    assert gone == NoFit(
+        "affinity: task pinned to node n1, but sub-domain away (of node n1) is not connected"
+    )
+    p.update("small", "east", sm(1, cpus=4), now=0.0)
+    full = p.choose(req(8), want=want(subdomain="small", node="n1", node_soft=False))
+    assert isinstance(full, NoFit) and full.reason.startswith(
+        "affinity: task pinned to node n1, but sub-domain small (of node n1) has no a node with cpus=8"
+    )
+
+
+def test_soft_affinity_falls_back_and_says_why() -> None:
+    p = Placer()
+    p.update("big", "west", sm(4, cpus=64), now=0.0)
+    c = p.choose(req(1), want=want(subdomain="away", node="n1", node_soft=True))
+    assert c == Choice("big", "west")
+    assert c.why == "affinity is soft and sub-domain away (of node n1) is not connected"
+
+
+def test_want_for_task_reads_the_affinity_of_each_task() -> None:
+    from domainos.jobspec import parse_spec
+
+    spec = parse_spec(
+        {"command": ["x"], "replicas": 2, "affinity": {"nodes": ["sd-a/n1", "sd-b/n2"], "soft": False}}
+    )
+    w1 = Want.for_task(spec, 1, 0.0, 0.0)
+    assert w1 is not None and (w1.subdomain, w1.node, w1.node_soft) == ("sd-b", "n2", False)

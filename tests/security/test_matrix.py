@@ -48,9 +48,29 @@ ADMIN_ONLY = {
 }
 #: Methods for admins and users (a user: its own tenant), not for job credentials.
 PEOPLE_ONLY = {"ListQuotas"}
-MUTATING = {"SubmitJob", "CancelJob", "CreateTenant", "CreateToken", "RevokeToken", "SetQuota", "DeleteQuota"}
+MUTATING = {
+    "SubmitJob",
+    "CancelJob",
+    "CreateTenant",
+    "CreateToken",
+    "RevokeToken",
+    "SetQuota",
+    "DeleteQuota",
+    "PutDataset",
+    "DeleteDataset",
+}
 #: Methods that act on one of tenant A's jobs (not the job credential's own).
-ON_A_JOB = {"GetJob", "CancelJob", "ReadLogs", "ExplainJob"}
+ON_A_JOB = {
+    "GetJob",
+    "CancelJob",
+    "ReadLogs",
+    "ExplainJob",
+    "PublishEndpoint",
+    "ListEndpoints",
+    "ReportJobStats",
+}
+#: Methods that act on one of tenant A's datasets (a job credential of tenant A may).
+ON_A_DATASET = {"GetDataset", "DeleteDataset"}
 CALLERS = [
     "no-client-cert",
     "foreign-ca-cert",
@@ -77,6 +97,8 @@ def expected(caller: str, method: str) -> grpc.StatusCode:
         return DENIED
     if caller in ("user-b", "job-of-a") and method in ON_A_JOB:
         return NOT_FOUND  # exactly as for a job that does not exist
+    if caller == "user-b" and method in ON_A_DATASET:
+        return NOT_FOUND  # exactly as for a dataset that does not exist
     return OK
 
 
@@ -162,6 +184,15 @@ class World:
         resp = await self.admin.SubmitJob(M.SubmitJobRequest(spec=self.spec("a")))
         return str(resp.job.job_id)
 
+    async def dataset_of_a(self, name: str) -> str:
+        """A dataset of tenant A (registered by the admin)."""
+        shard = M.DatasetShardInfo(
+            shard=0, size_bytes=10, replicas=[M.ShardReplica(node_id="n1", subdomain_id="sd1")]
+        )
+        ds = M.Dataset(name=name, tenant="a", num_shards=1, replicas=1, shards=[shard])
+        await self.admin.PutDataset(M.PutDatasetRequest(dataset=ds, replace=True))
+        return name
+
     async def request(self, method: str, caller: str) -> Any:
         """A valid request for ``method`` (one the admin would be allowed)."""
         job = self.job_a
@@ -189,7 +220,30 @@ class World:
             "DeleteQuota": lambda: M.DeleteQuotaRequest(tenant="b", region="east"),
             "ListQuotas": lambda: M.ListQuotasRequest(tenant="" if caller == "admin" else tenant),
             "ExplainJob": lambda: M.ExplainJobRequest(job_id=job),
+            "PublishEndpoint": lambda: M.PublishEndpointRequest(
+                job_id=job, endpoint=M.Endpoint(task_index=0, attempt=0, address="127.0.0.1:5000")
+            ),
+            "ListEndpoints": lambda: M.ListEndpointsRequest(job_id=job),
+            "ReportJobStats": lambda: M.ReportJobStatsRequest(job_id=job, stats=M.JobStats(calls=3)),
+            "PutDataset": lambda: M.PutDatasetRequest(
+                dataset=M.Dataset(
+                    name=f"ds{n}-{caller}",
+                    num_shards=1,
+                    replicas=1,
+                    shards=[
+                        M.DatasetShardInfo(
+                            shard=0, replicas=[M.ShardReplica(node_id="n1", subdomain_id="sd1")]
+                        )
+                    ],
+                )
+            ),
+            "GetDataset": lambda: M.GetDatasetRequest(name=self.shared_dataset),
+            "ListDatasets": lambda: M.ListDatasetsRequest(),
+            "DeleteDataset": lambda: M.DeleteDatasetRequest(name=dataset),
         }
+        if method == "GetDataset" and not getattr(self, "shared_dataset", ""):
+            self.shared_dataset = await self.dataset_of_a("shared-of-a")
+        dataset = await self.dataset_of_a(f"del-{caller}-{n}") if method == "DeleteDataset" else ""
         if method == "DeleteQuota":  # something to delete (before the store snapshot is taken)
             await self.admin.SetQuota(M.SetQuotaRequest(tenant="b", region="east", limits={"cpu": 1000}))
         if method == "RevokeToken":

@@ -14,6 +14,7 @@ from domainos.jobspec import (
     RetryPolicy,
     parse_spec,
     parse_spec_yaml,
+    task_constraints,
 )
 from domainos.resources import Resources
 from master_domain._jobs import spec_from_dict, spec_to_dict
@@ -726,3 +727,55 @@ def test_arbitrary_scheduling_fields_are_valid_or_invalid_argument(data: dict[st
         return
     assert JobSpec.from_proto(spec.to_proto()) == spec
     assert JobSpec.from_dict(spec.to_dict()) == spec
+
+
+# -- node affinity and distinct nodes ---------------------------------------------------------------
+
+
+def test_affinity_and_distinct_nodes_round_trip() -> None:
+    spec = parse_spec(
+        {
+            "command": ["x"],
+            "replicas": 2,
+            "affinity": {"nodes": ["east-1/n1", {"subdomain": "west-1", "node": "n7"}], "soft": False},
+            "distinct_nodes": True,
+        }
+    )
+    assert spec.affinity is not None and [str(n) for n in spec.affinity.nodes] == ["east-1/n1", "west-1/n7"]
+    assert not spec.affinity.soft and spec.distinct_nodes
+    assert JobSpec.from_proto(spec.to_proto()) == spec
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    c = task_constraints(spec, 1, 5.0)
+    assert (c.node_id, c.node_soft, c.distinct_nodes) == ("n7", False, True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        (
+            {"affinity": {"nodes": ["a/n1"]}},
+            "affinity.nodes",
+            "one node per task: the job has 2 replicas, got 1 nodes",
+        ),
+        ({"affinity": {"nodes": ["n1", "a/n2"]}}, "affinity.nodes[0]", "expected '<sub-domain>/<node>'"),
+        ({"affinity": {"nodes": ["a/n 1", "a/n2"]}}, "affinity.nodes[0]", "'n 1' is not a valid node id"),
+        ({"affinity": {"nodes": ["a/n1", "a/n2"], "soft": "yes"}}, "affinity.soft", "expected true or false"),
+        ({"affinity": {"nodes": ["a/n1", "a/n2"], "hard": True}}, "affinity.hard", "unknown field"),
+        ({"distinct_nodes": "yes"}, "distinct_nodes", "expected true or false"),
+        ({"distinct_nodes": True, "gang": True}, "distinct_nodes", "not supported for gangs"),
+        (
+            {"affinity": {"nodes": ["a/n1", "a/n2"]}, "locality": {"dataset": "d"}},
+            "affinity",
+            "cannot be combined with locality",
+        ),
+        (
+            {"affinity": {"nodes": ["a/n1", "a/n1"]}, "distinct_nodes": True},
+            "affinity.nodes",
+            "a node is listed twice",
+        ),
+    ],
+)
+def test_affinity_errors_name_the_field(fields: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        parse_spec({"command": ["x"], "replicas": 2, **fields})
+    assert exc.value.field == field and words in exc.value.message

@@ -68,8 +68,14 @@ def test_the_yaml_forms_in_the_module_docstring_are_valid() -> None:
                 break
             lines.append(line[4:])
         blocks.append("\n".join(lines))
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     plain = js.parse_spec(parse_yaml(blocks[0], "docstring"))
     assert plain.gang is not None and plain.locality is not None and plain.resources.gpu_share == 50
     training = js.parse_spec({"command": ["train"], **parse_yaml(blocks[1], "docstring")})
     assert training.parallelism is not None and training.model is not None and training.replicas == 8
+    pinned = js.parse_spec({"command": ["x"], "replicas": 2, **parse_yaml(blocks[2], "docstring")})
+    assert pinned.affinity is not None and [str(n) for n in pinned.affinity.nodes] == [
+        "east-1/n1",
+        "west-1/n7",
+    ]
+    assert pinned.affinity.soft and pinned.distinct_nodes

@@ -188,7 +188,7 @@ class TaskSpec(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
 
 class PlacementConstraints(_message.Message):
-    __slots__ = ("exclude_gpu_models", "node_selector", "one_nvlink_domain", "dataset", "shard", "locality_wait_s", "group", "submitted_at")
+    __slots__ = ("exclude_gpu_models", "node_selector", "one_nvlink_domain", "dataset", "shard", "locality_wait_s", "group", "submitted_at", "node_id", "node_soft", "distinct_nodes")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +204,9 @@ class PlacementConstraints(_message.Message):
     LOCALITY_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_SOFT_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_NODES_FIELD_NUMBER: _ClassVar[int]
     exclude_gpu_models: _containers.RepeatedScalarFieldContainer[str]
     node_selector: _containers.ScalarMap[str, str]
     one_nvlink_domain: bool
@@ -212,7 +215,10 @@ class PlacementConstraints(_message.Message):
     locality_wait_s: float
     group: str
     submitted_at: float
-    def __init__(self, exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., one_nvlink_domain: _Optional[bool] = ..., dataset: _Optional[str] = ..., shard: _Optional[int] = ..., locality_wait_s: _Optional[float] = ..., group: _Optional[str] = ..., submitted_at: _Optional[float] = ...) -> None: ...
+    node_id: str
+    node_soft: bool
+    distinct_nodes: bool
+    def __init__(self, exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., one_nvlink_domain: _Optional[bool] = ..., dataset: _Optional[str] = ..., shard: _Optional[int] = ..., locality_wait_s: _Optional[float] = ..., group: _Optional[str] = ..., submitted_at: _Optional[float] = ..., node_id: _Optional[str] = ..., node_soft: _Optional[bool] = ..., distinct_nodes: _Optional[bool] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
     __slots__ = ("job_id", "task_index", "attempt", "state", "exit_code", "message", "node_id", "subdomain_id", "started_at", "finished_at", "pid", "gpu_indexes", "cpu_set")

@@ -223,7 +223,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, on_exit: _Optional[int] = ..., on_lost: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality")
+    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality", "affinity", "distinct_nodes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +264,8 @@ class JobSpec(_message.Message):
     MAX_CROSS_DOMAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     HAS_MAX_CROSS_DOMAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     LOCALITY_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_NODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -283,7 +285,25 @@ class JobSpec(_message.Message):
     max_cross_domain_loss: float
     has_max_cross_domain_loss: bool
     locality: Locality
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ...) -> None: ...
+    affinity: NodeAffinity
+    distinct_nodes: bool
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ..., affinity: _Optional[_Union[NodeAffinity, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ...) -> None: ...
+
+class NodeAffinity(_message.Message):
+    __slots__ = ("nodes", "soft")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SOFT_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeRef]
+    soft: bool
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRef, _Mapping]]] = ..., soft: _Optional[bool] = ...) -> None: ...
+
+class NodeRef(_message.Message):
+    __slots__ = ("subdomain_id", "node_id")
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    subdomain_id: str
+    node_id: str
+    def __init__(self, subdomain_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class GangPolicy(_message.Message):
     __slots__ = ("min", "timeout_s")
@@ -350,7 +370,7 @@ class TaskInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_retries: _Optional[int] = ..., lost_retries: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "message", "created_at", "updated_at", "finished_at", "tasks", "request_id")
+    __slots__ = ("job_id", "spec", "state", "message", "created_at", "updated_at", "finished_at", "tasks", "request_id", "stats")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +380,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     state: JobState
@@ -369,7 +390,175 @@ class Job(_message.Message):
     finished_at: float
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     request_id: str
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    stats: JobStats
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., request_id: _Optional[str] = ..., stats: _Optional[_Union[JobStats, _Mapping]] = ...) -> None: ...
+
+class JobStats(_message.Message):
+    __slots__ = ("bytes_intra_node", "bytes_inter_node", "bytes_inter_subdomain", "bytes_inter_region", "bytes_client", "calls", "local_calls", "updated_at")
+    BYTES_INTRA_NODE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_INTER_NODE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_INTER_SUBDOMAIN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_INTER_REGION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    bytes_intra_node: int
+    bytes_inter_node: int
+    bytes_inter_subdomain: int
+    bytes_inter_region: int
+    bytes_client: int
+    calls: int
+    local_calls: int
+    updated_at: float
+    def __init__(self, bytes_intra_node: _Optional[int] = ..., bytes_inter_node: _Optional[int] = ..., bytes_inter_subdomain: _Optional[int] = ..., bytes_inter_region: _Optional[int] = ..., bytes_client: _Optional[int] = ..., calls: _Optional[int] = ..., local_calls: _Optional[int] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class ReportJobStatsRequest(_message.Message):
+    __slots__ = ("job_id", "stats")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    stats: JobStats
+    def __init__(self, job_id: _Optional[str] = ..., stats: _Optional[_Union[JobStats, _Mapping]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("task_index", "attempt", "address", "node_id", "subdomain_id", "region", "kind", "published_at")
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    task_index: int
+    attempt: int
+    address: str
+    node_id: str
+    subdomain_id: str
+    region: str
+    kind: str
+    published_at: float
+    def __init__(self, task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., address: _Optional[str] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., kind: _Optional[str] = ..., published_at: _Optional[float] = ...) -> None: ...
+
+class PublishEndpointRequest(_message.Message):
+    __slots__ = ("job_id", "endpoint")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    endpoint: Endpoint
+    def __init__(self, job_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class PublishEndpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEndpointsRequest(_message.Message):
+    __slots__ = ("job_id", "kind", "min_count", "wait_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: str
+    min_count: int
+    wait_s: float
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., min_count: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class ListEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints", "state")
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    state: JobState
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+
+class ShardReplica(_message.Message):
+    __slots__ = ("node_id", "subdomain_id", "region")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    subdomain_id: str
+    region: str
+    def __init__(self, node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class DatasetShardInfo(_message.Message):
+    __slots__ = ("shard", "size_bytes", "replicas")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    size_bytes: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ShardReplica]
+    def __init__(self, shard: _Optional[int] = ..., size_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ShardReplica, _Mapping]]] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("name", "tenant", "num_shards", "replicas", "size_bytes", "shards", "created_at", "created_by", "job_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    num_shards: int
+    replicas: int
+    size_bytes: int
+    shards: _containers.RepeatedCompositeFieldContainer[DatasetShardInfo]
+    created_at: float
+    created_by: str
+    job_id: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., num_shards: _Optional[int] = ..., replicas: _Optional[int] = ..., size_bytes: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[DatasetShardInfo, _Mapping]]] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., job_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PutDatasetRequest(_message.Message):
+    __slots__ = ("dataset", "request_id", "replace")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    request_id: str
+    replace: bool
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., request_id: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class GetDatasetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("name", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")

@@ -129,6 +129,41 @@ class DomainControlStub:
                 request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.SerializeToString,
                 response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.FromString,
                 _registered_method=True)
+        self.PublishEndpoint = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/PublishEndpoint',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointResponse.FromString,
+                _registered_method=True)
+        self.ListEndpoints = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ListEndpoints',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsResponse.FromString,
+                _registered_method=True)
+        self.ReportJobStats = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ReportJobStats',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ReportJobStatsRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.JobStats.FromString,
+                _registered_method=True)
+        self.PutDataset = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/PutDataset',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.PutDatasetRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/GetDataset',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/ListDatasets',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/DeleteDataset',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
+                _registered_method=True)
 
 
 class DomainControlServicer:
@@ -262,6 +297,54 @@ class DomainControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishEndpoint(self, request, context):
+        """DSDK: a job's tasks find each other through the control plane (rendezvous). A task publishes
+        the address it serves on (its job credential may publish only for its own job); the job's
+        tenant (and the job itself) lists them, waiting for the first `min_count`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEndpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportJobStats(self, request, context):
+        """What a job moved on its data plane (bytes between nodes, sub-domains, regions, the client):
+        reported by the DSDK driver as running totals; shown by GetJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutDataset(self, request, context):
+        """Datasets: shards stored on agents; the master keeps the registry (where each shard lives).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +442,41 @@ def add_DomainControlServicer_to_server(servicer, server):
                     servicer.ExplainJob,
                     request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.FromString,
                     response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.SerializeToString,
+            ),
+            'PublishEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEndpoint,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointResponse.SerializeToString,
+            ),
+            'ListEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEndpoints,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'ReportJobStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportJobStats,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ReportJobStatsRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.JobStats.SerializeToString,
+            ),
+            'PutDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDataset,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.PutDatasetRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.GetDatasetRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.Dataset.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -874,6 +992,195 @@ class DomainControl:
             '/domainos.api.v1.DomainControl/ExplainJob',
             domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobRequest.SerializeToString,
             domainos_dot_api_dot_v1_dot_master__pb2.ExplainJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/PublishEndpoint',
+            domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.PublishEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ListEndpoints',
+            domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportJobStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ReportJobStats',
+            domainos_dot_api_dot_v1_dot_master__pb2.ReportJobStatsRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.JobStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/PutDataset',
+            domainos_dot_api_dot_v1_dot_master__pb2.PutDatasetRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/GetDataset',
+            domainos_dot_api_dot_v1_dot_master__pb2.GetDatasetRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/ListDatasets',
+            domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/DeleteDataset',
+            domainos_dot_api_dot_v1_dot_master__pb2.DeleteDatasetRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.Dataset.FromString,
             options,
             channel_credentials,
             insecure,
