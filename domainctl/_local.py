@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -166,8 +167,38 @@ def subdomain_config(
     }
 
 
+def unreadable_for_others(paths: Sequence[str]) -> str:
+    """The first of ``paths`` (or a directory above it) that users other than its owner cannot
+    read or traverse ("" when they all can): can an unprivileged task user run this Python?"""
+    for path in paths:
+        real = pathlib.Path(os.path.realpath(path))
+        for part in [*reversed(real.parents), real]:
+            try:
+                mode = part.stat().st_mode
+            except OSError:
+                return str(part)
+            need = stat.S_IXOTH if part.is_dir() else stat.S_IROTH
+            if not mode & need:
+                return str(part)
+    return ""
+
+
+def python_for_tasks_problem() -> str:
+    """Why tasks run as another user could not run this interpreter with DomainOS ("" = they can)."""
+    import domainos
+
+    blocked = unreadable_for_others([sys.executable, os.path.dirname(os.path.abspath(domainos.__file__))])
+    return f"{blocked} is not readable by other users" if blocked else ""
+
+
 def agent_config(
-    paths: Paths, plan: AgentPlan, subdomain_address: str, *, tls: CertFiles | None = None
+    paths: Paths,
+    plan: AgentPlan,
+    subdomain_address: str,
+    *,
+    tls: CertFiles | None = None,
+    task_tls: CertFiles | None = None,
+    tasks_as_agent_user: bool = False,
 ) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "node_id": plan.node_id,
@@ -180,6 +211,11 @@ def agent_config(
         # The inventory, labels, block and dataset shards the topology declares.
         **plan.agent_fields(),
     }
+    if tasks_as_agent_user:
+        cfg["tasks_as_agent_user"] = True
+    if task_tls is not None:
+        # Tasks (DSDK workers, collectives) call the master with a client certificate of their own.
+        cfg["task_client_tls"] = {"ca": task_tls.ca, "cert": task_tls.cert, "key": task_tls.key}
     return cfg
 
 
@@ -204,6 +240,11 @@ def issue_local_pki(paths: Paths, topology: Topology) -> dict[str, CertFiles]:
             for _, sd in topology.subdomains()
         },
         **{component_name("agent", a.node_id): Identity("agent", a.node_id) for a in topology.agents()},
+        # The client certificate each agent copies into its tasks (never the agent's own).
+        **{
+            component_name("tasks", a.node_id): Identity("client", f"tasks-{a.node_id}")
+            for a in topology.agents()
+        },
         "client": Identity("client", default_client_id()),
     }
     return {name: issue_files(paths.pki, who) for name, who in wanted.items()}
@@ -528,9 +569,26 @@ class Launcher:
         self._wait_ready(list(subs.values()))
 
         agents = []
+        # Agents run as root run tasks as an unprivileged user; that user must be able to run
+        # this Python (DSDK workers do). When it cannot (a root-only interpreter, e.g. under
+        # /root), this one-user federation runs tasks as the user who started it, and says so.
+        as_me = False
+        if os.geteuid() == 0:
+            problem = python_for_tasks_problem()
+            if problem:
+                as_me = True
+                self.say(
+                    f"tasks run as root: the unprivileged task user cannot run this Python ({problem}); "
+                    "install DomainOS where other users can read it to keep tasks unprivileged"
+                )
         for plan in self.topology.agents():
             cfg = agent_config(
-                self.paths, plan, subs[plan.subdomain].listen, tls=self._tls("agent", plan.node_id)
+                self.paths,
+                plan,
+                subs[plan.subdomain].listen,
+                tls=self._tls("agent", plan.node_id),
+                task_tls=self._tls("tasks", plan.node_id),
+                tasks_as_agent_user=as_me,
             )
             agents.append(self._spawn("agent", plan.node_id, cfg, subdomain=plan.subdomain))
         self.say(f"starting {_plural(len(agents), 'agent')}")

@@ -87,6 +87,8 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined,unused-ignore]  # missing 
 #: many times in all before the agent moves to the next address: one transient error (a connection
 #: reset in a registration storm) must not move a node away from its home sub-domain.
 SAME_ADDRESS_TRIES = 3
+#: Least time between two inventory rescans asked for by ending tasks.
+RESCAN_MIN_S = 0.5
 
 
 def backoff_delay(failures: int, rand: float) -> float:
@@ -143,6 +145,7 @@ class NodeAgent:
         self._health = NodeHealth(HealthStatus.HEALTHY)  # until the first sample says otherwise
         self._connected = False
         self._wake = asyncio.Event()
+        self._rescan = asyncio.Event()
         self._queue: asyncio.Queue[Any] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._conn_task: asyncio.Task[None] | None = None
@@ -234,6 +237,9 @@ class NodeAgent:
             task_client_tls=cfg.task_client_tls.files() if cfg.task_client_tls is not None else None,
             private_files=[cfg.tls.files().key] if cfg.tls is not None else [],
             gpus={g.index: g.memory_bytes for g in self._inventory.gpus},
+            data_dir=cfg.data_dir,
+            advertise_host=cfg.advertise_host,
+            as_agent_user=cfg.tasks_as_agent_user,
         )
         self._planner = ReportPlanner(
             clock=self._clock,
@@ -434,9 +440,17 @@ class NodeAgent:
         assert planner is not None
         last = self._clock.monotonic()
         while True:
-            # Short naps: the sub-domain's Registered may shorten the interval after we started.
-            await asyncio.sleep(min(planner.full_sync_interval_s, 1.0))
-            if self._clock.monotonic() - last < planner.full_sync_interval_s:
+            # Short naps: the sub-domain's Registered may shorten the interval after we started;
+            # a task that ended asks for a rescan (at most one per RESCAN_MIN_S).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(), min(planner.full_sync_interval_s, 1.0))
+            due = self._clock.monotonic() - last >= planner.full_sync_interval_s
+            if self._rescan.is_set() and self._clock.monotonic() - last >= RESCAN_MIN_S:
+                self._rescan.clear()
+                due = True
+            if not due:
+                if self._rescan.is_set():
+                    await asyncio.sleep(RESCAN_MIN_S)
                 continue
             last = self._clock.monotonic()
             try:
@@ -612,6 +626,7 @@ class NodeAgent:
         self.region = msg.region or self.config.region
         self.address = address
         self._runner.subdomain_id = msg.subdomain_id
+        self._runner.region = self.region
         self._planner.handle(
             IntervalsChanged(msg.report_interval_s, msg.full_sync_interval_s, msg.heartbeat_interval_s)
         )
@@ -768,6 +783,10 @@ class NodeAgent:
         if self._planner is not None:
             self._planner.handle(TaskChanged(status))
             self._wake.set()
+        if status.state.terminal:
+            # What is on local storage changes through tasks (DSDK workers store dataset shards):
+            # rescan soon after one ends, not only at the next full-sync interval.
+            self._rescan.set()
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

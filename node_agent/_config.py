@@ -19,6 +19,16 @@ LOG_FORMATS = ("json", "text")
 SIMULATED_LABEL = "domainos.io/simulated"
 
 
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def default_advertise_host(subdomains: list[str]) -> str:
+    """127.0.0.1 when every sub-domain is on loopback (all on one machine), else the host name."""
+    if subdomains and all(a.startswith(_LOOPBACK) for a in subdomains):
+        return "127.0.0.1"
+    return socket.gethostname() or "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Configuration of one node agent.
@@ -68,6 +78,10 @@ class AgentConfig:
     task_user: str = DEFAULT_TASK_USER
     #: Tenant -> user (name or uid) its tasks run as instead of ``task_user``, to separate tenants.
     tenant_users: dict[str, str] = field(default_factory=dict)
+    #: Run tasks as the agent's own user, even root (``task_user`` is then ignored). Only for a
+    #: one-user federation on a developer's machine (``domainctl up`` sets it when the task user
+    #: could not run the agent's Python); never on nodes shared by tenants.
+    tasks_as_agent_user: bool = False
     #: A client certificate (role ``client``) copied into each task's directory for tasks that call
     #: the master (``DOMAINOS_TLS_CA/CERT/KEY``); never the agent's own certificate.
     task_client_tls: TLSConfig | None = None
@@ -75,6 +89,10 @@ class AgentConfig:
     tls: TLSConfig | None = None
     #: Run without TLS (plaintext, unauthenticated); only for local tests. Logged at every start.
     insecure: bool = False
+    #: The host (name or IP) this node's task processes serve on and publish to their peers (DSDK
+    #: workers, collectives), given to tasks as ``DOMAINOS_NODE_HOST``. Default: 127.0.0.1 when
+    #: every sub-domain address is on loopback (a one-machine federation), else this host's name.
+    advertise_host: str = ""
 
     def __post_init__(self) -> None:
         # Defaults that depend on the machine or on other fields (frozen: set through object).
@@ -87,6 +105,8 @@ class AgentConfig:
             object.__setattr__(self, "data_dir", os.path.join(self.state_dir, "data"))
         if self.simulated and self.inventory is None:
             object.__setattr__(self, "inventory", SimInventory())
+        if not self.advertise_host:
+            object.__setattr__(self, "advertise_host", default_advertise_host(self.subdomains))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field for anything a daemon cannot run with."""
@@ -133,6 +153,11 @@ class AgentConfig:
 
     def _validate_task_isolation(self) -> None:
         """``task_user``, ``tenant_users`` and ``task_client_tls``."""
+        if self.tasks_as_agent_user and self.tenant_users:
+            raise ConfigError(
+                "tasks_as_agent_user runs every task as the agent's user: tenants cannot be separated",
+                field="tenant_users",
+            )
         for name, user in (("task_user", self.task_user), *self._tenant_fields()):
             if user.strip() in ("root", "0"):
                 raise ConfigError(

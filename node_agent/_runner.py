@@ -55,6 +55,7 @@ from domainos.clock import Clock, SystemClock
 from domainos.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
+from node_agent._datasets import DATASETS_DIR
 
 if TYPE_CHECKING:  # domainos.security imports cryptography: only when task_client_tls is set
     from domainos.security import CertFiles
@@ -333,12 +334,26 @@ class TaskRunner:
         task_client_tls: CertFiles | None = None,
         private_files: Sequence[str] = (),
         gpus: Mapping[int, int] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        advertise_host: str = "127.0.0.1",
+        as_agent_user: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
+        #: ``<data_dir>/datasets``: dataset shards on this node, written and read by tasks.
+        self.datasets_dir = Path(data_dir if data_dir is not None else self.state_dir / "data") / DATASETS_DIR
+        #: The address tasks serve on and publish (DOMAINOS_NODE_HOST).
+        self.advertise_host = advertise_host
         #: Who tasks run as (the agent is root); None: they run as the agent's own user.
         self.users: TaskUsers | None = None
-        if os.geteuid() == 0:
+        if as_agent_user:
+            log.log(
+                logging.WARNING if os.geteuid() == 0 else logging.INFO,
+                "tasks run as the agent's own user (uid %d, tasks_as_agent_user): only for a one-user "
+                "federation; tenants are not separated",
+                os.geteuid(),
+            )
+        elif os.geteuid() == 0:
             self.users = TaskUsers.resolve(task_user, tenant_users)
         else:
             # Logged once, when the agent starts: nothing can be done about it but running as root.
@@ -353,9 +368,12 @@ class TaskRunner:
         self._check_task_tls(private_files)
         self._prepare_dirs()
         self._check_isolation(private_files)
+        self._datasets_fd = self._open_datasets_dir()
         self.node_id = node_id
         #: Sub-domain id given to tasks as DOMAINOS_SUBDOMAIN (set when the agent registers).
         self.subdomain_id = ""
+        #: Region given to tasks as DOMAINOS_REGION (set when the agent registers).
+        self.region = ""
         self._cores = list(cores)
         self._apply_affinity = apply_affinity
         self._clock: Clock = clock or SystemClock()
@@ -460,12 +478,17 @@ class TaskRunner:
         home = task_dir / HOME_DIR
         failure: tuple[int, str] | None = None
         proc: asyncio.subprocess.Process | None = None
+        fds: list[int] = []  # directories the task reaches through /proc/self/fd (closed after the spawn)
         with _open_output(task_dir / "stdout", user) as out, _open_output(task_dir / "stderr", user) as err:
             try:
-                extra = self._prepare_task(task_dir, home, user)
+                extra = self._prepare_task(task_dir, home, user, fds)
+                extra.update(self._data_plane_env(user, fds))
                 if share is not None:
                     extra.update(gpu_share_environment(*share))
             except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                fds = []
                 failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
             else:
                 env = task_environment(
@@ -486,6 +509,7 @@ class TaskRunner:
                             env=env,
                             cwd=str(home),
                             start_new_session=True,
+                            pass_fds=tuple(fds),
                         )
                     else:
                         proc = await _spawn_as(
@@ -496,9 +520,14 @@ class TaskRunner:
                             stdout=out,
                             stderr=err,
                             scratch=self.state_dir,
+                            pass_fds=fds,
                         )
                 except OSError as exc:
                     failure = _spawn_failure(exc, program, str(home), user)
+                finally:
+                    for fd in fds:
+                        if fd != self._datasets_fd:
+                            os.close(fd)
             if failure is not None:
                 err.write(f"domainos-agent: {failure[1]}\n".encode())
         if failure is not None or proc is None:
@@ -834,6 +863,9 @@ class TaskRunner:
             for j in jobs:
                 j.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+        if self._datasets_fd is not None:
+            os.close(self._datasets_fd)
+            self._datasets_fd = None
 
     # ------------------------------------------------------------------ invariants
 
@@ -938,14 +970,26 @@ class TaskRunner:
         _make_dir(task_dir, self._dir_mode, None)
         return task_dir
 
-    def _prepare_task(self, task_dir: Path, home: Path, user: TaskUser | None) -> dict[str, str]:
-        """The task's home (its own, 0700) and its copy of the client TLS files; the env naming them."""
+    def _prepare_task(
+        self, task_dir: Path, home: Path, user: TaskUser | None, fds: list[int] | None = None
+    ) -> dict[str, str]:
+        """The task's home (its own, 0700) and its copy of the client TLS files; the env naming them.
+
+        When the task user cannot reach the task's directory by path (a state directory under
+        ``/root``), the files are named through an open descriptor of their directory that the
+        task inherits (``/proc/self/fd/N/ca.crt``), appended to ``fds``.
+        """
         _make_dir(home, _PRIVATE_DIR_MODE, user)
         files = self._task_tls
         if files is None:
             return {}
         tls = task_dir / TLS_DIR
         _make_dir(tls, self._dir_mode, None)
+        base = str(tls)
+        if user is not None and fds is not None and blocking_dir(user, tls / "x") is not None:
+            fd = os.open(tls, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(fd)
+            base = f"/proc/self/fd/{fd}"
         env: dict[str, str] = {}
         # Read at every start: a rotated client certificate reaches the next tasks.
         for var, src, name, mode in (
@@ -955,7 +999,44 @@ class TaskRunner:
         ):
             dst = tls / name
             _write_file(dst, Path(src).read_bytes(), mode, user)
-            env[var] = str(dst)
+            env[var] = f"{base}/{name}"
+        return env
+
+    def _open_datasets_dir(self) -> int | None:
+        """``<data_dir>/datasets``, created if missing, held open for the agent's lifetime.
+
+        Tasks create dataset directories in it and keep shards there (the agent reports what it
+        finds). When tasks run as other users it is ``1733``: any task user may create a dataset
+        directory (its own, 0700 by the task umask) and enter it, none may list the directory or
+        remove another's (sticky), as with ``/tmp``. None (logged) when it cannot be prepared.
+        """
+        mode = 0o1733 if self.users is not None else _PRIVATE_DIR_MODE
+        try:
+            self.datasets_dir.parent.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            _make_dir(self.datasets_dir, mode, None, follow=True)
+            return os.open(self.datasets_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(
+                "cannot prepare the datasets directory %s (%s): tasks get no DOMAINOS_DATASETS_DIR",
+                self.datasets_dir,
+                exc.strerror or exc,
+            )
+            return None
+
+    def _data_plane_env(self, user: TaskUser | None, fds: list[int]) -> dict[str, str]:
+        """What a task needs to serve peers and keep data on this node (see ``dsdk``)."""
+        env = {
+            "DOMAINOS_NODE_HOST": self.advertise_host,
+            "DOMAINOS_REGION": self.region,
+            # The agent's interpreter: it has DomainOS (and the DSDK) installed.
+            "DOMAINOS_PYTHON": sys.executable,
+        }
+        if self._datasets_fd is not None:
+            if user is not None and blocking_dir(user, self.datasets_dir / "x") is not None:
+                fds.append(self._datasets_fd)
+                env["DOMAINOS_DATASETS_DIR"] = f"/proc/self/fd/{self._datasets_fd}"
+            else:
+                env["DOMAINOS_DATASETS_DIR"] = str(self.datasets_dir)
         return env
 
     # ------------------------------------------------------------------ internals
@@ -1165,6 +1246,7 @@ async def _spawn_as(
     stdout: Any,
     stderr: Any,
     scratch: Path,
+    pass_fds: Sequence[int] = (),
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` as ``user`` (no supplementary groups, umask 077) in ``cwd``, in a new session.
 
@@ -1200,7 +1282,7 @@ async def _spawn_as(
                 env={},
                 cwd=cwd,
                 start_new_session=True,
-                pass_fds=(data.fileno(), write_end),
+                pass_fds=(data.fileno(), write_end, *pass_fds),
             )
         except BaseException:
             os.close(read_end)

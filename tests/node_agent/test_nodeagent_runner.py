@@ -373,3 +373,42 @@ def test_the_job_env_never_reaches_anything_running_as_root(tmp_path: Path) -> N
         assert not marker.exists()
 
     run(main())
+
+
+def test_data_plane_environment(tmp_path: Path) -> None:
+    """Tasks learn where to serve (DOMAINOS_NODE_HOST), their region, the agent's Python, and a
+    datasets directory they can create shards in -- reached through an inherited descriptor when
+    the task user cannot walk the path to it (a state directory under a 0700 directory)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    script = (
+        'printf "%s|%s|%s|%s\\n" "$DOMAINOS_NODE_HOST" "$DOMAINOS_REGION" "$DOMAINOS_PYTHON" "$DOMAINOS_DATASETS_DIR";'
+        ' mkdir -p "$DOMAINOS_DATASETS_DIR/corpus/0" && echo shard > "$DOMAINOS_DATASETS_DIR/corpus/0/data"'
+        ' && cat "$DOMAINOS_DATASETS_DIR/corpus/0/data"'
+    )
+
+    async def main() -> None:
+        runner = TaskRunner(
+            locked / "state",
+            node_id="n-test",
+            cores=sorted(os.sched_getaffinity(0)),
+            advertise_host="10.1.2.3",
+        )
+        runner.region = "east"
+        s = spec("job-d", 0, 0, ("/bin/sh", "-c", script))
+        await runner.start(s)
+        st = await runner.wait(s.ref)
+        assert st is not None and st.state is TaskState.SUCCEEDED, runner.read_log(s.ref, "stderr").data
+        host, region, python, datasets = runner.read_log(s.ref).data.decode().splitlines()[0].split("|")
+        assert (host, region) == ("10.1.2.3", "east") and python == __import__("sys").executable
+        if runner.users is not None:  # root: the task is nobody and cannot walk tmp_path
+            assert datasets.startswith("/proc/self/fd/")
+            assert stat.S_IMODE(os.stat(runner.datasets_dir).st_mode) == 0o1733
+        else:
+            assert datasets == str(runner.datasets_dir)
+        assert runner.read_log(s.ref).data.decode().splitlines()[1] == "shard"
+        shard = runner.datasets_dir / "corpus" / "0" / "data"
+        assert shard.read_text() == "shard\n"  # where the agent's dataset scan looks
+        await runner.shutdown(stop_tasks=True, grace_s=1)
+
+    run(main())
