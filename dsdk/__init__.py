@@ -14,42 +14,79 @@ from domainos.security import CertFiles as TLSFiles
 from ._address import domainos_home, resolve_address, resolve_tls, state_file
 from ._admin import AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
 from ._client import Client, connect
+from ._context import TaskContext, context
 from ._credentials import credentials_file, parse_ttl, save_token, token_for
+from ._datasets import Dataset, DatasetMap, ship_module
+from ._driver import Pool, WorkerInfo, gather
+from ._models import conduct, contact, establish
 from ._retry import Retry
 from ._spec import as_spec, load_spec_file
-from ._types import ClusterInfo, Job, JobState, Node, NodeList, Region, SubDomain, Task, TaskLog, TaskState
-from .errors import DomainOSError, WaitTimeout
+from ._types import (
+    ClusterInfo,
+    DatasetInfo,
+    Endpoint,
+    Job,
+    JobState,
+    JobStats,
+    Node,
+    NodeList,
+    Region,
+    ShardInfo,
+    ShardReplica,
+    SubDomain,
+    Task,
+    TaskLog,
+    TaskState,
+)
+from .errors import DomainOSError, RemoteError, WaitTimeout, WorkerLost
 
 __all__ = [
     "AuditEntry",
     "Client",
     "ClusterInfo",
+    "Dataset",
+    "DatasetInfo",
+    "DatasetMap",
     "DomainOSError",
+    "Endpoint",
     "Explanation",
     "Job",
     "JobSpec",
     "JobState",
+    "JobStats",
     "NewToken",
     "Node",
     "NodeList",
+    "Pool",
     "Principal",
     "Quota",
     "Region",
+    "RemoteError",
     "Resources",
     "Retry",
     "RetryPolicy",
+    "ShardInfo",
+    "ShardReplica",
     "SubDomain",
     "TLSFiles",
     "Task",
+    "TaskContext",
     "TaskLog",
     "TaskState",
     "Tenant",
     "TokenInfo",
     "WaitTimeout",
+    "WorkerInfo",
+    "WorkerLost",
     "as_spec",
+    "conduct",
     "connect",
+    "contact",
+    "context",
     "credentials_file",
     "domainos_home",
+    "establish",
+    "gather",
     "load_spec_file",
     "parse_spec",
     "parse_spec_yaml",
@@ -57,6 +94,7 @@ __all__ = [
     "resolve_address",
     "resolve_tls",
     "save_token",
+    "ship_module",
     "state_file",
     "token_for",
 ]

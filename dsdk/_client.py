@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import grpc
 
@@ -22,11 +24,60 @@ from ._admin import ROLE_NUMBERS, AuditEntry, Explanation, NewToken, Principal, 
 from ._credentials import check_token_text, parse_ttl, token_for
 from ._retry import Retry, call_with_retry
 from ._spec import SpecLike, as_spec
-from ._types import ClusterInfo, Job, JobState, Node, NodeList, Region, TaskLog
+from ._types import (
+    ClusterInfo,
+    DatasetInfo,
+    Endpoint,
+    Job,
+    JobState,
+    JobStats,
+    Node,
+    NodeList,
+    Region,
+    TaskLog,
+)
 from .errors import WaitTimeout
+
+if TYPE_CHECKING:
+    from ._driver import Pool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Options of :meth:`Client.run` (functions), :meth:`Client.map` and :class:`dsdk.Pool`.
+_POOL_OPTIONS = frozenset(
+    {
+        "cpus",
+        "gpus",
+        "memory",
+        "name",
+        "retries",
+        "affinity",
+        "soft",
+        "distinct_nodes",
+        "node_selector",
+        "env",
+        "priority",
+        "idle_s",
+    }
+)
+
+
+def _close_when_done(pool: Pool, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+    """End ``pool``'s job once every future is settled (closing blocks: not on the driver thread)."""
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: concurrent.futures.Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            threading.Thread(target=pool.close, name=f"dsdk-close-{pool.job_id}", daemon=True).start()
+
+    for f in futures:
+        f.add_done_callback(one_done)
+
 
 #: Largest log chunk asked for per task and request (the server caps at 1 MiB).
 LOG_PAGE_BYTES = 1024 * 1024
@@ -155,11 +206,74 @@ class Client:
         log.info("submitted job %s (request %s, duplicate=%s)", job.job_id, rid, reply.duplicate)
         return job
 
-    def run(self, command: Sequence[str] | str, *, request_id: str | None = None, **fields: Any) -> Job:
-        """Submit ``command`` as a job; ``fields`` as for :meth:`submit` (``replicas=4``,
-        ``resources={"gpus": 0.25}``, ``gang=True``, ``locality={"dataset": "web"}``, ...)."""
-        cmd: list[str] | str = command if isinstance(command, str) else list(command)
-        return self.submit(None, request_id=request_id, command=cmd, **fields)
+    @overload
+    def run(self, target: Sequence[str] | str, *, request_id: str | None = None, **fields: Any) -> Job: ...
+
+    @overload
+    def run(self, target: Callable[..., T], *args: Any, **options: Any) -> concurrent.futures.Future[T]: ...
+
+    def run(self, target: Any, *args: Any, **kw: Any) -> Any:
+        """Run a command as a job, or a Python function on the cluster.
+
+        ``run(["python3", "train.py"], replicas=4, resources={"gpus": 0.25})`` submits a job
+        (``fields`` as for :meth:`submit`) and returns it.
+
+        ``run(fn, *args, cpus=1, gpus=1)`` ships ``fn`` (cloudpickle) to a DSDK worker started for
+        it and returns a :class:`concurrent.futures.Future` of its result; an exception raised by
+        ``fn`` comes back as :class:`dsdk.errors.RemoteError` with the remote traceback. Options:
+        ``cpus``, ``gpus``, ``memory``, ``name``, ``retries``, ``affinity``, ``node_selector``,
+        ``env``, ``priority``. The worker's job ends when the result is in.
+        """
+        if callable(target):
+            options = {k: kw.pop(k) for k in list(kw) if k in _POOL_OPTIONS}
+            pool = self.pool(1, **options)
+            fut = pool.submit(target, *args, **kw)
+            _close_when_done(pool, [fut])
+            return fut
+        if args:
+            raise InvalidArgument("a command takes no positional arguments after it; put them in the command")
+        cmd: list[str] | str = target if isinstance(target, str) else list(target)
+        return self.submit(None, request_id=kw.pop("request_id", None), command=cmd, **kw)
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], workers: int | None = None, **options: Any
+    ) -> list[concurrent.futures.Future[T]]:
+        """``fn`` over the items on the cluster: a list of futures, in order.
+
+        One job of ``workers`` long-lived workers (default: as many as the federation's free CPUs
+        allow for ``cpus`` each, at most the number of items and 64) runs every call; a worker is
+        never started per call. Options as for :meth:`run`. The job ends when every result is in.
+        Use :func:`dsdk.gather` for the results.
+        """
+        items = [tuple(t) for t in zip(*iterables, strict=False)]
+        if not items:
+            return []
+        unknown = sorted(set(options) - _POOL_OPTIONS)
+        if unknown:
+            raise InvalidArgument(
+                f"unknown option; allowed: {', '.join(sorted(_POOL_OPTIONS))}", field=unknown[0]
+            )
+        n = workers if workers is not None else self._default_workers(len(items), options.get("cpus", 1))
+        pool = self.pool(n, **options)
+        futs = pool.map(fn, *zip(*items, strict=False))
+        _close_when_done(pool, futs)
+        return futs
+
+    def pool(self, workers: int = 1, **options: Any) -> Pool:
+        """A pool of ``workers`` long-lived DSDK workers (one job) to run many calls on: see
+        :class:`dsdk.Pool`. Close it (or use ``with``) to end its job."""
+        from ._driver import Pool
+
+        return Pool(self, workers, **options)
+
+    def _default_workers(self, items: int, cpus: Any) -> int:
+        from domainos.resources import parse_cpus
+
+        per = max(parse_cpus(cpus, "cpus"), 1)
+        free = sum(
+            sd.free.cpu_millis for region in self.domains() for sd in region.subdomains if sd.connected
+        )
+        return max(1, min(items, 64, free // per if free else 1))
 
     def job(self, job_id: str) -> Job:
         """The job with its tasks; :class:`~domainos.errors.NotFound` if the master does not know it."""
@@ -279,6 +393,81 @@ class Client:
             eof=chunk.eof,
             error=chunk.error,
         )
+
+    # -- the data plane: rendezvous, statistics, datasets ----------------------------------
+
+    def publish_endpoint(self, job_id: str, endpoint: Endpoint) -> None:
+        """Tell the master where a task of ``job_id`` serves (a task's own job credential may)."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.PublishEndpointRequest(
+            job_id=_job_id(job_id),
+            endpoint=master_pb2.Endpoint(
+                task_index=endpoint.task_index,
+                attempt=endpoint.attempt,
+                address=endpoint.address,
+                kind=endpoint.kind,
+                node_id=endpoint.node_id,
+                subdomain_id=endpoint.subdomain_id,
+                region=endpoint.region,
+            ),
+        )
+        self._call("PublishEndpoint", request)
+
+    def endpoints(
+        self, job_id: str, *, kind: str = "", min_count: int = 0, wait: float = 0.0
+    ) -> tuple[list[Endpoint], JobState]:
+        """The job's published endpoints (current attempts), waiting up to ``wait`` seconds (at
+        most 30 per call) for ``min_count`` of them; and the job's state."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.ListEndpointsRequest(
+            job_id=_job_id(job_id), kind=kind, min_count=min_count, wait_s=wait
+        )
+        reply = self._call("ListEndpoints", request, timeout=self.timeout + min(wait, 30.0))
+        return [Endpoint.from_proto(e) for e in reply.endpoints], JobState.parse(
+            master_pb2.JobState.Name(reply.state)
+        )
+
+    def report_stats(self, job_id: str, stats: JobStats) -> None:
+        """Replace the job's data-plane totals (what ``domainctl job`` shows as bytes moved)."""
+        from domainos.api.v1 import master_pb2
+
+        self._call(
+            "ReportJobStats", master_pb2.ReportJobStatsRequest(job_id=_job_id(job_id), stats=stats.to_proto())
+        )
+
+    def register_dataset(
+        self, info: DatasetInfo, *, replace: bool = False, request_id: str | None = None
+    ) -> DatasetInfo:
+        """Record a dataset whose shards are stored (see :class:`dsdk.Dataset`)."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.PutDatasetRequest(
+            dataset=info.to_proto(), replace=replace, request_id=request_id or new_request_id()
+        )
+        return DatasetInfo.from_proto(self._call("PutDataset", request))
+
+    def dataset(self, name: str) -> DatasetInfo:
+        """A dataset's record (NotFound when there is none, or it is another tenant's)."""
+        from domainos.api.v1 import master_pb2
+
+        return DatasetInfo.from_proto(self._call("GetDataset", master_pb2.GetDatasetRequest(name=name)))
+
+    def datasets(self, tenant: str | None = None) -> list[DatasetInfo]:
+        """Datasets of the caller's tenant (admins: every tenant, or ``tenant``); shards omitted."""
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call("ListDatasets", master_pb2.ListDatasetsRequest(tenant=tenant or ""))
+        return [DatasetInfo.from_proto(d) for d in reply.datasets]
+
+    def delete_dataset_record(self, name: str, *, request_id: str | None = None) -> DatasetInfo:
+        """Remove a dataset from the registry (its shards stay on the nodes; see
+        :meth:`dsdk.Dataset.delete`, which removes both)."""
+        from domainos.api.v1 import master_pb2
+
+        request = master_pb2.DeleteDatasetRequest(name=name, request_id=request_id or new_request_id())
+        return DatasetInfo.from_proto(self._call("DeleteDataset", request))
 
     # -- the federation ---------------------------------------------------------------------
 

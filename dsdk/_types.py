@@ -125,6 +125,164 @@ class Task:
 
 
 @dataclass(frozen=True)
+class JobStats:
+    """What a job's data plane moved (DSDK jobs; zero otherwise), in bytes by distance."""
+
+    bytes_intra_node: int = 0
+    bytes_inter_node: int = 0
+    bytes_inter_subdomain: int = 0
+    bytes_inter_region: int = 0
+    bytes_client: int = 0
+    calls: int = 0
+    local_calls: int = 0
+    updated_at: float = 0.0
+
+    @property
+    def bytes_between_nodes(self) -> int:
+        """Bytes that crossed a network between two nodes (any distance)."""
+        return self.bytes_inter_node + self.bytes_inter_subdomain + self.bytes_inter_region
+
+    @property
+    def bytes_between_domains(self) -> int:
+        """Bytes that crossed from one sub-domain to another (same region or not)."""
+        return self.bytes_inter_subdomain + self.bytes_inter_region
+
+    @property
+    def empty(self) -> bool:
+        return not (self.calls or self.bytes_client or self.bytes_between_nodes or self.bytes_intra_node)
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> JobStats:
+        return cls(
+            bytes_intra_node=msg.bytes_intra_node,
+            bytes_inter_node=msg.bytes_inter_node,
+            bytes_inter_subdomain=msg.bytes_inter_subdomain,
+            bytes_inter_region=msg.bytes_inter_region,
+            bytes_client=msg.bytes_client,
+            calls=msg.calls,
+            local_calls=msg.local_calls,
+            updated_at=msg.updated_at,
+        )
+
+    def to_proto(self) -> Any:
+        from domainos.api.v1 import master_pb2
+
+        return master_pb2.JobStats(
+            bytes_intra_node=self.bytes_intra_node,
+            bytes_inter_node=self.bytes_inter_node,
+            bytes_inter_subdomain=self.bytes_inter_subdomain,
+            bytes_inter_region=self.bytes_inter_region,
+            bytes_client=self.bytes_client,
+            calls=self.calls,
+            local_calls=self.local_calls,
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one task of a job serves (found through the master's rendezvous)."""
+
+    task_index: int
+    attempt: int
+    address: str
+    kind: str = "dsdk-worker"
+    node_id: str = ""
+    subdomain_id: str = ""
+    region: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> Endpoint:
+        return cls(
+            task_index=msg.task_index,
+            attempt=msg.attempt,
+            address=msg.address,
+            kind=msg.kind,
+            node_id=msg.node_id,
+            subdomain_id=msg.subdomain_id,
+            region=msg.region,
+        )
+
+
+@dataclass(frozen=True)
+class ShardReplica:
+    """One copy of a dataset shard: the node holding it, its sub-domain and region."""
+
+    node_id: str
+    subdomain_id: str
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    size_bytes: int
+    replicas: tuple[ShardReplica, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset's registry record: its shards and where their copies live."""
+
+    name: str
+    tenant: str = ""
+    num_shards: int = 0
+    replicas: int = 1
+    size_bytes: int = 0
+    shards: tuple[ShardInfo, ...] = ()
+    created_at: float = 0.0
+    created_by: str = ""
+    job_id: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> DatasetInfo:
+        return cls(
+            name=msg.name,
+            tenant=msg.tenant,
+            num_shards=msg.num_shards,
+            replicas=msg.replicas,
+            size_bytes=msg.size_bytes,
+            created_at=msg.created_at,
+            created_by=msg.created_by,
+            job_id=msg.job_id,
+            labels=dict(msg.labels),
+            shards=tuple(
+                ShardInfo(
+                    s.shard,
+                    s.size_bytes,
+                    tuple(ShardReplica(r.node_id, r.subdomain_id, r.region) for r in s.replicas),
+                )
+                for s in msg.shards
+            ),
+        )
+
+    def to_proto(self) -> Any:
+        from domainos.api.v1 import master_pb2
+
+        return master_pb2.Dataset(
+            name=self.name,
+            tenant=self.tenant,
+            num_shards=self.num_shards,
+            replicas=self.replicas,
+            job_id=self.job_id,
+            labels=dict(self.labels),
+            shards=[
+                master_pb2.DatasetShardInfo(
+                    shard=s.shard,
+                    size_bytes=s.size_bytes,
+                    replicas=[
+                        master_pb2.ShardReplica(
+                            node_id=r.node_id, subdomain_id=r.subdomain_id, region=r.region
+                        )
+                        for r in s.replicas
+                    ],
+                )
+                for s in self.shards
+            ],
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A job as the master last reported it. ``tasks`` is empty in listings."""
 
@@ -141,6 +299,8 @@ class Job:
     tasks: tuple[Task, ...] = ()
     request_id: str = ""
     spec: JobSpec | None = field(default=None, compare=False, repr=False)
+    #: What the job's data plane moved (DSDK jobs).
+    stats: JobStats = field(default_factory=JobStats, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -179,6 +339,7 @@ class Job:
             tasks=tuple(sorted((Task.from_proto(t) for t in msg.tasks), key=lambda t: t.index)),
             request_id=msg.request_id,
             spec=spec,
+            stats=JobStats.from_proto(msg.stats),
         )
 
 
