@@ -44,6 +44,7 @@ _HANDLERS = {
     "audit": "domainctl._auth_commands:cmd_audit",
     "quota": "domainctl._sched_commands:cmd_quota",
     "explain": "domainctl._sched_commands:cmd_explain",
+    "dataset": "domainctl._data_commands:cmd_dataset",
     "sim": "domainctl._sim_command:cmd_sim",
     "sim-subdomains": "domainctl._sim_subdomains:cmd_sim_subdomains",
 }
@@ -60,6 +61,8 @@ examples:
   domainctl token create --tenant acme --ttl 30d   (admins; `domainctl login` to use a token)
   domainctl quota set --tenant acme --region east --gpus 64 --gpu-model H100   (admins)
   domainctl explain JOB_ID                  why a job is where it is, or why it waits
+  domainctl logs -f JOB_ID                  follow a job's output as it is written
+  domainctl dataset ls                      datasets stored on the nodes (see dsdk.Dataset)
   domainctl sim --subdomain 127.0.0.1:7101 --nodes 1000 --profile h100x8 --insecure   simulated nodes
   domainctl sim-subdomains --master 127.0.0.1:7070 --subdomains 100 --nodes 10000 --insecure   simulated sub-domains
   domainctl down
@@ -189,6 +192,22 @@ def _add_scheduling_commands(
     p = add("explain", "why a job is where it is, or why it waits: quota, power, capacity, priority")
     p.add_argument("job_id", metavar="ID")
 
+    p = add("dataset", "datasets stored on the nodes: dataset ls | dataset show NAME | dataset rm NAME")
+    datasets = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    c = datasets.add_parser("ls", parents=[common], help="datasets of your tenant (admins: all, or --tenant)")
+    c.add_argument("--tenant", metavar="T", help="only this tenant's (admins)")
+    c = datasets.add_parser(
+        "show", parents=[common], help="a dataset's shards and the nodes holding each copy"
+    )
+    c.add_argument("name", metavar="NAME")
+    c = datasets.add_parser(
+        "rm", parents=[common], help="remove a dataset's copies from the nodes and its record"
+    )
+    c.add_argument("name", metavar="NAME")
+    c.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="wait this long for the nodes (default 60)"
+    )
+
 
 def _add_scheduling_run_flags(p: argparse.ArgumentParser) -> None:
     """``run``: gangs, training jobs and data locality (the fields of :mod:`domainos.jobspec`)."""
@@ -311,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--task", type=int, metavar="N", help="only task N")
     p.add_argument("--stderr", action="store_true", help="standard error instead of standard output")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing output as it is written, until the job ends",
+    )
 
     p = add("cancel", "cancel a job")
     p.add_argument("job_id", metavar="ID")

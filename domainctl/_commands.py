@@ -105,6 +105,10 @@ def cmd_job(ns: argparse.Namespace) -> int:
 
 
 def cmd_logs(ns: argparse.Namespace) -> int:
+    if getattr(ns, "follow", False):
+        from ._data_commands import follow_logs
+
+        return follow_logs(ns)
     with client_for(ns) as c:
         logs = c.logs(ns.job_id, ns.task, "stderr" if ns.stderr else "stdout")
     if _json(ns):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from domainos.resources import Resources, format_cpus, format_memory
 
 if TYPE_CHECKING:
-    from dsdk import ClusterInfo, Explanation, Job, Node, Quota, Region, TaskLog
+    from dsdk import ClusterInfo, DatasetInfo, Explanation, Job, Node, Quota, Region, TaskLog
 
 GAP = "  "
 ELLIPSIS = "…"
@@ -241,6 +241,13 @@ def spec_facts(spec: Any) -> list[tuple[str, object]]:
     if loc is not None:
         shards = f"shards {fmt_shards(loc.shards)}" if loc.shards else "shard i for task i"
         facts.append(("locality", f"dataset {loc.dataset}, {shards}, wait {fmt_duration(loc.wait_s)}"))
+    aff = spec.affinity
+    if aff is not None:
+        nodes = [str(n) for n in aff.nodes]
+        shown = ", ".join(nodes[:6]) + (f", ... ({len(nodes)} in all)" if len(nodes) > 6 else "")
+        facts.append(("affinity", f"task i on node i of [{shown}] ({'soft' if aff.soft else 'hard'})"))
+    if spec.distinct_nodes:
+        facts.append(("distinct nodes", "yes: no two tasks on one node"))
     return facts
 
 
@@ -441,10 +448,83 @@ def render_job(job: Job, now: float, max_width: int | None = None, *, command_li
     if job.finished_at > 0:
         took = fmt_duration(max(job.finished_at - job.created_at, 0.0)) if job.created_at else DASH
         facts.append(("finished", f"{fmt_clock(job.finished_at, date=True)} (took {took})"))
+    facts += stats_facts(job)
     out = key_values(facts)
     if job.tasks:
         out += "\n\n" + table(TASK_HEADERS, task_rows(job, now), right=(0, 1, 6), max_width=max_width)
     return out
+
+
+def fmt_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB' (binary units, as memory is shown)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def stats_facts(job: Job) -> list[tuple[str, object]]:
+    """The data-plane lines of ``domainctl job`` (DSDK jobs): calls and bytes moved by distance."""
+    st = job.stats
+    if st.empty:
+        return []
+    local = f", {st.local_calls} where their data was" if st.local_calls else ""
+    return [
+        ("calls", f"{st.calls}{local}"),
+        (
+            "bytes moved",
+            f"between nodes {fmt_bytes(st.bytes_between_nodes)} (same sub-domain {fmt_bytes(st.bytes_inter_node)}, "
+            f"across sub-domains {fmt_bytes(st.bytes_inter_subdomain)}, across regions "
+            f"{fmt_bytes(st.bytes_inter_region)}); with the client {fmt_bytes(st.bytes_client)}; "
+            f"inside nodes {fmt_bytes(st.bytes_intra_node)}",
+        ),
+        ("between domains", fmt_bytes(st.bytes_between_domains)),
+    ]
+
+
+def render_datasets(datasets: Sequence[DatasetInfo], now: float) -> str:
+    """``domainctl datasets``."""
+    if not datasets:
+        return "no datasets"
+    rows = [
+        [
+            d.name,
+            d.tenant or DASH,
+            str(d.num_shards),
+            str(d.replicas),
+            fmt_bytes(d.size_bytes),
+            fmt_age(d.created_at, now),
+            d.job_id or DASH,
+        ]
+        for d in datasets
+    ]
+    return table(
+        ("DATASET", "TENANT", "SHARDS", "COPIES", "SIZE", "AGE", "STORED BY JOB"), rows, right=(2, 3, 4)
+    )
+
+
+def render_dataset(d: DatasetInfo, now: float) -> str:
+    """``domainctl dataset NAME``: its facts, then where each shard's copies are."""
+    facts: list[tuple[str, object]] = [
+        ("dataset", d.name),
+        ("tenant", d.tenant or DASH),
+        ("shards", d.num_shards),
+        ("copies", d.replicas),
+        ("size", f"{fmt_bytes(d.size_bytes)} (one copy of each shard)"),
+        ("stored by job", d.job_id or DASH),
+        ("created", f"{fmt_clock(d.created_at, date=True)} ({fmt_age(d.created_at, now)} ago)"),
+    ]
+    rows = [
+        [
+            str(s.shard),
+            fmt_bytes(s.size_bytes),
+            ", ".join(f"{r.node_id} ({r.subdomain_id})" for r in s.replicas),
+        ]
+        for s in d.shards
+    ]
+    return key_values(facts) + "\n\n" + table(("SHARD", "SIZE", "COPIES ON"), rows, right=(0, 1))
 
 
 def job_line(job: Job) -> str:

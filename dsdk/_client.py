@@ -5,11 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, overload
 
 import grpc
 
@@ -22,6 +23,7 @@ from domainos.rpc import TLSFiles, create_sync_channel, translate_rpc_error
 from ._address import resolve_address, resolve_tls
 from ._admin import ROLE_NUMBERS, AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
 from ._credentials import check_token_text, parse_ttl, token_for
+from ._progress import ProgressBar
 from ._retry import Retry, call_with_retry
 from ._spec import SpecLike, as_spec
 from ._types import (
@@ -316,14 +318,31 @@ class Client:
         timeout: float | None = None,
         poll: float = 0.2,
         on_update: Callable[[Job], None] | None = None,
+        *,
+        progress: bool | TextIO = False,
     ) -> Job:
         """Poll until the job is terminal and return it.
 
-        ``on_update`` is called with the job whenever its state or a task's state changed.
-        Raises :class:`WaitTimeout` (carrying the last seen job) after ``timeout`` seconds.
+        ``on_update`` is called with the job whenever its state or a task's state changed;
+        ``progress=True`` draws a progress bar of the job's tasks on standard error (or on the
+        stream given). Raises :class:`WaitTimeout` (carrying the last seen job) after
+        ``timeout`` seconds.
         """
         if poll <= 0:
             raise InvalidArgument(f"must be greater than 0, got {poll}", field="poll")
+        if progress:
+            bar = ProgressBar(sys.stderr if progress is True else progress)
+            user = on_update
+
+            def both(job: Job) -> None:
+                bar.update(job)
+                if user is not None:
+                    user(job)
+
+            try:
+                return self.wait(job_id, timeout, poll, both)
+            finally:
+                bar.close()
         deadline = None if timeout is None else self._clock.monotonic() + timeout
         last_key: object = None
         while True:
@@ -367,6 +386,53 @@ class Client:
             out.append(self._follow(first, read))
         out.sort(key=lambda t: t.task_index)
         return out
+
+    def stream_logs(
+        self, job_id: str, task: int | None = None, stream: str = "stdout", *, poll: float = 0.5
+    ) -> Iterator[tuple[int, bytes]]:
+        """Follow a job's output as it is written: ``(task index, bytes)`` chunks, until the job
+        has finished and everything it wrote was read (as ``tail -f`` would, for every task)."""
+        from domainos.api.v1 import master_pb2
+
+        if stream not in ("stdout", "stderr"):
+            raise InvalidArgument(f"expected stdout or stderr, got {stream!r}", field="stream")
+        jid = _job_id(job_id)
+        offsets: dict[tuple[int, int], int] = {}
+        while True:
+            job = self.job(jid)  # read first: what was written before it ended is read below
+            request = master_pb2.ReadLogsRequest(
+                job_id=jid, task_index=-1 if task is None else task, stream=stream, max_bytes=LOG_PAGE_BYTES
+            )
+            progressed = False
+            for entry in self._call("ReadLogs", request, timeout=max(self.timeout, 15.0)).logs:
+                key = (entry.task_index, entry.attempt)
+                offset = offsets.get(key, 0)
+                while True:
+                    page = master_pb2.ReadLogsRequest(
+                        job_id=jid,
+                        task_index=entry.task_index,
+                        stream=stream,
+                        offset=offset,
+                        max_bytes=LOG_PAGE_BYTES,
+                    )
+                    chunk = next(
+                        (
+                            t.chunk
+                            for t in self._call("ReadLogs", page, timeout=max(self.timeout, 15.0)).logs
+                            if t.task_index == entry.task_index
+                        ),
+                        None,
+                    )
+                    if chunk is None or chunk.error or not chunk.data:
+                        break
+                    offset += len(chunk.data)
+                    progressed = True
+                    yield entry.task_index, bytes(chunk.data)
+                offsets[key] = offset
+            if job.terminal and not progressed:
+                return
+            if not progressed:
+                self._sleep(poll)
 
     def _follow(self, first: Any, read: Callable[[int, int], Sequence[Any]]) -> TaskLog:
         """Collect one task's pages until eof, an error, no progress, or MAX_LOG_BYTES."""
