@@ -16,7 +16,7 @@ from ._admin import AuditEntry, Explanation, NewToken, Principal, Quota, Tenant,
 from ._client import Client, connect
 from ._context import TaskContext, context
 from ._credentials import credentials_file, parse_ttl, save_token, token_for
-from ._datasets import Dataset, DatasetMap, ship_module
+from ._datasets import Dataset, DatasetMap, last_stats, read_shard, ship_module
 from ._driver import Pool, WorkerInfo, gather
 from ._models import conduct, contact, establish
 from ._retry import Retry
@@ -38,6 +38,7 @@ from ._types import (
     TaskLog,
     TaskState,
 )
+from ._worker import worker_state
 from .errors import DomainOSError, RemoteError, WaitTimeout, WorkerLost
 
 __all__ = [
@@ -87,14 +88,17 @@ __all__ = [
     "domainos_home",
     "establish",
     "gather",
+    "last_stats",
     "load_spec_file",
     "parse_spec",
     "parse_spec_yaml",
     "parse_ttl",
+    "read_shard",
     "resolve_address",
     "resolve_tls",
     "save_token",
     "ship_module",
     "state_file",
     "token_for",
+    "worker_state",
 ]

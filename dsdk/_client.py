@@ -54,6 +54,7 @@ _POOL_OPTIONS = frozenset(
         "memory",
         "name",
         "retries",
+        "restarts",
         "affinity",
         "soft",
         "distinct_nodes",

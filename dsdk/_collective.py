@@ -83,7 +83,7 @@ class Group:
         self._key = _job_key(ctx.env)
         self._loop = driver_loop()
         self.place = _wire.Place(ctx.node_id, ctx.subdomain_id, ctx.region)
-        self.traffic = _wire.Traffic()
+        self.traffic = _wire.process_traffic()
         self._conns: dict[int, _wire.Connection] = {}
         self._inbox: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._seq = 0
@@ -328,7 +328,8 @@ class Group:
         self.allreduce(np.zeros(1, dtype=np.int8), timeout=timeout)
 
     def stats(self) -> dict[str, int]:
-        """Bytes this rank sent, by distance."""
+        """Bytes this process's data plane sent so far, by distance (collectives and, in a DSDK
+        worker, its other traffic too)."""
         return dict(self.traffic.bytes)
 
     def close(self) -> None:

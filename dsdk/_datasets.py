@@ -55,6 +55,18 @@ PARALLEL_STORES = 8
 
 _DEFAULT: list[Client] = []
 _DEFAULT_LOCK = threading.Lock()
+_LAST = threading.local()
+
+
+def last_stats() -> JobStats | None:
+    """What the last dataset operation (map, reduce, collect, CONDUCT, ESTABLISH, CONTACT) of this
+    thread moved, by distance -- its jobs' data planes together."""
+    stats: JobStats | None = getattr(_LAST, "stats", None)
+    return stats
+
+
+def set_last_stats(stats: JobStats | None) -> None:
+    _LAST.stats = stats
 
 
 def default_client() -> Client:
@@ -246,7 +258,7 @@ class Dataset:
                     )
             raise
         finally:
-            pool.close()
+            set_last_stats(pool.close())
         log.info("dataset %s: %d shards x %d copies stored (job %s)", name, num_shards, replicas, pool.job_id)
         return cls(registered, c)
 
@@ -281,6 +293,44 @@ class Dataset:
         return unreached
 
     # -- computing on it -------------------------------------------------------------------------
+
+    def pool(self, *, workers: int | None = None, timeout: float = 120.0, **options: Any) -> Pool:
+        """A pool with one worker on each of a set of nodes that together hold every shard (a
+        cover, then more holders up to ``workers``), ready; for jobs that keep state on their
+        workers across many calls (training). :meth:`assign` says which shards each reads."""
+        plan = DatasetMap(self, _identity, workers, {}, timeout)._plan()
+        pool = Pool(
+            self.client,
+            len(plan),
+            affinity=[f"{sd}/{n}" for sd, n in plan],
+            soft=True,
+            datasets=[self.name],
+            name=options.pop("name", f"dsdk-{self.name}")[:63],
+            **options,
+        )
+        try:
+            pool.wait_ready(timeout=timeout)
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def assign(self, workers: Sequence[WorkerInfo]) -> dict[int, builtins.list[int]]:
+        """Each shard to one worker holding a copy (balanced): task index -> its shards.
+        FailedPrecondition names the shards no worker holds."""
+        load: dict[int, list[int]] = {w.task_index: [] for w in workers}
+        missing = []
+        for s in self.shards:
+            nodes = {r.node_id for r in s.replicas}
+            options = [w for w in workers if w.node_id in nodes and w.holds(self.name, s.shard)]
+            if not options:
+                missing.append(s.shard)
+                continue
+            best = min(options, key=lambda w: (len(load[w.task_index]), w.task_index))
+            load[best.task_index].append(s.shard)
+        if missing:
+            raise FailedPrecondition(f"dataset {self.name}: no worker holds shards {missing[:10]}")
+        return load
 
     def map(
         self,
@@ -443,13 +493,7 @@ class DatasetMap:
         """Run ``fn`` on every shard where a copy is; shard -> (pool, worker, result or summary)."""
         name = self.dataset.name
         deadline = time.monotonic() + self.timeout
-        first = self._start(self._plan(), soft=True)
-        try:
-            first.wait_ready(timeout=min(self.timeout, 60.0))
-        except DomainOSError as exc:
-            log.warning(
-                "dataset %s: not every map worker started (%s); going on with those that did", name, exc
-            )
+        self.start()
         pending = set(range(self.dataset.num_shards))
         running: dict[concurrent.futures.Future[Any], tuple[int, Pool, WorkerInfo]] = {}
         done: dict[int, tuple[Pool, WorkerInfo, Any]] = {}
@@ -547,6 +591,7 @@ class DatasetMap:
                 if isinstance(v, int):
                     totals[k] = totals.get(k, 0) + v
         self.stats = JobStats(**totals)
+        set_last_stats(self.stats)
         self._pools = []
         self._tried_nodes = set()
 
@@ -643,6 +688,21 @@ class DatasetMap:
         )
         (value,) = pool.fetch(root, [final])
         return value
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def read_shard(dataset: str, shard: int) -> Any:
+    """Inside a task: shard ``shard`` of ``dataset`` from this node's storage (mapped, read-only);
+    NotFound when this node holds no copy."""
+    from ._context import context
+
+    ctx = context()
+    if not ctx.datasets_dir:
+        raise FailedPrecondition(f"node {ctx.node_id} gives its tasks no datasets directory")
+    return _shards.read_shard(ctx.datasets_dir, dataset, shard)
 
 
 def ship_module(*modules: Any) -> None:

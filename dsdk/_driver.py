@@ -189,7 +189,9 @@ def _close_open_pools() -> None:
 class Pool:
     """A set of long-lived DSDK workers (one job) and the calls they run.
 
-    ``workers`` tasks of ``cpus``/``gpus``/``memory`` each. ``affinity`` pins task ``i`` to
+    ``workers`` tasks of ``cpus``/``gpus``/``memory`` each. A call whose worker dies is run again
+    on another worker up to ``retries`` times; a worker whose process or node dies is restarted
+    up to ``restarts`` times (a new attempt of its task) before the pool's job fails. ``affinity`` pins task ``i`` to
     ``affinity[i]`` (``"<sub-domain>/<node>"``; ``soft`` lets it run elsewhere when that node
     cannot take it); ``distinct_nodes`` puts every worker on its own node. ``datasets``: the
     workers report which shards of these datasets they hold (for :class:`dsdk.Dataset`).
@@ -216,6 +218,7 @@ class Pool:
         priority: str | None = None,
         node_selector: Mapping[str, str] | None = None,
         secret: str | None = None,
+        restarts: int = 3,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
             raise InvalidArgument(
@@ -259,7 +262,9 @@ class Pool:
             "command": list(WORKER_COMMAND),
             "env": {**(env or {}), "DSDK_SECRET": self._secret, "DSDK_IDLE_S": str(idle_s)},
             "resources": resources,
-            "retry": {"on_exit": 0, "on_lost": retries},
+            # A worker whose node died, or whose process died (a segfault in a call), is started
+            # again (a new attempt the driver connects to) instead of failing the whole pool.
+            "retry": {"on_exit": restarts, "on_lost": restarts},
             "labels": {"dsdk": "pool"},
         }
         if affinity is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from . import _shards
-from ._datasets import Dataset, DatasetMap, default_client
+from ._datasets import Dataset, DatasetMap, default_client, set_last_stats
 from ._driver import Pool, WorkerInfo, gather
 from ._types import DatasetInfo, JobStats, ShardInfo, ShardReplica
 from ._worker import ObjArg
@@ -109,11 +109,12 @@ def _shuffle(
     partition -> the keys that arrived at its owner."""
     arrived: dict[int, list[str]] = {}
     for pool, w, key in located:
-        parts = pool.request(w, {"op": "split", "key": key, "prefix": f"{tag}/{w.task_index}"})
+        # Names carry the worker's address: workers of different pools share task indexes.
+        parts = pool.request(w, {"op": "split", "key": key, "prefix": f"{tag}/{w.address}"})
         for p in parts:
             _opool, owner = owners[p % len(owners)]
-            name = f"{tag}/in/{p}/{w.task_index}.{w.attempt}"
-            src = f"{tag}/{w.task_index}/{p}"
+            name = f"{tag}/in/{p}/{w.address}"
+            src = f"{tag}/{w.address}/{p}"
             if owner.address == w.address:
                 pool.request(w, {"op": "rename", "pairs": [(src, name)]})
             else:
@@ -200,7 +201,6 @@ def conduct(
         return put(final) if put is not None else final
     finally:
         job._finish()
-        conduct.last_stats = job.stats  # type: ignore[attr-defined]
 
 
 def _start_map(job: DatasetMap) -> list[tuple[Pool, WorkerInfo]]:
@@ -324,7 +324,6 @@ def establish(
         return Dataset(registered, client)
     finally:
         job._finish()
-        establish.last_stats = job.stats  # type: ignore[attr-defined]
 
 
 def contact(
@@ -368,7 +367,7 @@ def contact(
         pool.call(merged, *[ObjArg(n) for n in names], keep="contact/merged", worker=head, retries=0).result()
         (value,) = pool.fetch(head, ["contact/merged"])
         stats: JobStats | None = pool.close()
-    contact.last_stats = stats  # type: ignore[attr-defined]
+    set_last_stats(stats)
     return near(value) if near is not None else value
 
 

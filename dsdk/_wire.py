@@ -117,6 +117,17 @@ class Traffic:
         return self.bytes["inter_subdomain"] + self.bytes["inter_region"]
 
 
+_PROCESS_TRAFFIC: list[Traffic] = []
+
+
+def process_traffic() -> Traffic:
+    """The traffic counters of this process's data plane (a DSDK worker's, when one runs here):
+    collectives started inside a worker's calls count into the worker's statistics."""
+    if not _PROCESS_TRAFFIC:
+        _PROCESS_TRAFFIC.append(Traffic())
+    return _PROCESS_TRAFFIC[0]
+
+
 # -- authentication ---------------------------------------------------------------------------------
 
 

@@ -80,7 +80,7 @@ class Worker:
         self.key = key
         self.idle_s = idle_s
         self.place = _wire.Place(ctx.node_id, ctx.subdomain_id, ctx.region)
-        self.traffic = _wire.Traffic()
+        self.traffic = _wire.process_traffic()
         self.functions: dict[int, Callable[..., Any]] = {}
         self.function_errors: dict[int, BaseException] = {}
         self.objects: dict[str, Any] = {}
@@ -444,6 +444,16 @@ class Worker:
             await self._reply(conn, msg, error=error_payload(exc))
         else:
             await self._reply(conn, msg, value)
+
+
+#: State a job's functions keep in this worker process between calls (see :func:`worker_state`).
+STATE: dict[str, Any] = {}
+
+
+def worker_state() -> dict[str, Any]:
+    """A dict that lives as long as this worker process: what a job's calls keep between calls
+    on the same worker (a model replica, loaded data), as Ray actors keep attributes."""
+    return STATE
 
 
 def _summary(value: Any) -> dict[str, Any]:
