@@ -11,7 +11,8 @@ Topology follows the federation:
   (each rank sends ``2 (n-1)/n`` of the array, whatever ``n`` is: bandwidth-optimal);
 * across sub-domains the lowest rank of each sub-domain (its *leader*) joins a **tree**: leaders
   reduce to the root leader and the result comes back down, so only one array per sub-domain
-  crosses between domains each way; leaders then hand the result to their ring.
+  crosses between domains each way (with two sub-domains the two leaders simply swap arrays, both
+  directions at once); leaders then hand the result to their ring.
 
 Operations are blocking, called in the same order by every rank (as in MPI and NCCL).
 """
@@ -217,31 +218,41 @@ class Group:
     async def _ring_allreduce(
         self, ring: list[int], flat: np.ndarray, op: Callable[..., Any], seq: int
     ) -> np.ndarray:
+        """Reduce-scatter then all-gather around ``ring``, in place on a copy of ``flat``: each rank
+        sends ``2 (n-1)/n`` of the array and allocates nothing more than what it receives."""
         n = len(ring)
         if n == 1:
             return flat
         i = ring.index(self.rank)
         nxt, prv = ring[(i + 1) % n], ring[(i - 1) % n]
-        chunks = [c.copy() for c in np.array_split(flat, n)]
+        out = flat.copy()
+        chunks = np.array_split(out, n)  # views into ``out``
         for step in range(n - 1):  # reduce-scatter
             send_i, recv_i = (i - step) % n, (i - step - 1) % n
             _, got = await asyncio.gather(
                 self._send(nxt, (seq, "rs", step), chunks[send_i]), self._recv(prv, (seq, "rs", step))
             )
-            chunks[recv_i] = op(chunks[recv_i], got)
+            op(chunks[recv_i], got, out=chunks[recv_i])
         for step in range(n - 1):  # all-gather
             send_i, recv_i = (i - step + 1) % n, (i - step) % n
             _, got = await asyncio.gather(
                 self._send(nxt, (seq, "ag", step), chunks[send_i]), self._recv(prv, (seq, "ag", step))
             )
-            chunks[recv_i] = got
-        return np.concatenate(chunks)
+            chunks[recv_i][...] = got
+        return out
 
     async def _tree_allreduce(self, flat: np.ndarray, op: Callable[..., Any], seq: int) -> np.ndarray:
         """Among the leaders: a binary tree rooted at the first leader, up then down."""
         leaders = self.leaders
         if len(leaders) == 1:
             return flat
+        if len(leaders) == 2:
+            # Two domains: one exchange both ways at once (same bytes across as up-then-down,
+            # half the time); IEEE addition is commutative, so both sides get the same bits.
+            other = leaders[1] if self.rank == leaders[0] else leaders[0]
+            _, got = await asyncio.gather(self._send(other, (seq, "x"), flat), self._recv(other, (seq, "x")))
+            both: np.ndarray = op(flat, got) if self.rank == leaders[0] else op(got, flat)
+            return both
         i = leaders.index(self.rank)
         children = [leaders[c] for c in (2 * i + 1, 2 * i + 2) if c < len(leaders)]
         acc = flat

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -151,14 +153,20 @@ class Dataset:
         cpus: float | str = "250m",
         timeout: float = 300.0,
         labels: Mapping[str, str] | None = None,
+        pool: Pool | None = None,
     ) -> Dataset:
         """Store ``shards`` (any picklable objects; numpy arrays are stored and read back without
         copies) on the federation's nodes, ``replicas`` copies of each on distinct nodes, and
-        register them as dataset ``name``. The client sends each shard once; nodes copy it on."""
+        register them as dataset ``name``. The client sends each shard once; nodes copy it on.
+
+        ``pool``: store through the workers of this pool (on distinct nodes) instead of starting
+        a job for it (a warm pool makes many dataset operations cheap)."""
         items = list(shards)
         if not items:
             raise InvalidArgument("a dataset has at least one shard", field="shards")
-        return cls._store(name, len(items), replicas, client, replace, cpus, timeout, labels, values=items)
+        return cls._store(
+            name, len(items), replicas, client, replace, cpus, timeout, labels, values=items, pool=pool
+        )
 
     @classmethod
     def create(
@@ -173,14 +181,18 @@ class Dataset:
         cpus: float | str = 1,
         timeout: float = 300.0,
         labels: Mapping[str, str] | None = None,
+        pool: Pool | None = None,
     ) -> Dataset:
         """Make shard ``i`` as ``fn(i)`` *on a node* (the client ships the function, never the
-        data), store it there and copy it to ``replicas - 1`` other nodes; register the dataset."""
+        data), store it there and copy it to ``replicas - 1`` other nodes; register the dataset.
+        ``pool``: as for :meth:`put`."""
         if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
             raise InvalidArgument(
                 f"must be a whole number of at least 1, got {num_shards!r}", field="num_shards"
             )
-        return cls._store(name, num_shards, replicas, client, replace, cpus, timeout, labels, fn=fn)
+        return cls._store(
+            name, num_shards, replicas, client, replace, cpus, timeout, labels, fn=fn, pool=pool
+        )
 
     @classmethod
     def _store(
@@ -196,8 +208,9 @@ class Dataset:
         *,
         values: builtins.list[Any] | None = None,
         fn: Callable[[int], Any] | None = None,
+        pool: Pool | None = None,
     ) -> Dataset:
-        c = client or default_client()
+        c = client or (pool.client if pool is not None else default_client())
         _shards.check_dataset_name(name)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 8:
             raise InvalidArgument(f"must be between 1 and 8, got {replicas!r}", field="replicas")
@@ -213,21 +226,32 @@ class Dataset:
                     f"dataset {name!r} exists ({old.num_shards} shards); pass replace=True or delete it first",
                     field="name",
                 )
-            cls(old, c).delete()
-        ready = _ready_nodes(c)
-        if ready < replicas:
-            raise FailedPrecondition(
-                f"replicas={replicas} needs {replicas} distinct nodes; the federation has {ready} ready",
-                field="replicas",
-            )
-        want = min(num_shards * replicas, ready, MAX_WRITERS)
-        pool = Pool(c, want, cpus=cpus, distinct_nodes=True, name=f"dsdk-store-{name}"[:63], retries=0)
+            cls(old, c).delete(pool=pool)
+        own = pool is None
+        if pool is None:
+            ready = _ready_nodes(c)
+            if ready < replicas:
+                raise FailedPrecondition(
+                    f"replicas={replicas} needs {replicas} distinct nodes; the federation has {ready} ready",
+                    field="replicas",
+                )
+            want = min(num_shards * replicas, ready, MAX_WRITERS)
+            pool = Pool(c, want, cpus=cpus, distinct_nodes=True, name=f"dsdk-store-{name}"[:63], retries=0)
         try:
-            try:
-                pool.wait_ready(want, timeout=min(timeout, 30.0))
-            except DomainOSError:
-                pool.wait_ready(replicas, timeout=timeout)  # the nodes that could take one will do
-            writers = _interleave(pool.workers)
+            if own:
+                try:
+                    pool.wait_ready(pool.size, timeout=min(timeout, 30.0))
+                except DomainOSError:
+                    pool.wait_ready(replicas, timeout=timeout)  # the nodes that could take one will do
+            # One writer per node (a given pool may have several workers on a node).
+            by_node = {w.node_id: w for w in sorted(pool.workers, key=lambda w: w.task_index, reverse=True)}
+            writers = _interleave(list(by_node.values()))
+            if len(writers) < replicas:
+                raise FailedPrecondition(
+                    f"replicas={replicas} needs workers on {replicas} distinct nodes; the pool has them on "
+                    f"{len(writers)}",
+                    field="replicas",
+                )
             placed = pool.run_async(
                 _store_all(pool, name, num_shards, replicas, writers, values, fn), timeout + 60
             )
@@ -258,15 +282,27 @@ class Dataset:
                     )
             raise
         finally:
-            set_last_stats(pool.close())
+            if own:
+                set_last_stats(pool.close())
+        if not own:
+            set_last_stats(pool.stats())
+            pool.refresh_shards([name])
         log.info("dataset %s: %d shards x %d copies stored (job %s)", name, num_shards, replicas, pool.job_id)
         return cls(registered, c)
 
-    def delete(self, *, timeout: float = 60.0) -> builtins.list[str]:
+    def delete(self, *, timeout: float = 60.0, pool: Pool | None = None) -> builtins.list[str]:
         """Remove every copy from the nodes, then the registry record; returns the nodes that
-        could not be reached (their copies stay until removed by hand)."""
+        could not be reached (their copies stay until removed by hand). ``pool``: its workers
+        remove the copies on their nodes; a job is started only for the other nodes."""
         nodes = sorted({(r.subdomain_id, r.node_id) for s in self.shards for r in s.replicas})
         unreached: list[str] = []
+        if pool is not None:
+            done: set[str] = set()
+            for w in pool.workers:
+                if w.node_id in {n for _, n in nodes} and w.node_id not in done:
+                    pool.request(w, {"op": "drop_dataset", "dataset": self.name}, timeout=60)
+                    done.add(w.node_id)
+            nodes = [(sd, n) for sd, n in nodes if n not in done]
         if nodes:
             pool = Pool(
                 self.client,
@@ -341,12 +377,16 @@ class Dataset:
         gpus: float = 0,
         memory: str | int | None = None,
         timeout: float = 600.0,
+        pool: Pool | None = None,
     ) -> DatasetMap:
         """``fn(shard)`` on every shard, on a node holding it. Lazy: call :meth:`DatasetMap.reduce`
-        or :meth:`DatasetMap.collect`."""
+        or :meth:`DatasetMap.collect`. ``pool``: run on this pool's workers on nodes holding
+        shards (a job is started only for shards no such worker holds)."""
         if not callable(fn):
             raise InvalidArgument(f"expected a function, got {type(fn).__name__}", field="fn")
-        return DatasetMap(self, fn, workers, {"cpus": cpus, "gpus": gpus, "memory": memory}, timeout)
+        return DatasetMap(
+            self, fn, workers, {"cpus": cpus, "gpus": gpus, "memory": memory}, timeout, pool=pool
+        )
 
 
 def _fold(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
@@ -417,6 +457,8 @@ class DatasetMap:
         workers: int | None,
         resources: dict[str, Any],
         timeout: float,
+        *,
+        pool: Pool | None = None,
     ) -> None:
         self.dataset = dataset
         self.fn = fn
@@ -427,7 +469,13 @@ class DatasetMap:
         self.stats: JobStats | None = None
         self._pools: list[Pool] = []
         self._tried_nodes: set[str] = set()
-        self._secret = _wire.new_secret()  # shared by this map's pools: their workers talk
+        #: Names of the objects this run keeps on workers start with it (freed at the end).
+        self.tag = f"run-{os.urandom(4).hex()}"
+        self._base: JobStats | None = None
+        # Shared by this map's pools: their workers exchange partial results.
+        self._secret = pool.secret if pool is not None else _wire.new_secret()
+        #: A pool the caller owns (used, never closed here).
+        self._given = pool
 
     # -- workers where the data is --------------------------------------------------------------------
 
@@ -465,8 +513,17 @@ class DatasetMap:
         self._tried_nodes.update(n for _, n in nodes)
         return pool
 
+    def key(self, name: str) -> str:
+        """The name of an object this run keeps on a worker."""
+        return f"{self.tag}/{name}"
+
     def start(self) -> list[tuple[Pool, WorkerInfo]]:
         """Start the workers on the dataset's holders (once) and wait for them; returns them."""
+        if not self._pools and self._given is not None:
+            self._pools.append(self._given)
+            self._given.refresh_shards([self.dataset.name])
+            self._base = self._given.stats()
+            self._tried_nodes.update(w.node_id for w in self._given.workers)
         if not self._pools:
             first = self._start(self._plan(), soft=True)
             try:
@@ -504,7 +561,7 @@ class DatasetMap:
                 if not options:
                     continue
                 pool, worker = min(options, key=lambda pw: load.get(pw[1].address, 0))
-                key = f"map/{name}/{shard}" if keep else ""
+                key = self.key(f"map/{shard}") if keep else ""
                 fut = pool.call(
                     self.fn, ShardArg(name, shard), keep=key, worker=worker, retries=0, what=f"shard {shard}"
                 )
@@ -583,13 +640,21 @@ class DatasetMap:
         from ._types import JobStats
 
         totals: dict[str, int] = {}
-        for pool in self._pools:
-            stats = pool.close()
-            if stats is None:
-                continue
-            for k, v in stats.__dict__.items():
+
+        def add(stats: JobStats | None, sign: int = 1) -> None:
+            for k, v in stats.__dict__.items() if stats is not None else ():
                 if isinstance(v, int):
-                    totals[k] = totals.get(k, 0) + v
+                    totals[k] = totals.get(k, 0) + sign * v
+
+        for pool in self._pools:
+            if pool is self._given:  # the caller's: free what this run kept, count only its part
+                for w in pool.workers:
+                    with contextlib.suppress(DomainOSError):
+                        pool.request(w, {"op": "free_prefix", "prefix": self.tag + "/"}, timeout=30)
+                add(pool.stats())
+                add(self._base, -1)
+            else:
+                add(pool.close())
         self.stats = JobStats(**totals)
         set_last_stats(self.stats)
         self._pools = []
@@ -626,12 +691,11 @@ class DatasetMap:
             self._finish()
 
     def _tree(self, done: Mapping[int, tuple[Pool, WorkerInfo, Any]], fold: Callable[..., Any]) -> Any:
-        name = self.dataset.name
         # 1. on each worker: its shards' results -> one partial
         per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
         for shard, (pool, worker, _) in done.items():
-            per_worker.setdefault(worker.address, (pool, worker, []))[2].append(f"map/{name}/{shard}")
-        partial = f"red/{name}/node"
+            per_worker.setdefault(worker.address, (pool, worker, []))[2].append(self.key(f"map/{shard}"))
+        partial = self.key("red/node")
         futs = [
             pool.call(
                 fold, *[ObjArg(k) for k in keys], keep=partial, worker=w, retries=0, what="a node's reduction"
@@ -644,7 +708,7 @@ class DatasetMap:
         for pool, w, keys in per_worker.values():
             by_sd.setdefault(w.subdomain_id, []).append((pool, w, len(keys)))
         heads: list[tuple[Pool, WorkerInfo]] = []
-        step = f"red/{name}/subdomain"
+        step = self.key("red/subdomain")
         for members in by_sd.values():
             members.sort(key=lambda m: (-m[2], m[1].task_index))
             pool, head, _ = members[0]
@@ -673,7 +737,7 @@ class DatasetMap:
             as_key = f"{step}/{i}"
             other_pool.push(other, [step], root, [as_key])
             names.append(as_key)
-        final = f"red/{name}/final"
+        final = self.key("red/final")
         gather(
             [
                 pool.call(

@@ -25,6 +25,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -183,7 +184,7 @@ def _close_open_pools() -> None:
     """A program that ends with pools open ends their jobs (their workers would idle out anyway)."""
     for pool in list(_OPEN_POOLS):
         with contextlib.suppress(Exception):
-            pool.close(timeout=2.0)
+            pool.close(timeout=2.0, wait=True)
 
 
 class Pool:
@@ -325,31 +326,70 @@ class Pool:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(job.task_counts().items()))
         return f"job {job.state.value}: {counts}" + (f"; {job.message}" if job.message else "")
 
-    def close(self, *, timeout: float = 10.0) -> JobStats | None:
-        """Report the pool's statistics, stop its workers and end its job (idempotent)."""
+    def close(self, *, timeout: float = 15.0, wait: bool = False) -> JobStats | None:
+        """Report the pool's statistics and stop its workers (idempotent); returns the statistics.
+
+        The job ends on its own once every worker has exited. Workers that connect later (they
+        started while the last calls ran elsewhere) are told to exit as they come; a job still
+        not finished after ``timeout`` seconds (tasks that never started) is cancelled. That
+        happens in the background unless ``wait``.
+        """
         if self._closed:
             return None
         self._closed = True
         _OPEN_POOLS.discard(self)
         stats: JobStats | None = None
         try:
-            stats = _run(self._shutdown(), timeout + 5)
+            stats = _run(self._shutdown(), 20.0)
             self._report(stats)
         except (DomainOSError, concurrent.futures.TimeoutError, RuntimeError) as exc:
             log.warning("pool %s: clean shutdown failed: %s", self.job_id, exc)
         self._discovery.cancel()
-        try:
-            job = self.client.job(self.job_id)
-            if not job.terminal:
-                deadline = time.monotonic() + timeout
-                while not job.terminal and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    job = self.client.job(self.job_id)
-                if not job.terminal:
-                    self.client.cancel(self.job_id, reason="DSDK pool closed")
-        except DomainOSError as exc:
-            log.warning("pool %s: could not end job %s: %s", self, self.job_id, exc)
+        reaper = asyncio.run_coroutine_threadsafe(self._reap(timeout), self._loop)
+        if wait:
+            with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                reaper.result(timeout + 10)
         return stats
+
+    async def _reap(self, grace: float) -> None:
+        """After close: tell late workers to exit; cancel the job if it has not ended by ``grace``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        try:
+            while loop.time() < deadline:
+                job = await asyncio.to_thread(self.client.job, self.job_id)
+                if job.terminal:
+                    return
+                left = deadline - loop.time()
+                eps, _ = await asyncio.to_thread(
+                    self.client.endpoints,
+                    self.job_id,
+                    kind=KIND,
+                    min_count=self.size,
+                    wait=max(0.0, min(2.0, left)),
+                )
+                for ep in eps:
+                    key = (ep.task_index, ep.attempt)
+                    if key not in self._tried:
+                        self._tried.add(key)
+                        _wire.spawn(self._dismiss(ep.address))
+                await asyncio.sleep(0.05)
+            job = await asyncio.to_thread(self.client.job, self.job_id)
+            if not job.terminal:
+                await asyncio.to_thread(
+                    self.client.cancel, self.job_id, reason="DSDK pool closed; some workers never started"
+                )
+        except (DomainOSError, RuntimeError) as exc:  # RuntimeError: the interpreter is exiting
+            log.debug("pool %s: could not see its job to the end: %s", self.job_id, exc)
+
+    async def _dismiss(self, address: str) -> None:
+        """Tell a worker that connected after the pool closed to exit."""
+        with contextlib.suppress(DomainOSError, OSError):
+            conn = await _wire.connect(address, self._key, traffic=self.traffic, local=_wire.Place())
+            try:
+                await conn.send({"op": "exit"})
+            finally:
+                conn.close()
 
     async def _shutdown(self) -> JobStats:
         err = FailedPrecondition(f"the pool (job {self.job_id}) was closed")
@@ -447,7 +487,9 @@ class Pool:
             tuple(hello.get("gpus", ())),
         )
         conn.peer = link.info.place
-        if self._closed:
+        if self._closed:  # it came after the pool closed: it has nothing to do
+            with contextlib.suppress(_wire.WireError):
+                await conn.send({"op": "exit"})
             conn.close()
             reader.cancel()
             return True
@@ -768,6 +810,31 @@ class Pool:
             await link.conn.send({"op": "def", "fid": fid, "fn": blob})
             link.defined.add(fid)
         return fid
+
+    def refresh_shards(self, datasets: Sequence[str]) -> list[WorkerInfo]:
+        """Ask every worker again which shards of ``datasets`` its node holds (after shards were
+        stored or removed); returns the workers as updated."""
+
+        async def go() -> None:
+            for link in list(self._links.values()):
+                if not link.alive:
+                    continue
+                try:
+                    found = await self._request(
+                        link, {"op": "shards", "datasets": list(datasets)}, timeout=30
+                    )
+                except (DomainOSError, TimeoutError):
+                    continue
+                shards = {**link.info.shards, **{k: dict(v) for k, v in found.items()}}
+                link.info = dataclasses.replace(link.info, shards=shards)
+
+        _run(go(), 60)
+        return self.workers
+
+    @property
+    def secret(self) -> str:
+        """The data-plane secret of this pool's workers (pools that exchange data share one)."""
+        return self._secret
 
     def fetch(self, worker: WorkerInfo, keys: Sequence[str]) -> list[Any]:
         """Objects kept on a worker, brought to the client."""

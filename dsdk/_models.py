@@ -171,26 +171,32 @@ def conduct(
         # per worker: merge its shards' bucket maps into one
         per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
         for shard, (pool, w, _) in done.items():
-            per_worker.setdefault(w.address, (pool, w, []))[2].append(f"map/{dataset.name}/{shard}")
+            per_worker.setdefault(w.address, (pool, w, []))[2].append(job.key(f"map/{shard}"))
         merged: list[tuple[Pool, WorkerInfo, str]] = []
         futs = []
         for pool, w, keys in per_worker.values():
             futs.append(
-                pool.call(_merge_buckets, *[ObjArg(k) for k in keys], keep="conduct/b0", worker=w, retries=0)
+                pool.call(
+                    _merge_buckets,
+                    *[ObjArg(k) for k in keys],
+                    keep=job.key("conduct/b0"),
+                    worker=w,
+                    retries=0,
+                )
             )
-            merged.append((pool, w, "conduct/b0"))
+            merged.append((pool, w, job.key("conduct/b0")))
         gather(futs)
         located = merged
         # 2. balance and to-stages at the owners
         results: list[tuple[Hashable, Any]] = []
         for i, fn in enumerate(stages):
             last = i == len(stages) - 1
-            arrived = _shuffle(located, owners, f"conduct/s{i}")
+            arrived = _shuffle(located, owners, job.key(f"conduct/s{i}"))
             step = _stage(fn, nparts, balance, last)
             futs, located = [], []
             for p, keys in arrived.items():
                 opool, owner = owners[p % len(owners)]
-                out = f"conduct/o{i}/{p}"
+                out = job.key(f"conduct/o{i}/{p}")
                 futs.append(opool.call(step, *[ObjArg(k) for k in keys], keep=out, worker=owner, retries=0))
                 located.append((opool, owner, out))
             gather(futs)
@@ -260,17 +266,23 @@ def establish(
         done = job._run_shards(keep=True)
         per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
         for shard, (pool, w, _) in done.items():
-            per_worker.setdefault(w.address, (pool, w, []))[2].append(f"map/{dataset.name}/{shard}")
+            per_worker.setdefault(w.address, (pool, w, []))[2].append(job.key(f"map/{shard}"))
         located = []
         futs = []
         for pool, w, keys in per_worker.values():
             futs.append(
-                pool.call(_merge_buckets, *[ObjArg(k) for k in keys], keep="establish/b", worker=w, retries=0)
+                pool.call(
+                    _merge_buckets,
+                    *[ObjArg(k) for k in keys],
+                    keep=job.key("establish/b"),
+                    worker=w,
+                    retries=0,
+                )
             )
-            located.append((pool, w, "establish/b"))
+            located.append((pool, w, job.key("establish/b")))
         gather(futs)
         owners = pools_workers
-        arrived = _shuffle(located, owners, "establish/s")
+        arrived = _shuffle(located, owners, job.key("establish/s"))
 
         def build(*inputs: Pairs) -> Any:
             recs = [v for pairs in inputs for _, v in pairs]
@@ -281,10 +293,10 @@ def establish(
             opool, owner = owners[k % len(owners)]
             keys = arrived.get(k, [])
             opool.call(
-                build, *[ObjArg(x) for x in keys], keep=f"establish/new/{k}", worker=owner, retries=0
+                build, *[ObjArg(x) for x in keys], keep=job.key(f"establish/new/{k}"), worker=owner, retries=0
             ).result()
             size = opool.request(
-                owner, {"op": "store", "dataset": name, "shard": k, "key": f"establish/new/{k}"}
+                owner, {"op": "store", "dataset": name, "shard": k, "key": job.key(f"establish/new/{k}")}
             )["size"]
             holders = [owner]
             others = [

@@ -226,6 +226,11 @@ class Worker:
             elif op == "free":
                 for k in msg["keys"]:
                     self.objects.pop(k, None)
+            elif op == "free_prefix":
+                gone = [k for k in self.objects if k.startswith(msg["prefix"])]
+                for k in gone:
+                    del self.objects[k]
+                await self._reply(conn, msg, len(gone))
             elif op == "rename":
                 for old, new in msg["pairs"]:
                     self.objects[new] = self.objects.pop(old)
@@ -246,6 +251,8 @@ class Worker:
                 _wire.spawn(self._replicate(conn, msg))
             elif op == "drop_dataset":
                 _wire.spawn(self._in_executor(conn, msg, self._drop, msg["dataset"]))
+            elif op == "shards":
+                await self._reply(conn, msg, self._hello(msg.get("datasets", ()))["shards"])
             elif op == "stats":
                 await self._reply(conn, msg, self.stats())
             elif op == "exit":
