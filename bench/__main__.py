@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import federation, foundation, gang, placement, scale, scheduler
+from bench import collective, compare, federation, foundation, gang, intra, placement, scale, scheduler
 
 #: name -> run(smoke=..., out=...), in the order they run.
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -18,6 +18,9 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "scale": scale.run,
     "placement": placement.run,
     "federation": federation.run,
+    "intra": intra.run,
+    "compare": compare.run,
+    "collective": collective.run,
 }
 
 
