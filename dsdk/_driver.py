@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import pickle
 import threading
 import time
 import weakref
@@ -168,6 +169,8 @@ class _Link:
         self.defined: set[int] = set()
         self.alive = True
         self.replies: dict[int, asyncio.Future[Any]] = {}
+        #: The worker's counters at the last look (kept in the totals if it is lost).
+        self.last_stats: dict[str, Any] = {}
 
     @property
     def key(self) -> tuple[int, int]:
@@ -552,6 +555,13 @@ class Pool:
         link.conn.close()
         self._links.pop(link.key, None)
         self._gone.add(link.key)
+        # What it had done, as of its last report, stays in the pool's totals.
+        last = link.last_stats
+        if last:
+            for k, v in last["bytes"].items():
+                self._finished_stats["bytes"][k] = self._finished_stats["bytes"].get(k, 0) + v
+            self._finished_stats["calls"] += last["calls"]
+            self._finished_stats["local_calls"] += last["local_calls"]
         for fut in link.replies.values():
             if not fut.done():
                 fut.set_exception(
@@ -714,8 +724,6 @@ class Pool:
         return best
 
     def _dispatch(self) -> None:
-        if not self._links:
-            return
         batches: dict[tuple[int, int], list[_Call]] = {}
         if self._constrained:
             still: list[_Call] = []
@@ -730,7 +738,7 @@ class Pool:
                 link.inflight[call.cid] = call
                 batches.setdefault(link.key, []).append(call)
             self._constrained = still
-        if self._free:
+        if self._free and self._links:
             links = sorted((lk for lk in self._links.values() if lk.alive), key=lambda lk: len(lk.inflight))
             for i, link in enumerate(links):
                 room = min(WINDOW - len(link.inflight), BATCH)
@@ -756,15 +764,26 @@ class Pool:
             )
         except _wire.WireError:
             pass  # the reader notices and requeues what was in flight
-        except Exception as exc:  # an argument that cannot be pickled: fail those calls
+        except Exception:  # some argument cannot be pickled: find which, send the others
+            good: list[_Call] = []
             for c in calls:
-                link.inflight.pop(c.cid, None)
-                _fail(
-                    c,
-                    InvalidArgument(
-                        f"cannot send the arguments of a call to the workers: {exc}", field="args"
-                    ),
-                )
+                try:
+                    pickle.dumps((c.args, c.kwargs), protocol=5)
+                except Exception as exc:
+                    link.inflight.pop(c.cid, None)
+                    _fail(
+                        c,
+                        InvalidArgument(
+                            f"cannot send the arguments of a call to the workers: {exc}", field="args"
+                        ),
+                    )
+                else:
+                    good.append(c)
+            if good:
+                with contextlib.suppress(_wire.WireError):
+                    await link.conn.send(
+                        {"op": "calls", "calls": [(c.cid, c.fid, c.args, c.kwargs, c.keep) for c in good]}
+                    )
             self._dispatch()
 
     # -- objects and data on the workers (used by datasets and reductions) ---------------------------
@@ -883,7 +902,10 @@ class Pool:
             try:
                 s = await self._request(link, {"op": "stats"}, timeout=5.0)
             except (DomainOSError, TimeoutError):
-                continue
+                s = link.last_stats
+                if not s:
+                    continue
+            link.last_stats = s
             totals.merge(s["bytes"])
             calls += s["calls"]
             local += s["local_calls"]

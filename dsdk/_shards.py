@@ -22,7 +22,7 @@ from typing import Any
 from .errors import InvalidArgument, NotFound
 
 OBJECT_FILE = "object.pkl"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _BUFFER_PREFIX = "buffer-"
 
 

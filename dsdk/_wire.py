@@ -44,6 +44,8 @@ MAX_HEADER_BYTES = 256 * 2**20
 #: Largest single out-of-band buffer and most buffers per message.
 MAX_BUFFER_BYTES = 16 * 2**30
 MAX_BUFFERS = 65_536
+#: Largest message in all (header and buffers together).
+MAX_MESSAGE_BYTES = 16 * 2**30
 #: Socket buffer sizes asked for (the kernel caps them).
 SOCKET_BUFFER_BYTES = 4 * 2**20
 
@@ -142,6 +144,10 @@ async def server_handshake(conn: Connection, key: bytes) -> None:
     reply = await conn.recv_raw(_MAC + _NONCE)
     theirs = reply[_MAC:]
     if not hmac.compare_digest(reply[:_MAC], _mac(key, b"c", mine, theirs)):
+        # A proof that cannot be right: the client's check fails with AuthError too (not a
+        # bare "connection closed"), and nothing it sent is ever unpickled.
+        with contextlib.suppress(WireError):
+            await conn.send_raw(bytes(_MAC))
         raise AuthError(f"data-plane peer {conn.peer_address} does not hold this job's secret")
     await conn.send_raw(_mac(key, b"s", theirs, mine))
 
@@ -280,7 +286,7 @@ class Connection:
         lens: tuple[int, ...] = ()
         if nbuf:
             lens = struct.unpack(f"!{nbuf}Q", await self.recv_raw(8 * nbuf))
-            if any(n > MAX_BUFFER_BYTES for n in lens):
+            if any(n > MAX_BUFFER_BYTES for n in lens) or hlen + sum(lens) > MAX_MESSAGE_BYTES:
                 raise WireError(f"data-plane peer {self.peer_address} announced an oversize buffer")
         header = await self.recv_raw(hlen)
         buffers = []

@@ -93,6 +93,7 @@ class Worker:
         self._peers: dict[str, _wire.Connection] = {}
         self._peer_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending_conn: dict[int, _wire.Connection] = {}
         self._next_rid = 0
         self._conns: set[_wire.Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,10 +238,15 @@ class Worker:
                 await self._reply(conn, msg, len(msg["pairs"]))
             elif op == "split":
                 # A kept mapping {part: value} becomes one object per part: "<prefix>/<part>".
-                parts = self.objects.pop(msg["key"])
+                parts = self.objects[msg["key"]]
+                if not isinstance(parts, dict):
+                    raise TypeError(
+                        f"object {msg['key']!r} is a {type(parts).__name__}, not a mapping to split"
+                    )
+                del self.objects[msg["key"]]
                 for part, value in parts.items():
                     self.objects[f"{msg['prefix']}/{part}"] = value
-                await self._reply(conn, msg, sorted(parts))
+                await self._reply(conn, msg, sorted(parts, key=str))
             elif op == "push":
                 _wire.spawn(self._push(conn, msg))
             elif op == "store":
@@ -262,6 +268,10 @@ class Worker:
                 await self._reply(conn, msg, error=("ValueError", f"unknown operation {op!r}", ""))
         except KeyError as exc:
             await self._reply(conn, msg, error=("KeyError", f"no object {exc} on this worker", ""))
+        except _wire.WireError:
+            raise
+        except Exception as exc:  # a bad request fails that request, never the connection
+            await self._reply(conn, msg, error=error_payload(exc))
 
     def stats(self) -> dict[str, Any]:
         return {"bytes": dict(self.traffic.bytes), "calls": self.calls, "local_calls": self.local_calls}
@@ -314,8 +324,10 @@ class Worker:
             try:
                 fn = self.functions.get(fid)
                 if fn is None:
-                    raise self.function_errors.get(fid) or FailedPrecondition(
-                        f"function {fid} was never sent"
+                    err = self.function_errors.get(fid)
+                    # A fresh exception per call: raising the stored one would pile up tracebacks.
+                    raise FailedPrecondition(
+                        str(err) if err is not None else f"function {fid} was never sent"
                     )
                 local = any(isinstance(a, ShardArg) for a in args)
                 value = fn(
@@ -398,18 +410,25 @@ class Worker:
             pass
         finally:
             conn.close()
-            for rid, fut in list(self._pending.items()):
-                if not fut.done():
+            # Only the requests sent on this connection fail: other peers are fine.
+            for rid in [r for r, c in self._pending_conn.items() if c is conn]:
+                self._pending_conn.pop(rid, None)
+                fut = self._pending.pop(rid, None)
+                if fut is not None and not fut.done():
                     fut.set_exception(_wire.WireError(f"peer {conn.peer_address} went away"))
-                    self._pending.pop(rid, None)
 
     async def _request(self, conn: _wire.Connection, msg: dict[str, Any]) -> Any:
         self._next_rid += 1
         rid = self._next_rid
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        await conn.send({**msg, "rid": rid})
-        reply = await fut
+        self._pending_conn[rid] = conn
+        try:
+            await conn.send({**msg, "rid": rid})
+            reply = await fut
+        finally:
+            self._pending.pop(rid, None)
+            self._pending_conn.pop(rid, None)
         if not reply["ok"]:
             name, text, _ = reply["error"]
             raise FailedPrecondition(f"peer {conn.peer_address}: {name}: {text}")
@@ -477,7 +496,22 @@ def _send_soon(conn: _wire.Connection, msg: dict[str, Any]) -> None:
 
 async def _send_quietly(conn: _wire.Connection, msg: dict[str, Any]) -> None:
     with contextlib.suppress(_wire.WireError):
-        await conn.send(msg)
+        try:
+            await conn.send(msg)
+        except _wire.WireError:
+            raise
+        except Exception:
+            if msg.get("op") != "results":
+                raise
+            # Some result cannot be pickled: send each on its own, that one as an error.
+            for cid, ok, value in msg["results"]:
+                try:
+                    await conn.send({"op": "results", "results": [(cid, ok, value)]})
+                except _wire.WireError:
+                    raise
+                except Exception as exc:
+                    why = f"the result cannot be sent back ({type(value).__name__}): {exc}"
+                    await conn.send({"op": "results", "results": [(cid, False, ("PicklingError", why, ""))]})
 
 
 def main() -> int:

@@ -29,8 +29,8 @@ MAX_WAIT_S = 30.0
 MAX_PER_JOB = 20_000
 #: Kinds of endpoint a job may publish (distinct services of one task).
 MAX_KINDS = 8
-_KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):([0-9]{1,5})$")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
+_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):([0-9]{1,5})\Z")
 
 
 @dataclass(frozen=True, slots=True)
