@@ -32,6 +32,7 @@ from . import _wire
 from ._context import TaskContext, context
 from ._driver import driver_loop
 from ._rendezvous import wait_endpoints
+from ._types import Endpoint
 from .errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,16 @@ class Group:
         self._conns: dict[int, _wire.Connection] = {}
         self._inbox: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._seq = 0
+        self.peers: dict[int, Endpoint] = {}
         self._sock = _wire.listen(ctx.node_host)
         self.address = _wire.address_of(self._sock, ctx.node_host)
         self._accepting = asyncio.run_coroutine_threadsafe(self._accept(), self._loop)
         with ctx.client() as client:
-            from ._types import Endpoint
-
             client.publish_endpoint(
                 ctx.job_id, Endpoint(ctx.task_index, ctx.attempt, self.address, KIND, ctx.node_id)
             )
             eps = wait_endpoints(client, ctx.job_id, kind=KIND, count=self.size, timeout=timeout)
-        self.peers = {e.task_index: e for e in eps}
+        self.peers = {e.task_index: e for e in eps}  # set at once: _serve waits for it
         # The topology: rings per sub-domain, a tree of their leaders.
         by_sd: dict[str, list[int]] = {}
         for r in sorted(self.peers):
@@ -139,8 +139,13 @@ class Group:
             await asyncio.wait_for(_wire.server_handshake(conn, self._key), 30)
             hello = await conn.recv()
             peer = int(hello["rank"])
-            conn.peer = self._place_of(peer)
             self._conns[peer] = conn
+            # A faster peer may connect while this rank still waits for the endpoint list.
+            for _ in range(12_000):
+                if self.peers:
+                    break
+                await asyncio.sleep(0.005)
+            conn.peer = self._place_of(peer)
             await self._read(conn)
         except _wire.WireError as exc:
             log.debug("collective connection ended: %s", exc)

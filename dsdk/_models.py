@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import _shards
@@ -101,6 +101,22 @@ def _stage(
     return stage
 
 
+def _merge_per_worker(
+    job: DatasetMap, done: Mapping[int, tuple[Pool, WorkerInfo, Any]], name: str
+) -> list[tuple[Pool, WorkerInfo, str]]:
+    """On each worker, its shards' kept bucket maps merged into one object ``name`` (no data moves)."""
+    per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
+    for shard, (pool, w, _) in done.items():
+        per_worker.setdefault(w.address, (pool, w, []))[2].append(job.key(f"map/{shard}"))
+    key = job.key(name)
+    futs = [
+        pool.call(_merge_buckets, *[ObjArg(k) for k in keys], keep=key, worker=w, retries=0)
+        for pool, w, keys in per_worker.values()
+    ]
+    gather(futs)
+    return [(pool, w, key) for pool, w, _ in per_worker.values()]
+
+
 def _shuffle(
     located: Sequence[tuple[Pool, WorkerInfo, str]], owners: Sequence[tuple[Pool, WorkerInfo]], tag: str
 ) -> dict[int, list[str]]:
@@ -168,25 +184,7 @@ def conduct(
         owners = [
             (p, w) for p, w in pools_workers if any(w.address == d[1].address for d in done.values())
         ] or pools_workers
-        # per worker: merge its shards' bucket maps into one
-        per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
-        for shard, (pool, w, _) in done.items():
-            per_worker.setdefault(w.address, (pool, w, []))[2].append(job.key(f"map/{shard}"))
-        merged: list[tuple[Pool, WorkerInfo, str]] = []
-        futs = []
-        for pool, w, keys in per_worker.values():
-            futs.append(
-                pool.call(
-                    _merge_buckets,
-                    *[ObjArg(k) for k in keys],
-                    keep=job.key("conduct/b0"),
-                    worker=w,
-                    retries=0,
-                )
-            )
-            merged.append((pool, w, job.key("conduct/b0")))
-        gather(futs)
-        located = merged
+        located = _merge_per_worker(job, done, "conduct/b0")
         # 2. balance and to-stages at the owners
         results: list[tuple[Hashable, Any]] = []
         for i, fn in enumerate(stages):
@@ -264,23 +262,7 @@ def establish(
 
         job.fn = _emit(records, num_shards, _shard_key, None, ())
         done = job._run_shards(keep=True)
-        per_worker: dict[str, tuple[Pool, WorkerInfo, list[str]]] = {}
-        for shard, (pool, w, _) in done.items():
-            per_worker.setdefault(w.address, (pool, w, []))[2].append(job.key(f"map/{shard}"))
-        located = []
-        futs = []
-        for pool, w, keys in per_worker.values():
-            futs.append(
-                pool.call(
-                    _merge_buckets,
-                    *[ObjArg(k) for k in keys],
-                    keep=job.key("establish/b"),
-                    worker=w,
-                    retries=0,
-                )
-            )
-            located.append((pool, w, job.key("establish/b")))
-        gather(futs)
+        located = _merge_per_worker(job, done, "establish/b")
         owners = pools_workers
         arrived = _shuffle(located, owners, job.key("establish/s"))
 

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import InvalidArgument, NotFound
@@ -41,21 +42,27 @@ def shard_dir(base: str, dataset: str, shard: int) -> str:
 
 def write_shard(base: str, dataset: str, shard: int, obj: Any) -> int:
     """Store ``obj`` as shard ``shard`` of ``dataset`` (replacing one there); returns its size."""
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    views = [pb.raw() if _contiguous(pb) else memoryview(bytes(pb)) for pb in buffers]
+    return _write_stored(base, dataset, shard, header, views)
+
+
+def _write_stored(base: str, dataset: str, shard: int, header: bytes, buffers: Sequence[Any]) -> int:
+    """Write a shard's stored form into a fresh directory, then rename it into place (replacing
+    an older one): readers and the agent's scan see the whole shard or none of it."""
     ds_dir = os.path.join(base, check_dataset_name(dataset))
     os.makedirs(ds_dir, exist_ok=True)
     tmp = os.path.join(ds_dir, f".{int(shard)}.tmp-{os.urandom(6).hex()}")
     os.mkdir(tmp)
-    buffers: list[pickle.PickleBuffer] = []
     try:
-        header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        size = len(header)
         with open(os.path.join(tmp, OBJECT_FILE), "wb") as f:
             f.write(header)
-        for i, pb in enumerate(buffers):
+        size = len(header)
+        for i, buf in enumerate(buffers):
             with open(os.path.join(tmp, f"{_BUFFER_PREFIX}{i}"), "wb") as f:
-                view = pb.raw() if _contiguous(pb) else memoryview(bytes(pb))
-                f.write(view)
-                size += view.nbytes
+                f.write(buf)
+            size += memoryview(buf).nbytes
         final = os.path.join(ds_dir, str(int(shard)))
         if os.path.isdir(final):
             old = f"{final}.old-{os.urandom(6).hex()}"
@@ -122,30 +129,7 @@ def read_shard_bytes(base: str, dataset: str, shard: int) -> tuple[bytes, list[b
 
 def write_shard_bytes(base: str, dataset: str, shard: int, header: bytes, buffers: list[Any]) -> int:
     """Store a shard given in its stored form (see :func:`read_shard_bytes`)."""
-    ds_dir = os.path.join(base, check_dataset_name(dataset))
-    os.makedirs(ds_dir, exist_ok=True)
-    tmp = os.path.join(ds_dir, f".{int(shard)}.tmp-{os.urandom(6).hex()}")
-    os.mkdir(tmp)
-    try:
-        with open(os.path.join(tmp, OBJECT_FILE), "wb") as f:
-            f.write(header)
-        size = len(header)
-        for i, buf in enumerate(buffers):
-            with open(os.path.join(tmp, f"{_BUFFER_PREFIX}{i}"), "wb") as f:
-                f.write(buf)
-            size += memoryview(buf).nbytes
-        final = os.path.join(ds_dir, str(int(shard)))
-        if os.path.isdir(final):
-            old = f"{final}.old-{os.urandom(6).hex()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        return size
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return _write_stored(base, dataset, shard, header, buffers)
 
 
 def local_shards(base: str, dataset: str) -> dict[int, int]:

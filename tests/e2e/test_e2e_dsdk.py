@@ -245,6 +245,9 @@ def test_examples_run_and_print_their_bytes(fed: Federation) -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from step 10" in second.stdout and "step   20" in second.stdout
     assert "bytes moved between nodes" in second.stdout
+    intra = subprocess.run([sys.executable, str(ROOT / "examples" / "intra_node.py")], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert intra.returncode == 0, intra.stdout + intra.stderr
 
 
 def test_logs_follow_prints_output_as_it_comes(fed: Federation) -> None:
