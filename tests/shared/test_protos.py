@@ -13,6 +13,7 @@ def test_generated_code_has_not_drifted(tmp_path: pathlib.Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True
     )
+
     def generated(root: pathlib.Path) -> list[pathlib.Path]:
         # Source files only: bytecode caches (__pycache__) come and go with imports.
         return sorted(
