@@ -382,7 +382,7 @@ class Pool:
                 await asyncio.to_thread(
                     self.client.cancel, self.job_id, reason="DSDK pool closed; some workers never started"
                 )
-        except (DomainOSError, RuntimeError) as exc:  # RuntimeError: the interpreter is exiting
+        except Exception as exc:  # the interpreter is exiting, or the client was closed
             log.debug("pool %s: could not see its job to the end: %s", self.job_id, exc)
 
     async def _dismiss(self, address: str) -> None:
@@ -423,6 +423,9 @@ class Pool:
                 log.warning("pool %s: listing workers failed: %s", self.job_id, exc)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception as exc:  # the client was closed under the pool
+                self._fail_all(FailedPrecondition(f"the pool's client is gone: {exc}"))
+                return
             for ep in eps:
                 key = (ep.task_index, ep.attempt)
                 if key not in self._tried:
