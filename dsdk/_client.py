@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, overload
 import grpc
 
 from domainos.clock import Clock, SystemClock
-from domainos.errors import InvalidArgument, Unavailable
+from domainos.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domainos.ids import new_request_id
 from domainos.jobspec import JobSpec
 from domainos.rpc import TLSFiles, create_sync_channel, translate_rpc_error
@@ -140,6 +140,8 @@ class Client:
 
     def _call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         """One RPC, retried on UNAVAILABLE; the single place gRPC errors become DomainOS errors."""
+        if self._closed:
+            raise FailedPrecondition(f"this client of {self.address} is closed; cannot call {method}")
         rpc = getattr(self._stub, method)
         deadline = self.timeout if timeout is None else timeout
 

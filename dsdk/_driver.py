@@ -930,7 +930,7 @@ class Pool:
     def _report(self, stats: JobStats) -> None:
         try:
             self.client.report_stats(self.job_id, stats)
-        except DomainOSError as exc:
+        except Exception as exc:  # the master is away, or the client was closed before the pool
             log.warning("pool %s: cannot report statistics: %s", self.job_id, exc)
 
 
