@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -129,13 +130,22 @@ def transport_config(tls: CertFiles | None) -> dict[str, Any]:
 
 
 def master_config(
-    paths: Paths, store: str | None, *, tls: CertFiles | None = None, topology_file: str | None = None
+    paths: Paths,
+    store: str | None,
+    *,
+    tls: CertFiles | None = None,
+    topology_file: str | None = None,
+    ident: str = MASTER_ID,
+    listen: str = LOOPBACK_ANY_PORT,
+    cluster: Sequence[str] = (),
 ) -> dict[str, Any]:
     # The master reads the topology's scheduling data (power budgets, links) itself.
     topology = {"topology": str(pathlib.Path(topology_file).resolve())} if topology_file else {}
+    replicas = {"cluster": list(cluster)} if len(cluster) > 1 else {}
     return {
-        "id": MASTER_ID,
-        "listen": LOOPBACK_ANY_PORT,
+        "id": ident,
+        "listen": listen,
+        **replicas,
         "store": paths.store_url("master", store),
         "metrics_listen": LOOPBACK_ANY_PORT,
         "log_format": "json",
@@ -220,7 +230,24 @@ def agent_config(
 
 
 def component_name(kind: str, ident: str = "") -> str:
-    return kind if kind == "master" else f"{kind}-{ident}"
+    if kind == "master":  # the first master is "master"; replicas "master-2", "master-3", ...
+        return "master" if ident in ("", "1", MASTER_ID) else f"master-{ident}"
+    return f"{kind}-{ident}"
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """``n`` ports free right now on 127.0.0.1 (master replicas must know each other's address
+    before they start)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def issue_local_pki(paths: Paths, topology: Topology) -> dict[str, CertFiles]:
@@ -235,6 +262,10 @@ def issue_local_pki(paths: Paths, topology: Topology) -> dict[str, CertFiles]:
     init_ca(paths.pki)
     wanted = {
         component_name("master"): Identity("master", MASTER_ID),
+        **{
+            component_name("master", str(i)): Identity("master", f"master-{i}")
+            for i in range(2, topology.masters + 1)
+        },
         **{
             component_name("subdomain", sd.id): Identity("subdomain", sd.id)
             for _, sd in topology.subdomains()
@@ -544,16 +575,39 @@ class Launcher:
             self.say(f"issuing certificates (mutual TLS) in {self.paths.pki}")
             self.pki = issue_local_pki(self.paths, self.topology)
 
-        self.say("starting the master")
-        master = self._spawn(
-            "master",
-            "",
-            master_config(self.paths, self.store, tls=self._tls("master"), topology_file=self.topology_file),
+        replicas = self.topology.masters
+        self.say(
+            "starting the master" if replicas == 1 else f"starting {replicas} master replicas (one leads)"
         )
-        self.save("starting")
-        self._wait_ready([master])
-        self.master = master.listen
-        if not self.master:
+        listens = (
+            [LOOPBACK_ANY_PORT]
+            if replicas == 1
+            else [f"127.0.0.1:{p}" for p in free_loopback_ports(replicas)]
+        )
+        cluster = listens if replicas > 1 else []
+        masters = []
+        for i, listen in enumerate(listens, start=1):
+            ident = "" if i == 1 else str(i)
+            masters.append(
+                self._spawn(
+                    "master",
+                    ident,
+                    master_config(
+                        self.paths,
+                        self.store,
+                        tls=self._tls("master", ident),
+                        topology_file=self.topology_file,
+                        ident=MASTER_ID if i == 1 else f"master-{i}",
+                        listen=listen,
+                        cluster=cluster,
+                    ),
+                )
+            )
+            self.save("starting")
+            self._wait_ready([masters[-1]])  # the first one leads (it mints the admin token)
+        master = masters[0]
+        self.master = ",".join(m.listen for m in masters)
+        if not master.listen:
             raise self._failed(master, "wrote a ready file without a 'listen' address")
         self._keep_admin_token()
         self.save("starting")

@@ -72,32 +72,45 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def serve(daemon: Daemon, ready_file: str | None = None) -> None:
-    """Start ``daemon``, write the ready file, wait for SIGTERM/SIGINT, shut down gracefully."""
+async def serve(daemon: Daemon, ready_file: str | None = None) -> int:
+    """Start ``daemon``, write the ready file, wait for SIGTERM/SIGINT -- or for the daemon to end
+    its own run (an ``ended`` event, e.g. a master whose leadership ended) -- and shut down
+    gracefully. Returns the exit status (the daemon's ``exit_code`` when it ended itself)."""
     log = logging.getLogger("domainos.daemon")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    code = 0
     try:
         info = await daemon.start()
         if ready_file:
             write_ready_file(ready_file, info)
         log.info("ready", extra={k: v for k, v in info.items() if isinstance(v, (str, int))})
-        await stop.wait()
-        log.info("shutting down on signal")
+        waits = [asyncio.ensure_future(stop.wait())]
+        ended = getattr(daemon, "ended", None)
+        if isinstance(ended, asyncio.Event):
+            waits.append(asyncio.ensure_future(ended.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if stop.is_set():
+            log.info("shutting down on signal")
+        else:
+            code = int(getattr(daemon, "exit_code", 1) or 1)
+            log.warning("the daemon ended its run; exiting with status %d", code)
     finally:
         await daemon.shutdown()
         log.info("stopped")
+    return code
 
 
 def run(daemon: Daemon, ready_file: str | None = None) -> int:
     """Entry-point helper: run the daemon in a fresh event loop; returns the exit status."""
     try:
-        asyncio.run(serve(daemon, ready_file))
+        return asyncio.run(serve(daemon, ready_file))
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 C = TypeVar("C")

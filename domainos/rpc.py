@@ -366,8 +366,8 @@ def status_details(text: str) -> str:
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: DomainOSError) -> NoReturn:
     """The one server-side choke point from DomainOS errors to gRPC status codes."""
-    if err.reason:
-        context.set_trailing_metadata(((REASON_KEY, err.reason),))
+    if err.reason:  # added to whatever trailing metadata the caller set
+        context.set_trailing_metadata((*(context.trailing_metadata() or ()), (REASON_KEY, err.reason)))
     await context.abort(grpc.StatusCode[err.code], status_details(str(err)))
     raise AssertionError("unreachable")  # context.abort raises
 

@@ -316,10 +316,14 @@ class Topology:
     name: str = "local"
     regions: list[Region] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    #: Master replicas (high availability: one leads, the others take over when it dies).
+    masters: int = 1
 
     def validate(self) -> None:
         if self.version != 1:
             raise ConfigError(f"unsupported version {self.version}; supported: 1", field="version")
+        if not 1 <= self.masters <= 5:
+            raise ConfigError(f"must be between 1 and 5, got {self.masters}", field="masters")
         if not self.regions:
             raise ConfigError("at least one region is required", field="regions")
         seen: set[str] = set()

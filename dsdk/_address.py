@@ -74,8 +74,11 @@ def default_client_id() -> str:
 
 
 def check_master_address(address: str) -> str:
-    """Accept ``host:port`` (or a gRPC target with a scheme such as ``dns:///host:port``)."""
+    """Accept ``host:port`` (or a gRPC target with a scheme such as ``dns:///host:port``), or
+    every replica of an HA master: ``host:port,host:port,...``."""
     address = address.strip()
+    if "," in address:
+        return ",".join(check_master_address(a) for a in address.split(",") if a.strip())
     if "://" in address or address.startswith("unix:"):
         return address
     host, sep, port = address.rpartition(":")

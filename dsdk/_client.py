@@ -18,7 +18,7 @@ from domainos.clock import Clock, SystemClock
 from domainos.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domainos.ids import new_request_id
 from domainos.jobspec import JobSpec
-from domainos.rpc import TLSFiles, create_sync_channel, translate_rpc_error
+from domainos.rpc import TLSFiles, create_sync_channel, error_reason, translate_rpc_error
 
 from ._address import resolve_address, resolve_tls
 from ._admin import ROLE_NUMBERS, AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
@@ -132,8 +132,14 @@ class Client:
         self._metadata: tuple[tuple[str, str], ...] | None = (
             (("authorization", f"Bearer {check_token_text(bearer)}"),) if bearer else None
         )
-        self._channel = create_sync_channel(address, self.tls)
-        self._stub: Any = master_pb2_grpc.DomainControlStub(self._channel)
+        #: The master's replicas ("a,b,c" for an HA master); calls go to ``target``, and follow the
+        #: leader a follower names (or the next replica when one does not answer).
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        self._channels: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stub_class = master_pb2_grpc.DomainControlStub
+        self.target = self.addresses[0]
+        self._stub: Any = self._stub_for(self.target)
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -142,14 +148,24 @@ class Client:
         """One RPC, retried on UNAVAILABLE; the single place gRPC errors become DomainOS errors."""
         if self._closed:
             raise FailedPrecondition(f"this client of {self.address} is closed; cannot call {method}")
-        rpc = getattr(self._stub, method)
         deadline = self.timeout if timeout is None else timeout
 
         def once() -> Any:
-            try:
-                return rpc(request, timeout=deadline, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                raise translate_rpc_error(exc, self.address) from exc
+            for _ in range(len(self.addresses) + 2):
+                target, stub = self.target, self._stub
+                try:
+                    return getattr(stub, method)(request, timeout=deadline, metadata=self._metadata)
+                except grpc.RpcError as exc:
+                    if error_reason(exc) == "not-leader":  # a follower: go where it says, at once
+                        self._follow_leader(exc, target)
+                        continue
+                    if (
+                        len(self.addresses) > 1
+                        and getattr(exc, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE
+                    ):
+                        self._next(target)  # this replica is down: the retry goes to the next
+                    raise translate_rpc_error(exc, target) from exc
+            raise Unavailable(f"no leader among the masters {', '.join(self.addresses)}; retry shortly")
 
         try:
             return call_with_retry(once, self.retry, self._sleep, what=f"{method} to {self.address}")
@@ -170,11 +186,44 @@ class Client:
         except (OSError, ValueError):  # unreadable files, an address ssl cannot dial
             return None
 
+    def _stub_for(self, target: str) -> Any:
+        with self._lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = create_sync_channel(target, self.tls)
+            return self._stub_class(channel)
+
+    def _use(self, target: str) -> None:
+        stub = self._stub_for(target)
+        with self._lock:
+            self.target, self._stub = target, stub
+
+    def _follow_leader(self, exc: grpc.RpcError, target: str) -> None:
+        hint = ""
+        trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        for key, value in trailers or ():
+            if key == "domainos-leader":
+                hint = value if isinstance(value, str) else value.decode()
+        if hint and hint != target:
+            log.info("master %s is a follower; the leader is %s", target, hint)
+            if hint not in self.addresses:
+                self.addresses.append(hint)
+            self._use(hint)
+        else:
+            self._next(target)
+            self._sleep(0.2)  # no leader elected yet: a moment before the next replica
+
+    def _next(self, target: str) -> None:
+        i = self.addresses.index(target) if target in self.addresses else -1
+        self._use(self.addresses[(i + 1) % len(self.addresses)])
+
     def close(self) -> None:
-        """Close the channel (idempotent)."""
+        """Close the channels (idempotent)."""
         if not self._closed:
             self._closed = True
-            self._channel.close()
+            with self._lock:
+                for channel in self._channels.values():
+                    channel.close()
 
     def __enter__(self) -> Client:
         return self

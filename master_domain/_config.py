@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError
@@ -60,6 +60,14 @@ class MasterConfig:
     #: Path of the federation's topology file (regions' power budgets, inter-region links); empty =
     #: none (no power caps, no link data). Loaded and validated when the config is.
     topology: str = ""
+    #: Client addresses of every master replica of this federation (HA): given to tasks as
+    #: ``DOMAINOS_MASTER`` (a comma-separated list) so they find whichever leads. Empty = this
+    #: master's ``advertise`` only.
+    cluster: list[str] = field(default_factory=list)
+    #: The leader's lease (seconds): a dead leader is replaced within about this long.
+    leader_lease_s: int = 3
+    #: At start, wait this long to win the election before serving as a follower.
+    leader_wait_s: float = 2.0
 
     def load_topology(self) -> Topology | None:
         """The topology file named by ``topology`` (None when unset); ConfigError naming the field."""
@@ -78,6 +86,16 @@ class MasterConfig:
             )
         check_address(self.listen, "listen")
         check_address(self.advertise, "advertise", allow_empty=True)
+        for i, address in enumerate(self.cluster):
+            check_address(address, f"cluster[{i}]")
+        if not 1 <= self.leader_lease_s <= 60:
+            raise ConfigError(
+                f"must be between 1 and 60 seconds, got {self.leader_lease_s}", field="leader_lease_s"
+            )
+        if not 0 <= self.leader_wait_s <= 60:
+            raise ConfigError(
+                f"must be between 0 and 60 seconds, got {self.leader_wait_s}", field="leader_wait_s"
+            )
         check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
         if not self.store.startswith(_STORE_SCHEMES):
             raise ConfigError(

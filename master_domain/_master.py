@@ -93,6 +93,7 @@ from master_domain._jobs import (
     TaskUpdates,
     Tick,
 )
+from master_domain._leader import Candidate, FencedStore, Leadership
 from master_domain._metrics import MasterMetrics, MasterStats
 from master_domain._placement import Placer, Want, check_fits_federation
 from master_domain._preemption import Decision, Preemptions
@@ -237,6 +238,15 @@ class MasterDomain:
         self.address = ""
         self.advertise = ""
         self.metrics_port = 0
+        #: follower (until elected) | leader | deposed (its term ended: the process exits).
+        self.role = "follower"
+        self.exit_code = 0
+        #: Set when this master's run is over without a signal (deposed): the daemon then exits.
+        self.ended = asyncio.Event()
+        self._led = asyncio.Event()
+        self._lead_error: Exception | None = None
+        self._leadership: Leadership | None = None
+        self._leader_hint: Candidate | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -250,7 +260,12 @@ class MasterDomain:
         await self.shutdown()
 
     async def start(self) -> dict[str, Any]:
-        """Open the store, load jobs and registry, listen; returns the ready-file facts."""
+        """Open the store, listen, campaign for the leader's seat; returns the ready-file facts.
+
+        The winner loads jobs and the registry and schedules (with one master it wins at once,
+        before this returns); the others serve as followers (every call refused with the
+        leader's address) and take over when the leader's lease expires.
+        """
         if self._started:
             raise RuntimeError("master already started")
         self._started = True
@@ -258,13 +273,13 @@ class MasterDomain:
         self._commit_lock = asyncio.Lock()
         self._started_at = self._clock.time()
         self._started_mono = self._clock.monotonic()
+        loop = asyncio.get_running_loop()
         try:
             tls = open_transport(self.config.tls, role="master", ident=None, log=log)
             store = await asyncio.to_thread(open_store, self.config.store)
-            self._store = AsyncStore(store)
+            self._store = FencedStore(store)
+            self._store.on_fenced = lambda: self._depose("a write was refused: another master leads")
             self._datasets = DatasetRegistry(self._store)
-            await self._load()
-            await self._open_auth()
             # Imported here: the servicers call back into this class.
             from master_domain._service import (
                 DomainControlGate,
@@ -295,14 +310,27 @@ class MasterDomain:
             if self.config.metrics_listen:
                 self.metrics_port = self._metrics.start(self.config.metrics_listen)
                 metrics = f"{self.config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
-            self._spawn(self._schedule_loop(), "master-scheduler")
+            self._leadership = Leadership(
+                store,
+                Candidate(self.config.id, self.advertise),
+                ttl=self.config.leader_lease_s,
+                on_won=lambda revision: loop.call_soon_threadsafe(self._won, revision),
+                on_lost=lambda why: loop.call_soon_threadsafe(self._depose, why),
+            )
+            self._leadership.start()
+            self._spawn(self._follow(), "master-follow")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._led.wait(), self.config.leader_wait_s)
+            if self._lead_error is not None:
+                raise self._lead_error
         except BaseException:
             await self.shutdown()
             raise
         log.info(
-            "master %s listening on %s (store %s, %d active jobs, %d known sub-domains)",
+            "master %s listening on %s as %s (store %s, %d active jobs, %d known sub-domains)",
             self.config.id,
             self.address,
+            self.role,
             self.config.store,
             len(self._jobs),
             len(self._registry),
@@ -313,10 +341,87 @@ class MasterDomain:
             "advertise": self.advertise,
             "metrics": metrics,
             "store": self.config.store,
+            "role": self.role,
         }
 
+    # -- leadership (master_domain/_leader.py) -----------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == "leader"
+
+    @property
+    def cluster_addresses(self) -> str:
+        """Every master replica's client address, comma-separated (tasks get it as DOMAINOS_MASTER)."""
+        return ",".join(self.config.cluster) if self.config.cluster else self.advertise
+
+    def leader_hint(self) -> Candidate | None:
+        """The leader as last seen from here (None: none elected, or not known yet)."""
+        if self.is_leader:
+            return Candidate(self.config.id, self.advertise)
+        return self._leader_hint
+
+    def _won(self, revision: int) -> None:
+        if self.role != "follower" or self._stopping:
+            return
+        self._spawn(self._lead(revision), "master-lead")
+
+    async def _lead(self, revision: int) -> None:
+        """This master won the election: arm the fence, load the state, schedule."""
+        assert isinstance(self._store, FencedStore)
+        self._store.arm(revision)
+        try:
+            await self._load()
+            await self._open_auth()
+        except BaseException as exc:
+            log.error("master %s won the election but could not load its state: %s", self.config.id, exc)
+            self._lead_error = exc if isinstance(exc, Exception) else None
+            self._led.set()
+            self._depose(f"could not load the state: {exc}")
+            raise
+        self.role = "leader"
+        self._spawn(self._schedule_loop(), "master-scheduler")
+        self._led.set()
+        log.info(
+            "master %s leads (term from store revision %d): %d active jobs, %d known sub-domains",
+            self.config.id,
+            revision,
+            len(self._jobs),
+            len(self._registry),
+        )
+
+    async def _follow(self) -> None:
+        """While a follower: keep the leader's address at hand for the refusals."""
+        while self.role == "follower" and not self._stopping:
+            leader = (
+                await asyncio.to_thread(self._leadership.leader) if self._leadership is not None else None
+            )
+            self._leader_hint = leader if leader is not None and leader.id != self.config.id else None
+            await asyncio.sleep(0.5)
+
+    def _depose(self, why: str) -> None:
+        """Leadership is over (lease lost, a fenced write): stop acting as the master. The process
+        exits (code 75) so its supervisor restarts it as a follower; in-process it stays deposed,
+        refusing every call."""
+        if self.role == "deposed" or self._stopping:
+            return
+        was = self.role
+        self.role = "deposed"
+        if isinstance(self._store, FencedStore):
+            self._store.disarm()
+        log.error("master %s steps down (was %s): %s", self.config.id, was, why)
+        for rec in self._registry:
+            if rec.session is not None:
+                rec.session.close("this master no longer leads")
+        for task in list(self._tasks):
+            if task.get_name() in ("master-scheduler", "master-lead"):
+                task.cancel()
+        self.exit_code = 75
+        self.ended.set()
+
     async def shutdown(self) -> None:
-        """Stop serving, cancel background work, flush, close the store. Idempotent."""
+        """Stop serving, cancel background work, flush, hand the seat over, close the store.
+        Idempotent."""
         if self._stopping:
             return
         self._stopping = True
@@ -330,9 +435,11 @@ class MasterDomain:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._store is not None:
-            if self._dirty:
+            if self._dirty and self.is_leader:
                 with contextlib.suppress(StoreError):
                     await self._flush()
+            if self._leadership is not None:
+                await asyncio.to_thread(self._leadership.stop)  # a follower takes over at once
             await self._store.close()
         self._metrics.stop()
         log.info("master %s stopped", self.config.id)
@@ -477,7 +584,7 @@ class MasterDomain:
                         submitted = job.created_at if job is not None else 0.0
                         places.setdefault(e.subdomain_id, []).append(
                             place_task_command(
-                                e.ref, e.spec, self.advertise, token, submitted_at=submitted
+                                e.ref, e.spec, self.cluster_addresses, token, submitted_at=submitted
                             ).place_task
                         )
                 elif isinstance(e, StopTask):
@@ -1000,7 +1107,7 @@ class MasterDomain:
                     task_spec(
                         TaskRef(c.job_id, i, c.attempt),
                         job.spec,
-                        self.advertise,
+                        self.cluster_addresses,
                         job.token,
                         submitted_at=job.created_at,
                         reservation_id=c.reservation_id,

@@ -47,6 +47,7 @@ from master_domain._convert import (
     stats_to_proto,
 )
 from master_domain._jobs import JobState
+from master_domain._leader import NotLeader, leader_metadata
 from master_domain._registry import Session
 from master_domain._sched._quota import Quota
 from master_domain._tenants import SYSTEM_TENANT
@@ -79,6 +80,8 @@ class SubDomainGatewayServicer(subdomain_pb2_grpc.SubDomainGatewayServicer):  # 
                 context,
                 InvalidArgument("the first message on a SubDomainGateway stream must be a Hello"),
             )
+        if not self._master.is_leader:
+            await refuse_follower(self._master, context)
         try:
             # Only a sub-domain certificate naming this very sub-domain may open its stream.
             require_peer(context, "subdomain", first.hello.subdomain_id, secure=self._master.secure)
@@ -167,6 +170,18 @@ _CALL: contextvars.ContextVar[Call] = contextvars.ContextVar("domainos_master_ca
 _SERVICE_PREFIX = "/domainos.api.v1.DomainControl/"
 
 
+async def refuse_follower(master: MasterDomain, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """A follower (or a deposed master) answers UNAVAILABLE with the leader's address, which clients
+    and sub-domains follow (trailing metadata ``domainos-leader``)."""
+    leader = master.leader_hint()
+    if leader is not None and leader.address:
+        why = f"master {master.config.id} is not the leader; the leader is {leader.id} at {leader.address}"
+    else:
+        why = f"master {master.config.id} is not the leader and no leader is known yet; retry shortly"
+    context.set_trailing_metadata(leader_metadata(leader))
+    await abort_with(context, NotLeader(why, leader=leader.address if leader else ""))
+
+
 def current_call() -> Call:
     """The call being served (set by :class:`DomainControlGate` for the servicer's methods)."""
     return _CALL.get()
@@ -233,6 +248,8 @@ class DomainControlGate(_Interceptor):  # type: ignore[misc]
         self, method: str, inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
         master = self._master
+        if not master.is_leader:
+            await refuse_follower(master, context)
         mutating = method in MUTATING
         call = Call(method, context.peer(), request_id=str(getattr(request, "request_id", "") or ""))
         try:

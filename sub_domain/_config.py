@@ -68,7 +68,10 @@ class SubDomainConfig:
         check_name(self.region, "region")
         check_address(self.listen, "listen")
         check_address(self.advertise, "advertise", allow_empty=True)
-        check_address(self.master, "master", allow_empty=True)
+        # One master, or every replica of an HA master: "host:port,host:port,..." (the sub-domain
+        # follows the leader's address the followers give).
+        for i, address in enumerate(a.strip() for a in self.master.split(",")) if self.master else ():
+            check_address(address, "master" if "," not in self.master else f"master[{i}]")
         check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
         if not self.store:
             raise ConfigError(

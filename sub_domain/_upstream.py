@@ -24,7 +24,7 @@ import grpc.aio
 from domainos.api.v1 import subdomain_pb2, subdomain_pb2_grpc
 from domainos.errors import ConfigError, DomainOSError, Unavailable
 from domainos.model import TaskRef, TaskStatus
-from domainos.rpc import TLSFiles, TLSRefusals, create_channel, translate_rpc_error
+from domainos.rpc import TLSFiles, TLSRefusals, create_channel, error_reason, translate_rpc_error
 
 from ._registry import Summary
 
@@ -73,7 +73,9 @@ class Upstream:
         tls: TLSFiles | None = None,
     ) -> None:
         self._owner = owner
-        self.address = address
+        #: The master's replicas ("a,b,c" for an HA master); ``address`` is the one in use.
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        self.address = self.addresses[0]
         #: Mutual TLS files (None: plaintext). Read again for every session, so a certificate
         #: re-issued in place is used from the next reconnect on, without a restart.
         self._tls = tls
@@ -148,6 +150,10 @@ class Upstream:
                 raise
             except grpc.aio.AioRpcError as exc:
                 err = translate_rpc_error(exc, self.address)
+                if self._follow_leader(exc, welcomed_before):
+                    backoff = BACKOFF_MIN_S  # a follower named the leader (or we try the next replica)
+                    await self._sleep(self._delay(BACKOFF_MIN_S / 4))
+                    continue
                 if (
                     self._refusals is not None
                     and exc.code() == grpc.StatusCode.UNAVAILABLE
@@ -169,10 +175,35 @@ class Upstream:
                 log.exception("stream to master %s failed", self.address)
             if self.sessions != welcomed_before:
                 backoff = BACKOFF_MIN_S
+            elif len(self.addresses) > 1:
+                self._next_address()
             delay = self._delay(backoff)
             log.debug("reconnecting to master %s in %.2fs", self.address, delay)
             await self._sleep(delay)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _next_address(self) -> None:
+        i = self.addresses.index(self.address) if self.address in self.addresses else -1
+        self.address = self.addresses[(i + 1) % len(self.addresses)]
+
+    def _follow_leader(self, exc: grpc.aio.AioRpcError, welcomed_before: int) -> bool:
+        """A follower refused us: go to the leader it names, else to the next replica. True when
+        the refusal was a follower's (reconnect at once, no backoff)."""
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or error_reason(exc) != "not-leader":
+            return False
+        hint = ""
+        for key, value in exc.trailing_metadata() or ():
+            if key == "domainos-leader":
+                hint = value if isinstance(value, str) else value.decode()
+        if hint and hint != self.address:
+            log.info("master %s is a follower; following the leader at %s", self.address, hint)
+            if hint not in self.addresses:
+                self.addresses.append(hint)
+            self.address = hint
+        else:
+            log.info("master %s is a follower and knows no leader yet; trying the next replica", self.address)
+            self._next_address()
+        return True
 
     async def _session(self) -> None:
         channel = create_channel(self.address, self._tls)

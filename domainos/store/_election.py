@@ -99,6 +99,13 @@ class Election:
         return term is not None and time.monotonic() < term.valid_until
 
     @property
+    def term_revision(self) -> int | None:
+        """The store revision at which this term began (the election key's mod revision): a write
+        conditioned on it succeeds only while this term lasts. None when not leader."""
+        term = self._term
+        return None if term is None else term.revision
+
+    @property
     def lease(self) -> Lease | None:
         """The lease backing the current term, or None when not leader."""
         term = self._term
