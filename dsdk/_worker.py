@@ -46,6 +46,8 @@ KIND = "dsdk-worker"
 RESULT_BATCH = 256
 RESULT_FLUSH_S = 0.002
 DEFAULT_IDLE_S = 60.0
+#: How often a worker publishes its endpoint again (for a master that took over).
+REPUBLISH_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,9 @@ class Worker:
             return 3
         log.info("DSDK worker %s.%d serving on %s", self.ctx.job_id, self.ctx.task_index, self.address)
         watchdog = _wire.spawn(self._watch_idle(), name="dsdk-idle")
+        refresh = _wire.spawn(self._republish(), name="dsdk-republish")
         await self._stop.wait()
-        for t in (server, watchdog):
+        for t in (server, watchdog, refresh):
             t.cancel()
         sock.close()
         for conn in list(self._conns) + list(self._peers.values()):
@@ -133,6 +136,17 @@ class Worker:
                 self.ctx.job_id,
                 Endpoint(self.ctx.task_index, self.ctx.attempt, self.address, KIND, self.ctx.node_id),
             )
+
+    async def _republish(self) -> None:
+        """Publish the endpoint again now and then: a master that took over after a failover keeps
+        endpoints in memory only, and learns them again within this interval."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REPUBLISH_S)
+            try:
+                await loop.run_in_executor(None, self._publish)
+            except DomainOSError as exc:
+                log.debug("re-publishing the endpoint failed: %s", exc)
 
     async def _watch_idle(self) -> None:
         while True:
