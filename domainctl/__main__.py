@@ -23,6 +23,9 @@ DAEMONS = {"master": "master_domain", "subdomain": "sub_domain", "agent": "node_
 _HANDLERS = {
     "domains": "domainctl._commands:cmd_domains",
     "nodes": "domainctl._commands:cmd_nodes",
+    "cordon": "domainctl._commands:cmd_node_admin",
+    "drain": "domainctl._commands:cmd_node_admin",
+    "uncordon": "domainctl._commands:cmd_node_admin",
     "run": "domainctl._commands:cmd_run",
     "submit": "domainctl._commands:cmd_submit",
     "jobs": "domainctl._commands:cmd_jobs",
@@ -63,6 +66,7 @@ examples:
   domainctl explain JOB_ID                  why a job is where it is, or why it waits
   domainctl logs -f JOB_ID                  follow a job's output as it is written
   domainctl dataset ls                      datasets stored on the nodes (see dsdk.Dataset)
+  domainctl drain east-1/n3 --reason "bad DIMM"   move a node's tasks off (admins; then uncordon)
   domainctl sim --subdomain 127.0.0.1:7101 --nodes 1000 --profile h100x8 --insecure   simulated nodes
   domainctl sim-subdomains --master 127.0.0.1:7070 --subdomains 100 --nodes 10000 --insecure   simulated sub-domains
   domainctl down
@@ -266,6 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("domains", "regions and their sub-domains: connection, nodes, capacity, free resources")
     p = add("nodes", "nodes with state, capacity, usage and tasks")
     p.add_argument("--subdomain", metavar="ID", help="only the nodes of this sub-domain")
+    for name, text in (
+        ("cordon", "no new tasks on a node; running ones keep running (admins)"),
+        ("drain", "cordon a node and move its tasks off: queued again elsewhere, no retry spent (admins)"),
+        ("uncordon", "put a cordoned node back in service (admins)"),
+    ):
+        p = add(name, text)
+        p.add_argument("node", metavar="NODE", help="node id, or SUB-DOMAIN/NODE")
+        p.add_argument("--subdomain", metavar="ID", help="the node's sub-domain (default: ask every one)")
+        p.add_argument("--reason", default="", help="why (kept with the node and in the audit log)")
+        if name == "drain":
+            p.add_argument(
+                "--grace",
+                metavar="DURATION",
+                help="SIGTERM -> SIGKILL grace of each task (e.g. 30s; default: the sub-domain's drain_grace_s)",
+            )
 
     p = add("run", "run a command as a job: domainctl run [options] -- CMD ARGS...")
     p.add_argument("--name", help="job name")

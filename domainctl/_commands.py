@@ -83,6 +83,33 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_admin(ns: argparse.Namespace) -> int:
+    """``domainctl cordon|drain|uncordon NODE``."""
+    from domainos.jobspec import parse_duration
+
+    grace = 0.0
+    if getattr(ns, "grace", None) is not None:
+        grace = parse_duration(ns.grace, "--grace", 0.0, 3600.0, zero_ok=True)
+    with client_for(ns) as c:
+        if ns.command == "cordon":
+            node, moving = c.cordon(ns.node, reason=ns.reason, subdomain=ns.subdomain), 0
+        elif ns.command == "drain":
+            node, moving = c.drain(ns.node, reason=ns.reason, subdomain=ns.subdomain, grace_s=grace)
+        else:
+            node, moving = c.uncordon(ns.node, reason=ns.reason, subdomain=ns.subdomain), 0
+    if _json(ns):
+        _out(_render.to_json({"node": node, "tasks_moving": moving}))
+        return 0
+    where = f"{node.subdomain_id}/{node.node_id}"
+    if ns.command == "uncordon":
+        _out(f"node {where} uncordoned: {node.state}")
+    elif ns.command == "cordon":
+        _out(f"node {where} cordoned: no new tasks ({node.running_tasks} running keep running)")
+    else:
+        _out(f"node {where} draining: {moving} tasks moving off (queued again elsewhere, no retry spent)")
+    return 0
+
+
 def _states(raw: Sequence[str]) -> list[dsdk.JobState]:
     return [dsdk.JobState.parse(s) for item in raw for s in item.split(",") if s.strip()]
 

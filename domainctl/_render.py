@@ -344,7 +344,9 @@ def node_rows(nodes: Sequence[Node]) -> list[list[str]]:
                 n.node_id + (" (simulated)" if n.simulated else ""),
                 n.subdomain_id,
                 n.region,
-                n.state + ("" if n.health in ("HEALTHY", "UNSPECIFIED") else f" ({n.health.lower()})"),
+                n.state
+                + (" (draining)" if n.draining else "")
+                + ("" if n.health in ("HEALTHY", "UNSPECIFIED") else f" ({n.health.lower()})"),
                 fmt_ratio(fmt_cpus(n.free.cpu_millis), fmt_cpus(total.cpu_millis)),
                 fmt_percent(n.cpu_percent),
                 fmt_ratio(fmt_mem(n.free.memory_bytes), fmt_mem(total.memory_bytes)),
@@ -363,7 +365,15 @@ def render_nodes(nodes: Sequence[Node], max_width: int | None = None) -> str:
     if not nodes:
         return "no nodes"
     body = table(NODE_HEADERS, node_rows(nodes), right=(5, 7, 9, 10), max_width=max_width)
-    return body + "\n(CPUS, MEMORY, GPUS: free/total allocatable)"
+    notes = [
+        f"{n.subdomain_id}/{n.node_id}: cordoned by {n.cordoned_by or 'health'}: {n.cordon_reason}"
+        for n in nodes
+        if n.cordon_reason
+    ]
+    notes += [
+        f"{n.subdomain_id}/{n.node_id}: at risk {n.risk:.2f}" for n in nodes if n.risk and not n.cordon_reason
+    ]
+    return body + "\n(CPUS, MEMORY, GPUS: free/total allocatable)" + "".join("\n" + line for line in notes)
 
 
 JOB_HEADERS = ("JOB", "NAME", "STATE", "REPLICAS", "RESOURCES", "AGE", "MESSAGE")

@@ -58,6 +58,14 @@ Placing tasks on chosen nodes (not with ``gang``, ``parallelism`` or ``locality`
       soft: true                # true (default): any node when that one cannot take it; false: wait
     distinct_nodes: true        # no two tasks of this job on one node (default false)
 
+Resilience (any job)::
+
+    checkpoint: true            # it saves checkpoints (DSDK checkpoint.Checkpointer) and resumes
+                                # from the latest: a drain moves it first; or {interval: 30m}
+    disconnect:                 # its tasks in a sub-domain the master cannot reach:
+      lost_after: 5m            # left alone this long (default: the master's grace, 30 s) ...
+      replace: true             # ... then run elsewhere (default); false: wait for the sub-domain
+
 Durations are seconds (a number) or text with a unit: ``1500ms``, ``90s``, ``5m``, ``1h``. The
 protobuf form is ``master.proto`` ``JobSpec``; the master's store form is :meth:`JobSpec.to_dict`.
 Each task's placement constraints come from :func:`task_constraints`.
@@ -129,6 +137,8 @@ _TOP_FIELDS = (
     "locality",
     "affinity",
     "distinct_nodes",
+    "checkpoint",
+    "disconnect",
 )
 _RES_FIELDS = ("cpus", "memory", "gpus", "gpu_memory", "gpu_model")
 _RETRY_FIELDS = ("on_exit", "on_lost")
@@ -137,7 +147,13 @@ _PARALLELISM_FIELDS = ("tp", "pp", "dp")
 _MODEL_FIELDS = ("parameters", "bytes_per_parameter")
 _LOCALITY_FIELDS = ("dataset", "shards", "wait")
 _AFFINITY_FIELDS = ("nodes", "soft")
+_CHECKPOINT_FIELDS = ("interval",)
+_DISCONNECT_FIELDS = ("lost_after", "replace")
+MAX_CHECKPOINT_INTERVAL_S = 7 * 24 * 3600.0
+MAX_LOST_AFTER_S = 7 * 24 * 3600.0
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")
+#: A node id (what agents register with).
+NODE_ID_RE = _NODE_ID_RE
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _COUNT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
@@ -218,6 +234,22 @@ class NodeAffinity:
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    """The job saves checkpoints and resumes from the latest; ``interval_s`` 0 = not said."""
+
+    interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DisconnectPolicy:
+    """Its tasks in an unreachable sub-domain: left alone ``lost_after_s`` (0 = the master's
+    grace), then run elsewhere when ``replace``, else they wait for the sub-domain."""
+
+    lost_after_s: float = 0.0
+    replace: bool = True
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job. Construct with :func:`parse_spec`, :meth:`from_proto` or :meth:`from_dict`."""
 
@@ -240,6 +272,8 @@ class JobSpec:
     locality: Locality | None = None
     affinity: NodeAffinity | None = None
     distinct_nodes: bool = False
+    checkpoint: CheckpointPolicy | None = None
+    disconnect: DisconnectPolicy | None = None
 
     @property
     def is_gang(self) -> bool:
@@ -304,6 +338,18 @@ class JobSpec:
             loc = self.locality
             msg.locality.CopyFrom(
                 master_pb2.Locality(dataset=loc.dataset, shards=list(loc.shards), wait_s=loc.wait_s)
+            )
+        if self.checkpoint is not None:
+            msg.checkpoint.CopyFrom(
+                master_pb2.CheckpointPolicy(enabled=True, interval_s=self.checkpoint.interval_s)
+            )
+        if self.disconnect is not None:
+            msg.disconnect.CopyFrom(
+                master_pb2.DisconnectPolicy(
+                    lost_after_s=self.disconnect.lost_after_s,
+                    replace=self.disconnect.replace,
+                    has_replace=True,
+                )
             )
         return msg
 
@@ -404,6 +450,18 @@ class JobSpec:
             }
         if msg.distinct_nodes:
             data["distinct_nodes"] = True
+        if msg.HasField("checkpoint") and msg.checkpoint.enabled:
+            data["checkpoint"] = (
+                {"interval": msg.checkpoint.interval_s} if msg.checkpoint.interval_s else True
+            )
+        if msg.HasField("disconnect"):
+            d = msg.disconnect
+            disconnect: dict[str, Any] = {}
+            if d.lost_after_s:
+                disconnect["lost_after"] = d.lost_after_s
+            if d.has_replace:
+                disconnect["replace"] = d.replace
+            data["disconnect"] = disconnect
         return parse_spec(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -447,6 +505,13 @@ class JobSpec:
             out["affinity"] = {"nodes": [str(n) for n in self.affinity.nodes], "soft": self.affinity.soft}
         if self.distinct_nodes:
             out["distinct_nodes"] = True
+        if self.checkpoint is not None:
+            out["checkpoint"] = {"interval_s": self.checkpoint.interval_s}
+        if self.disconnect is not None:
+            out["disconnect"] = {
+                "lost_after_s": self.disconnect.lost_after_s,
+                "replace": self.disconnect.replace,
+            }
         return out
 
     @classmethod
@@ -461,6 +526,8 @@ class JobSpec:
         model = data.get("model")
         loc = data.get("locality")
         aff = data.get("affinity")
+        ck = data.get("checkpoint")
+        dis = data.get("disconnect")
         return cls(
             command=tuple(data["command"]),
             name=data.get("name", ""),
@@ -506,6 +573,12 @@ class JobSpec:
                 else None
             ),
             distinct_nodes=bool(data.get("distinct_nodes", False)),
+            checkpoint=CheckpointPolicy(float(ck.get("interval_s", 0.0))) if ck is not None else None,
+            disconnect=(
+                DisconnectPolicy(float(dis.get("lost_after_s", 0.0)), bool(dis.get("replace", True)))
+                if dis is not None
+                else None
+            ),
         )
 
 
@@ -830,6 +903,34 @@ def _gang(value: Any, replicas: int, par: Parallelism | None) -> GangPolicy | No
     return GangPolicy(gmin, timeout)
 
 
+def _checkpoint(value: Any) -> CheckpointPolicy | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CheckpointPolicy()
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(
+            f"expected true, false, or a mapping with {', '.join(_CHECKPOINT_FIELDS)}, got {_shown(value)}",
+            field="checkpoint",
+        )
+    data = _mapping(value, "checkpoint", _CHECKPOINT_FIELDS)
+    interval = 0.0
+    if data.get("interval") is not None:
+        interval = parse_duration(data["interval"], "checkpoint.interval", 0.0, MAX_CHECKPOINT_INTERVAL_S)
+    return CheckpointPolicy(interval)
+
+
+def _disconnect(value: Any) -> DisconnectPolicy:
+    data = _mapping(value, "disconnect", _DISCONNECT_FIELDS)
+    lost_after = 0.0
+    if data.get("lost_after") is not None:
+        lost_after = parse_duration(data["lost_after"], "disconnect.lost_after", 0.0, MAX_LOST_AFTER_S)
+    replace = data.get("replace", True)
+    if not isinstance(replace, bool):
+        raise InvalidArgument(f"expected true or false, got {_shown(replace)}", field="disconnect.replace")
+    return DisconnectPolicy(lost_after, replace)
+
+
 def _model(value: Any) -> ModelSize:
     data = _mapping(value, "model", _MODEL_FIELDS)
     if data.get("parameters") is None:
@@ -1047,6 +1148,8 @@ def parse_spec(data: Any) -> JobSpec:
             "with distinct_nodes every task needs its own node; a node is listed twice",
             field="affinity.nodes",
         )
+    checkpoint = _checkpoint(data.get("checkpoint"))
+    disconnect = _disconnect(data["disconnect"]) if data.get("disconnect") is not None else None
     return JobSpec(
         command=command,
         name=name,
@@ -1067,6 +1170,8 @@ def parse_spec(data: Any) -> JobSpec:
         locality=locality,
         affinity=affinity,
         distinct_nodes=distinct,
+        checkpoint=checkpoint,
+        disconnect=disconnect,
     )
 
 

@@ -280,6 +280,8 @@ class TaskSpec:
     placement: PlacementConstraints = field(default_factory=PlacementConstraints)
     #: The gang reservation it was placed by ("" when placed on its own).
     reservation_id: str = ""
+    #: It resumes from a checkpoint: a drain moves it first.
+    checkpointable: bool = False
 
     def validate(self, path: str = "") -> None:
         self.ref.validate(path)
@@ -322,6 +324,7 @@ class TaskSpec:
             replicas=int(msg.replicas) or 1,
             placement=PlacementConstraints.from_proto(msg.placement, field_path(path, "placement")),
             reservation_id=msg.reservation_id,
+            checkpointable=bool(msg.checkpointable),
         )
         spec.validate(path)
         return spec
@@ -339,6 +342,7 @@ class TaskSpec:
             job_name=self.job_name,
             replicas=self.replicas,
             reservation_id=self.reservation_id,
+            checkpointable=self.checkpointable,
         )
         if not self.placement.empty:  # a plain task's message (and JSON record) stays as it was
             msg.placement.CopyFrom(self.placement.to_proto())
@@ -351,6 +355,39 @@ class TaskSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskSpec:
         return cls.from_proto(json_format.ParseDict(data, common_pb2.TaskSpec()))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """What a running task last said about itself: its step and its last checkpoint.
+
+    ``checkpoint_step`` is -1 when the attempt saved none; times are unix seconds.
+    """
+
+    step: int = 0
+    total_steps: int = 0
+    step_at: float = 0.0
+    checkpoint_step: int = -1
+    checkpoint_at: float = 0.0
+
+    @classmethod
+    def from_proto(cls, msg: common_pb2.TaskProgress) -> TaskProgress:
+        return cls(
+            int(msg.step),
+            int(msg.total_steps),
+            float(msg.step_at),
+            int(msg.checkpoint_step),
+            float(msg.checkpoint_at),
+        )
+
+    def to_proto(self) -> common_pb2.TaskProgress:
+        return common_pb2.TaskProgress(
+            step=self.step,
+            total_steps=self.total_steps,
+            step_at=self.step_at,
+            checkpoint_step=self.checkpoint_step,
+            checkpoint_at=self.checkpoint_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -368,6 +405,10 @@ class TaskStatus:
     pid: int = 0
     gpu_indexes: tuple[int, ...] = ()
     cpu_set: tuple[int, ...] = ()
+    #: Stopped by its sub-domain to drain the node: queued again without spending a retry.
+    drained: bool = False
+    #: The task's own progress report (None: it reported none).
+    progress: TaskProgress | None = None
 
     @property
     def terminal(self) -> bool:
@@ -395,6 +436,8 @@ class TaskStatus:
             pid=int(msg.pid),
             gpu_indexes=tuple(msg.gpu_indexes),
             cpu_set=tuple(msg.cpu_set),
+            drained=bool(msg.drained),
+            progress=TaskProgress.from_proto(msg.progress) if msg.HasField("progress") else None,
         )
 
     def to_proto(self) -> common_pb2.TaskStatus:
@@ -412,6 +455,8 @@ class TaskStatus:
             pid=self.pid,
             gpu_indexes=list(self.gpu_indexes),
             cpu_set=list(self.cpu_set),
+            drained=self.drained,
+            progress=self.progress.to_proto() if self.progress is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -735,6 +780,12 @@ class GpuUsage:
     memory_used_bytes: int = 0
     temperature_c: float = 0.0
     power_w: float = 0.0
+    #: Health signals: volatile ECC counts, the last Xid seen and how many, throttle reasons.
+    ecc_corrected: int = 0
+    ecc_uncorrected: int = 0
+    last_xid: int = 0
+    xid_count: int = 0
+    throttle_reasons: int = 0
 
     @classmethod
     def from_proto(cls, msg: common_pb2.GpuUsage, path: str = "gpu") -> GpuUsage:
@@ -747,7 +798,21 @@ class GpuUsage:
             raise InvalidArgument(
                 f"must be >= 0, got {msg.memory_used_bytes}", field=field_path(path, "memory_used_bytes")
             )
-        return cls(msg.index, msg.utilization_percent, msg.memory_used_bytes, msg.temperature_c, msg.power_w)
+        for name in ("ecc_corrected", "ecc_uncorrected", "last_xid", "xid_count"):
+            if getattr(msg, name) < 0:
+                raise InvalidArgument(f"must be >= 0, got {getattr(msg, name)}", field=field_path(path, name))
+        return cls(
+            msg.index,
+            msg.utilization_percent,
+            msg.memory_used_bytes,
+            msg.temperature_c,
+            msg.power_w,
+            int(msg.ecc_corrected),
+            int(msg.ecc_uncorrected),
+            int(msg.last_xid),
+            int(msg.xid_count),
+            int(msg.throttle_reasons),
+        )
 
     def to_proto(self) -> common_pb2.GpuUsage:
         return common_pb2.GpuUsage(
@@ -756,6 +821,11 @@ class GpuUsage:
             memory_used_bytes=self.memory_used_bytes,
             temperature_c=self.temperature_c,
             power_w=self.power_w,
+            ecc_corrected=self.ecc_corrected,
+            ecc_uncorrected=self.ecc_uncorrected,
+            last_xid=self.last_xid,
+            xid_count=self.xid_count,
+            throttle_reasons=self.throttle_reasons,
         )
 
 

@@ -610,6 +610,40 @@ class Client:
         )
         return NodeList(nodes=tuple(nodes), unreachable=tuple(reply.unreachable))
 
+    def cordon(self, node: str, *, reason: str = "", subdomain: str | None = None) -> Node:
+        """No new tasks on ``node`` (``"<node>"`` or ``"<sub-domain>/<node>"``); running ones stay.
+        Admins only."""
+        return self._admin_node(node, "CORDON", reason, subdomain, 0.0)[0]
+
+    def drain(
+        self, node: str, *, reason: str = "", subdomain: str | None = None, grace_s: float = 0.0
+    ) -> tuple[Node, int]:
+        """Cordon ``node`` and move its tasks off (each is stopped with ``grace_s`` of SIGTERM
+        and queued again elsewhere, no retry spent); returns the node and how many tasks move."""
+        return self._admin_node(node, "DRAIN", reason, subdomain, grace_s)
+
+    def uncordon(self, node: str, *, reason: str = "", subdomain: str | None = None) -> Node:
+        """Put ``node`` back in service (refused while it reports itself UNHEALTHY)."""
+        return self._admin_node(node, "UNCORDON", reason, subdomain, 0.0)[0]
+
+    def _admin_node(
+        self, node: str, action: str, reason: str, subdomain: str | None, grace_s: float
+    ) -> tuple[Node, int]:
+        from domainos.api.v1 import master_pb2
+
+        reply = self._call(
+            "AdminNode",
+            master_pb2.AdminNodeRequest(
+                node_id=node,
+                subdomain_id=subdomain or "",
+                action=f"NODE_ACTION_{action}",
+                reason=reason,
+                grace_s=grace_s,
+            ),
+            timeout=max(self.timeout, 10.0),
+        )
+        return Node.from_proto(reply.node), int(reply.tasks_stopped)
+
     def nodes(self, subdomain: str | None = None) -> list[Node]:
         """Nodes of every connected sub-domain, or only of ``subdomain``."""
         return list(self.list_nodes(subdomain).nodes)

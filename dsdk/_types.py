@@ -435,6 +435,14 @@ class Node:
     nvlink_domains: tuple[tuple[int, ...], ...] = ()
     #: Dataset shards held on the node, as ``"name:shard"``.
     datasets: tuple[str, ...] = ()
+    #: Why it takes no new tasks ("" = not cordoned), by whom (``health`` | ``admin``), since when.
+    cordon_reason: str = ""
+    cordoned_by: str = ""
+    cordoned_at: float = 0.0
+    #: Its tasks are being moved off.
+    draining: bool = False
+    #: The health policy's risk score, 0..1 (it drains the node at its threshold).
+    risk: float = 0.0
 
     @classmethod
     def from_proto(cls, msg: Any) -> Node:
@@ -467,6 +475,11 @@ class Node:
             block=inv.block,
             nvlink_domains=_nvlink_domains(inv.gpus),
             datasets=tuple(f"{d.dataset}:{d.shard}" for d in inv.datasets),
+            cordon_reason=msg.cordon_reason,
+            cordoned_by=msg.cordoned_by,
+            cordoned_at=msg.cordoned_at,
+            draining=msg.draining,
+            risk=msg.risk,
         )
 
 

@@ -323,6 +323,7 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "GetClusterInfo": _ANY,
     "WhoAmI": _ANY,
     "ListNodes": _ADMIN,
+    "AdminNode": _ADMIN,
     "CreateTenant": _ADMIN,
     "ListTenants": _ADMIN,
     "CreateToken": _ADMIN,
@@ -360,6 +361,7 @@ MUTATING = frozenset(
         "DeleteQuota",
         "PutDataset",
         "DeleteDataset",
+        "AdminNode",
     }
 )
 

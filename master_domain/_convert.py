@@ -65,6 +65,8 @@ def task_report_from_proto(msg: common_pb2.TaskStatus) -> TaskReport | None:
         node_id=status.node_id,
         started_at=status.started_at,
         finished_at=status.finished_at,
+        drained=status.drained,
+        progress=status.progress,
     )
 
 
@@ -82,6 +84,7 @@ def task_to_proto(task: Task) -> master_pb2.TaskInfo:
         finished_at=task.finished_at,
         exit_retries=task.exit_retries,
         lost_retries=task.lost_retries,
+        drains=task.drains,
     )
 
 
@@ -255,6 +258,7 @@ def task_spec(
         replicas=spec.replicas,
         placement=task_constraints(spec, ref.task_index, submitted_at),
         reservation_id=reservation_id,
+        checkpointable=spec.checkpoint is not None,
     )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from domainos.clock import Clock, SystemClock
 from domainos.jobspec import JobSpec
-from domainos.model import TaskRef
+from domainos.model import TaskProgress, TaskRef
 from master_domain._sched._reserve import reservation_id
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class Task:
     finished_at: float = 0.0
     exit_retries: int = 0
     lost_retries: int = 0
+    #: Attempts moved off a draining node (no retry spent).
+    drains: int = 0
     #: The sub-domain has reported this attempt (ASSIGNED or later).
     confirmed: bool = False
     #: A stop was sent for this attempt; whatever it ends in is final.
@@ -126,7 +128,7 @@ class Task:
             self.exit_retries,
             self.lost_retries,
             int(self.confirmed) | (int(self.stopping) << 1),
-        ] + ([self.gpu_model] if self.gpu_model else [])
+        ] + ([self.gpu_model, self.drains] if self.drains else [self.gpu_model] if self.gpu_model else [])
 
     @classmethod
     def from_list(cls, row: list[Any]) -> Task:
@@ -147,6 +149,7 @@ class Task:
             confirmed=bool(flags & 1),
             stopping=bool(flags & 2),
             gpu_model=str(row[13]) if len(row) > 13 else "",
+            drains=int(row[14]) if len(row) > 14 else 0,
         )
 
 
@@ -268,6 +271,10 @@ class TaskReport:
     node_id: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    #: Stopped by its sub-domain to drain the node (requeued without spending a retry).
+    drained: bool = False
+    #: What the task last said about its progress (None: nothing new).
+    progress: TaskProgress | None = None
 
     def __post_init__(self) -> None:
         if len(self.message) > MAX_MESSAGE:  # a report's text is kept, but bounded
@@ -504,6 +511,8 @@ class JobTable:
         self.misdispatch_total = 0
         #: Live tasks stopped and requeued by preemption (:class:`Preempt`).
         self.preempted_total = 0
+        #: Task attempts moved off draining nodes.
+        self.drained_total = 0
         #: Active jobs per state (kept in step, read by metrics at scrape time).
         self.state_counts: Counter[JobState] = Counter()
         #: Called with ``(job id, index, attempt)`` when a placed attempt stops holding its place
@@ -878,6 +887,12 @@ class JobTable:
             task.started_at = r.started_at or self._clock.time()
         elif state is TaskState.SUCCEEDED:
             self._finish(job, task, TaskState.SUCCEEDED, exit_code=0, message=r.message, report=r)
+        elif (
+            r.drained
+            and state in (TaskState.FAILED, TaskState.CANCELLED, TaskState.LOST)
+            and not (task.stopping or job.cancel_requested or job.terminal)
+        ):
+            self._drained(job, task, sd, r, out)
         elif state is TaskState.FAILED:
             self._failed(job, task, r, out)
         elif state is TaskState.CANCELLED:
@@ -925,6 +940,21 @@ class JobTable:
     def _confirm(self, job: Job, task: Task) -> None:
         task.confirmed = True
         self._unconfirmed.pop((job.job_id, task.index), None)
+
+    def _drained(self, job: Job, task: Task, sd: str, r: TaskReport, out: _Out) -> None:
+        """Its sub-domain moved it off a draining node: a new attempt, no retry spent."""
+        task.drains += 1
+        self.drained_total += 1
+        node = task.node_id or r.node_id
+        log.info(
+            "task %s/%s attempt %s moved off node %s: %s",
+            job.job_id,
+            task.index,
+            task.attempt,
+            node,
+            r.message,
+        )
+        self._requeue(job, task, f"attempt {task.attempt} moved off node {node} ({sd}): {r.message}", out)
 
     def _failed(self, job: Job, task: Task, r: TaskReport, out: _Out) -> None:
         code = r.exit_code

@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import grpc.aio
 
@@ -41,7 +41,7 @@ from domainos.errors import (
     Unavailable,
 )
 from domainos.ids import new_job_id, new_request_id
-from domainos.jobspec import JobSpec
+from domainos.jobspec import NODE_ID_RE, JobSpec
 from domainos.model import TaskRef
 from domainos.ratelimit import RateLimiter
 from domainos.resources import Resources
@@ -1359,6 +1359,9 @@ class MasterDomain:
                 self._registry.touch(sd)
                 await self._commit(self._carry(self._coordinator.handle(event)))
                 self.wake()
+        elif kind == "node_admin":
+            if not session.resolve(msg.node_admin.request_id, msg.node_admin):
+                log.debug("late node admin reply %s from sub-domain %s", msg.node_admin.request_id, sd)
         elif kind == "node_list":
             if not session.resolve(msg.node_list.request_id, msg.node_list):
                 log.debug("late node list %s from sub-domain %s", msg.node_list.request_id, sd)
@@ -1677,6 +1680,97 @@ class MasterDomain:
                 nodes.extend(answer)
         return nodes, unreachable
 
+    async def admin_node(
+        self, node: str, subdomain_id: str, action: int, reason: str, grace_s: float, *, by: str = ""
+    ) -> master_pb2.AdminNodeResponse:
+        """Cordon, drain or uncordon one node: asked of its sub-domain (or of every connected one
+        when it is not named) over the sub-domain streams; the first that holds it answers.
+
+        InvalidArgument for a bad node or action, NotFound when no sub-domain that answered holds
+        the node, Unavailable when the named sub-domain is not connected, FailedPrecondition when
+        the sub-domain refuses (an uncordon of a node that still reports itself unhealthy).
+        """
+        if "/" in node:
+            named, _, node = node.partition("/")
+            if subdomain_id and subdomain_id != named:
+                raise InvalidArgument(
+                    f"names sub-domain {named!r} but subdomain_id is {subdomain_id!r}", field="node_id"
+                )
+            subdomain_id = named
+        if not node or not NODE_ID_RE.match(node):
+            raise InvalidArgument(
+                f"expected a node id (or <sub-domain>/<node>), got {node!r:.80}", field="node_id"
+            )
+        if action not in (
+            common_pb2.NODE_ACTION_CORDON,
+            common_pb2.NODE_ACTION_DRAIN,
+            common_pb2.NODE_ACTION_UNCORDON,
+        ):
+            raise InvalidArgument(f"expected cordon, drain or uncordon, got {action}", field="action")
+        if not 0 <= grace_s <= 3600 or grace_s != grace_s:
+            raise InvalidArgument(f"must be between 0 and 3600 seconds, got {grace_s}", field="grace_s")
+        if len(reason) > 300:
+            raise InvalidArgument(f"at most 300 characters, got {len(reason)}", field="reason")
+        if subdomain_id:
+            rec = self._registry.get(subdomain_id)
+            if rec is None:
+                raise NotFound(f"sub-domain {subdomain_id} is not known", field="subdomain_id")
+            if not rec.connected or rec.session is None:
+                raise Unavailable(f"sub-domain {subdomain_id} is not connected; try again when it is")
+            records = [rec]
+        else:
+            records = sorted((r for r in self._registry if r.connected), key=lambda r: r.subdomain_id)
+
+        async def ask(rec: SubdomainRecord) -> Any:
+            session = rec.session if rec.connected else None
+            if session is None:
+                return None
+            rid, fut = session.request(
+                lambda rid: subdomain_pb2.MasterCommand(
+                    node_admin=subdomain_pb2.NodeAdmin(
+                        request_id=rid,
+                        node_id=node,
+                        action=cast(Any, action),
+                        reason=reason,
+                        grace_s=grace_s,
+                        by=by,
+                    )
+                )
+            )
+            try:
+                async with asyncio.timeout(NODES_TIMEOUT_S):
+                    return await fut
+            except TimeoutError:
+                session.forget(rid)
+                log.warning("sub-domain %s did not answer NodeAdmin %s in time", rec.subdomain_id, rid)
+                return None
+            except DomainOSError:
+                return None
+
+        answers = await asyncio.gather(*(ask(r) for r in records))
+        unreachable = [r.subdomain_id for r, a in zip(records, answers, strict=True) if a is None]
+        found = [(r, a) for r, a in zip(records, answers, strict=True) if a is not None and a.found]
+        if not found:
+            where = (
+                f"sub-domain {subdomain_id}"
+                if subdomain_id
+                else f"{len(records) - len(unreachable)} sub-domains"
+            )
+            missing = f" ({', '.join(unreachable)} did not answer)" if unreachable else ""
+            raise NotFound(f"node {node} is not a node of {where}{missing}", field="node_id")
+        if len(found) > 1:
+            names = ", ".join(f"{r.subdomain_id}/{node}" for r, _ in found)
+            log.warning("node id %s is in several sub-domains (%s): acted on in each", node, names)
+        rec, reply = found[0]
+        if reply.error:
+            raise FailedPrecondition(reply.error)
+        view = reply.node
+        if not view.subdomain_id:
+            view.subdomain_id = rec.subdomain_id
+        return master_pb2.AdminNodeResponse(
+            node=view, tasks_stopped=sum(a.tasks_stopped for _, a in found), unreachable=unreachable
+        )
+
     def list_domains(self) -> master_pb2.ListDomainsResponse:
         """Regions and their sub-domains, from memory (no per-node data)."""
         regions: dict[str, list[master_pb2.SubDomainView]] = {}
@@ -1932,6 +2026,8 @@ class MasterDomain:
                     reservations_expired=rs.expired,
                     gangs_placed=rs.gangs_placed,
                     gangs_failed=rs.gangs_failed,
+                    tasks_drained_total=self._jobs.drained_total,
+                    tasks_preempted_total=self._jobs.preempted_total,
                 )
             except RuntimeError:  # a dict changed size while being copied: try again
                 continue

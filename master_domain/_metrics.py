@@ -46,6 +46,9 @@ class MasterStats:
     reservations_expired: int = 0
     gangs_placed: int = 0
     gangs_failed: int = 0
+    #: Task attempts queued again without spending a retry: moved off draining nodes, preempted.
+    tasks_drained_total: int = 0
+    tasks_preempted_total: int = 0
 
 
 class _MasterCollector(Collector):
@@ -99,6 +102,15 @@ class _MasterCollector(Collector):
         gangs.add_metric(["placed"], stats.gangs_placed)
         gangs.add_metric(["failed"], stats.gangs_failed)
         yield gangs
+        requeued = CounterMetricFamily(
+            "domainos_master_tasks_requeued",
+            "Task attempts queued again without spending a retry, by cause (drained: moved off a "
+            "cordoned node; preempted: for a higher priority).",
+            labels=["cause"],
+        )
+        requeued.add_metric(["drained"], stats.tasks_drained_total)
+        requeued.add_metric(["preempted"], stats.tasks_preempted_total)
+        yield requeued
         yield GaugeMetricFamily(
             "domainos_master_nodes_ready",
             "Ready nodes, summed over the connected sub-domains' summaries.",

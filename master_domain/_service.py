@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import grpc.aio
 
-from domainos.api.v1 import master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
+from domainos.api.v1 import common_pb2, master_pb2, master_pb2_grpc, subdomain_pb2, subdomain_pb2_grpc
 from domainos.errors import (
     DomainOSError,
     InvalidArgument,
@@ -205,6 +205,10 @@ def _target(method: str, request: Any, response: Any) -> str:
         return f"dataset {request.dataset.name}"
     if method == "DeleteDataset":
         return f"dataset {request.name}"
+    if method == "AdminNode":
+        action = common_pb2.NodeAction.Name(request.action).removeprefix("NODE_ACTION_").lower()
+        node = f"{request.subdomain_id}/{request.node_id}" if request.subdomain_id else request.node_id
+        return f"{action} node {node}"
     return str(getattr(request, "job_id", "") or getattr(request, "token_id", ""))
 
 
@@ -452,6 +456,15 @@ class DomainControlServicer(master_pb2_grpc.DomainControlServicer):  # type: ign
     ) -> master_pb2.ListNodesResponse:
         nodes, unreachable = await self._master.list_nodes(request.subdomain_id, request.page_size)
         return master_pb2.ListNodesResponse(nodes=nodes, unreachable=unreachable)
+
+    @rpc_method
+    async def AdminNode(
+        self, request: master_pb2.AdminNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> master_pb2.AdminNodeResponse:
+        who = current_call().who
+        return await self._master.admin_node(
+            request.node_id, request.subdomain_id, request.action, request.reason, request.grace_s, by=who
+        )
 
     @rpc_method
     async def GetClusterInfo(

@@ -28,6 +28,12 @@ Faults (:meth:`Fleet.kill`, :meth:`Fleet.silence`, :meth:`Fleet.flap`, :meth:`Fl
 ``kill`` cancels the node's stream and keeps it down; ``silence`` keeps the stream open but sends
 and answers nothing (not even a ``Probe``); ``flap`` kills and reconnects the stream every period; ``revive`` clears any
 fault (a killed node reconnects with the same incarnation: a cut link, not a reboot).
+
+GPU faults (:meth:`Fleet.inject`, :meth:`Fleet.clear_faults`): Xid errors, ECC errors, heat and
+throttling injected into the nodes' simulated GPUs (:meth:`SimulatedHardware.inject`). Each agent's
+health is its hardware's verdict on its usage (:func:`~node_agent._hardware.health_from_usage`),
+re-evaluated at every usage change; an injection re-samples at once, so the health reaches the
+sub-domain in the next report (a health change is due immediately).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from domainos.api.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from domainos.clock import Clock, SystemClock
 from domainos.errors import ConfigError, InvalidArgument
 from domainos.ids import new_incarnation
-from domainos.model import HealthStatus, NodeHealth, TaskRef, TaskSpec, TaskState, TaskStatus
+from domainos.model import NodeHealth, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
 from domainos.rpc import TLSFiles, create_channel
 from domainos.topology import SimInventory
@@ -69,7 +75,7 @@ from node_agent._agent import (
     probe_reply,
     stream_end_code,
 )
-from node_agent._hardware import SimulatedHardware
+from node_agent._hardware import GpuFault, SimulatedHardware
 from node_agent._state import (
     Connected,
     Disconnected,
@@ -204,8 +210,8 @@ class SimAgent:
         self.silent = False
         self.flap_period_s = 0.0
         self._tasks: dict[TaskRef, _SimTask] = {}
-        self._health = NodeHealth(HealthStatus.HEALTHY)
         self._usage = hardware.sample(())
+        self._health = hardware.health(self._usage)
         self._planner = ReportPlanner(
             clock=fleet.clock,
             report_interval_s=DEFAULT_REPORT_INTERVAL_S,
@@ -380,14 +386,27 @@ class SimAgent:
 
     def _changed(self, status: TaskStatus) -> None:
         self._planner.handle(TaskChanged(status))
+        self.resample()
+
+    def resample(self) -> None:
+        """Sample usage and health now (the running tasks, injected faults) and tell the planner."""
         running = [
             (t.resources, t.status.gpu_indexes)
             for t in self._tasks.values()
             if t.status.state is TaskState.RUNNING
         ]
         self._usage = self.hardware.sample(running)
+        health = self.hardware.health(self._usage)
+        if health != self._health:
+            log.debug("sim node %s: health %s %s", self.node_id, health.status.name, list(health.conditions))
+        self._health = health
         self._planner.handle(UsageSampled(self._usage, self._health))
         self._schedule()
+
+    @property
+    def health(self) -> NodeHealth:
+        """The health this node reports (its hardware's verdict on its last usage)."""
+        return self._health
 
     # ------------------------------------------------------------------ commands
 
@@ -738,9 +757,54 @@ class Fleet:
             self._scheduler.at(when, functools.partial(agent._flap, period_s))
 
     def revive(self, node_ids: Iterable[str]) -> None:
-        """Clear every fault of these nodes; killed ones reconnect."""
+        """Clear every connection fault of these nodes; killed ones reconnect (GPU faults stay:
+        :meth:`clear_faults`)."""
         for agent in self._agents(node_ids):
             agent.revive()
+
+    def inject(
+        self,
+        node_ids: Iterable[str],
+        *,
+        gpu: int,
+        xid: int | None = None,
+        ecc_corrected: int = 0,
+        ecc_uncorrected: int = 0,
+        temperature_c: float | None = None,
+        throttle_reasons: int | None = None,
+    ) -> None:
+        """Inject a GPU fault into GPU ``gpu`` of these nodes (:meth:`SimulatedHardware.inject`:
+        ``xid`` one Xid error, ECC counts added, ``temperature_c`` / ``throttle_reasons``
+        overridden); each re-samples at once, so its new usage and health go out in its next
+        report. Checked on every node before any is changed (InvalidArgument: an unknown node, a
+        GPU it lacks, a bad value, or nothing to inject)."""
+        fault = GpuFault(
+            gpu,
+            xid=xid,
+            ecc_corrected=ecc_corrected,
+            ecc_uncorrected=ecc_uncorrected,
+            temperature_c=temperature_c,
+            throttle_reasons=throttle_reasons,
+        )
+        if fault.empty:
+            raise InvalidArgument(
+                "nothing to inject: give xid, ecc_corrected, ecc_uncorrected, temperature_c or "
+                "throttle_reasons",
+                field="fault",
+            )
+        self._apply(node_ids, fault)
+
+    def clear_faults(self, node_ids: Iterable[str], gpu: int | None = None) -> None:
+        """Drop the injected GPU faults of these nodes (of GPU ``gpu`` only, when given)."""
+        self._apply(node_ids, GpuFault(gpu, clear=True))
+
+    def _apply(self, node_ids: Iterable[str], fault: GpuFault) -> None:
+        agents = self._agents(node_ids)
+        for agent in agents:
+            agent.hardware.check_fault(fault)
+        for agent in agents:
+            agent.hardware.apply_fault(fault)
+            agent.resample()
 
     # ------------------------------------------------------------------ progress
 

@@ -120,6 +120,9 @@ def usage_changed(
             or abs(b.memory_used_bytes - a.memory_used_bytes) >= MEMORY_DELTA_FRACTION * max(1, total)
             or abs(b.temperature_c - a.temperature_c) >= GPU_TEMPERATURE_DELTA_C
             or abs(b.power_w - a.power_w) >= GPU_POWER_DELTA_FRACTION * max(1.0, a.power_w)
+            # Health signals: every change counts (the sub-domain's policy acts on them).
+            or (b.ecc_corrected, b.ecc_uncorrected, b.last_xid, b.xid_count, b.throttle_reasons)
+            != (a.ecc_corrected, a.ecc_uncorrected, a.last_xid, a.xid_count, a.throttle_reasons)
         ):
             return True
     return False

@@ -55,6 +55,16 @@ class SubDomainConfig:
     #: Registrations per second per node id (reconnect storms), with bursts of ...
     register_rate_per_s: float = 2.0
     register_burst: int = 10
+    #: The health policy (``sub_domain._health``): cordon and drain nodes on their signals.
+    health_auto: bool = True
+    #: Risk score (0..1) at which a node is drained before it fails.
+    health_risk_threshold: float = 0.7
+    #: How long a sign (an ECC rise, a warning Xid, a task failure) counts towards the risk.
+    health_window_s: float = 600.0
+    #: SIGTERM -> SIGKILL grace of each task a drain stops (time to save a checkpoint).
+    drain_grace_s: float = 30.0
+    #: A graceful drain (a node at risk) lets tasks that cannot checkpoint finish this long.
+    drain_timeout_s: float = 600.0
     log_level: str = "info"
     log_format: str = "json"
     #: Mutual TLS (the cluster CA, this sub-domain's certificate and key); required unless ``insecure``.
@@ -87,6 +97,8 @@ class SubDomainConfig:
             "probe_timeout_s",
             "dead_after_s",
             "summary_interval_s",
+            "health_window_s",
+            "drain_timeout_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -97,6 +109,14 @@ class SubDomainConfig:
             "agent_message_rate_per_s",
             "agent_message_burst",
         )
+        if not 0 < self.health_risk_threshold <= 1:
+            raise ConfigError(
+                f"must be in (0, 1], got {self.health_risk_threshold!r}", field="health_risk_threshold"
+            )
+        if not 0 <= self.drain_grace_s <= 3600:
+            raise ConfigError(
+                f"must be between 0 and 3600 seconds, got {self.drain_grace_s!r}", field="drain_grace_s"
+            )
         check_rate(self.register_rate_per_s, self.register_burst, "register_rate_per_s", "register_burst")
         if self.silent_after_s <= self.heartbeat_interval_s:
             raise ConfigError(

@@ -35,11 +35,13 @@ from domainos.rpc import bind, create_server
 from domainos.store import AsyncStore, Op, delete_op, open_store, put_op
 
 from ._config import SubDomainConfig
+from ._health import HealthConfig, HealthPolicy, Verdict
 from ._metrics import LagHistogram, MetricsServer, MetricsSnapshot
 from ._registry import (
     DEAD,
     READY,
     STATES,
+    Cordon,
     NodeDead,
     NodeEvent,
     NodeForgotten,
@@ -119,6 +121,17 @@ class SubDomainManager:
         )
         self.tasks = TaskTable(config.id, self.registry)
         self.reservations = Reservations(config.id, self.registry, self.tasks)
+        self.health = HealthPolicy(
+            HealthConfig(
+                auto=config.health_auto,
+                risk_threshold=config.health_risk_threshold,
+                window_s=config.health_window_s,
+            )
+        )
+        #: Nodes drained gracefully -> when the tasks let finish are moved too (monotonic).
+        self._draining: dict[str, float] = {}
+        #: Nodes cordoned, by cause: critical, risk, admin.
+        self.cordons: Counter[str] = Counter()
         self._prefix = f"/domainos/subdomains/{config.id}/"
         self._store: AsyncStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -316,6 +329,9 @@ class SubDomainManager:
             probes_answered=self.probes_answered,
             loop_stalls=self.stalls,
             loop_stalled_s=self.stalled_s,
+            nodes_cordoned=self.registry.cordoned,
+            cordons=dict(self.cordons),
+            tasks_drained=self.tasks.drained,
             report_lag_buckets=lag_buckets,
             report_lag_sum=lag_sum,
         )
@@ -334,6 +350,7 @@ class SubDomainManager:
             "incarnation": node.incarnation,
             "state": node.state,
             "since": self.clock.time(),
+            **({"cordon": node.cordon.to_json()} if node.cordon is not None else {}),
         }
 
     async def _reload(self) -> None:
@@ -343,9 +360,17 @@ class SubDomainManager:
             try:
                 data = json.loads(kv.value)
                 inv = NodeInventory.from_json(data["inventory"])
+                cordon = Cordon.from_json(data.get("cordon"))
                 self.registry.restore(
-                    inv, str(data.get("incarnation", "")), dead=data.get("state") == DEAD, now=now
+                    inv,
+                    str(data.get("incarnation", "")),
+                    dead=data.get("state") == DEAD,
+                    now=now,
+                    cordon=cordon,
                 )
+                if cordon is not None and cordon.draining:
+                    # A drain was under way: what it let run may run its timeout again.
+                    self._draining[inv.node_id] = now + self.config.drain_timeout_s
             except (ValueError, KeyError, TypeError, DomainOSError) as exc:
                 log.error("ignoring a corrupt node record %s: %s", kv.key, exc)
         effects: list[Effect] = []
@@ -574,7 +599,141 @@ class SubDomainManager:
                 self._fail_logs(ev.node_id, f"node {ev.node_id} died")
             elif isinstance(ev, NodeForgotten):
                 out.append(PersistNode(ev.node_id, None))
+                self.health.forget(ev.node_id)
+                self._draining.pop(ev.node_id, None)
         return out
+
+    # -- health: cordon and drain ----------------------------------------------------------------
+
+    def _check_health(self, node_id: str, usage: NodeUsage) -> list[_AnyEffect]:
+        """Feed a usage report to the health policy; act on its verdict."""
+        if not self.config.health_auto:
+            return []
+        node = self.registry.get(node_id)
+        if node is None or node.state == DEAD:
+            return []
+        verdict = self.health.observe(
+            node_id, usage, self.clock.monotonic(), cordoned=node.cordon is not None
+        )
+        return self._act_on(verdict) if verdict is not None else []
+
+    def _task_failed(self, node_id: str, status: TaskStatus) -> list[_AnyEffect]:
+        entry = self.tasks.get(status.ref)
+        if not self.config.health_auto or entry is None or not entry.active or entry.node_id != node_id:
+            return []  # a repeat of a failure already counted, or not ours
+        node = self.registry.get(node_id)
+        if node is None:
+            return []
+        verdict = self.health.task_failed(
+            node_id, status.ref.job_id, self.clock.monotonic(), cordoned=node.cordon is not None
+        )
+        return self._act_on(verdict) if verdict is not None else []
+
+    def _act_on(self, verdict: Verdict) -> list[_AnyEffect]:
+        """Cordon the node; a critical verdict drains it now, a risk verdict gracefully."""
+        node_id = verdict.node_id
+        kind = "critical" if verdict.critical else "risk"
+        self.cordons[kind] += 1
+        deadline = 0.0 if verdict.critical else self.clock.monotonic() + self.config.drain_timeout_s
+        cordon = Cordon(verdict.reason, "health", self.clock.time(), draining=True, deadline=deadline)
+        node = self.registry.set_cordon(node_id, cordon)
+        effects: list[_AnyEffect] = [PersistNode(node_id, self._node_record(node))]
+        effects += self.tasks.drain(
+            node_id,
+            verdict.reason,
+            grace_s=self.config.drain_grace_s,
+            now=self.clock.time(),
+            checkpointable_only=not verdict.critical,
+        )
+        if deadline:
+            self._draining[node_id] = deadline
+        log.warning(
+            "node %s cordoned by the health policy and drained %s: %s (%d tasks moving)",
+            node_id,
+            "now" if verdict.critical else f"gracefully (the rest in {self.config.drain_timeout_s:.0f}s)",
+            verdict.reason,
+            sum(1 for e in effects if isinstance(e, StopOnAgent | Forward)),
+        )
+        return effects
+
+    def _drain_deadlines(self) -> list[_AnyEffect]:
+        """Graceful drains whose time is up: move what is still running. O(draining nodes)."""
+        now = self.clock.monotonic()
+        effects: list[_AnyEffect] = []
+        for node_id, deadline in list(self._draining.items()):
+            node = self.registry.get(node_id)
+            if node is None or node.cordon is None or not node.cordon.draining:
+                del self._draining[node_id]
+            elif deadline <= now:
+                del self._draining[node_id]
+                effects += self.tasks.drain(
+                    node_id,
+                    f"drain timeout ({self.config.drain_timeout_s:.0f}s): {node.cordon.reason}",
+                    grace_s=self.config.drain_grace_s,
+                    now=self.clock.time(),
+                )
+        return effects
+
+    async def _node_admin(self, cmd: Any) -> None:
+        """``NodeAdmin``: an admin cordons, drains or uncordons one node (answered by id)."""
+        reply = subdomain_pb2.NodeAdminReply(request_id=cmd.request_id)
+        node = self.registry.get(cmd.node_id)
+        if node is None:
+            await self._send_admin_reply(reply)
+            return
+        reply.found = True
+        effects: list[_AnyEffect] = []
+        by = f" by {cmd.by}" if cmd.by else ""
+        action = cmd.action
+        reason = cmd.reason or f"requested{by}"
+        if action == common_pb2.NODE_ACTION_UNCORDON:
+            if node.health.cordoned:
+                reply.error = (
+                    f"node {node.node_id} still reports UNHEALTHY ({'; '.join(node.health.conditions)}); "
+                    "it stays cordoned until its agent reports it healthy (restart the agent after the repair)"
+                )
+            elif node.cordon is not None:
+                self.registry.set_cordon(node.node_id, None)
+                self._draining.pop(node.node_id, None)
+                self.health.uncordoned(node.node_id, node.usage, self.clock.monotonic())
+                effects.append(PersistNode(node.node_id, self._node_record(node)))
+                log.warning("node %s uncordoned%s: %s", node.node_id, by, reason)
+        elif action in (common_pb2.NODE_ACTION_CORDON, common_pb2.NODE_ACTION_DRAIN):
+            drain = action == common_pb2.NODE_ACTION_DRAIN
+            old = node.cordon
+            mine = old is not None and old.by == "admin"
+            if not cmd.reason and old is not None and mine:
+                reason = old.reason  # a drain after a cordon keeps the cordon's reason
+            draining = drain or (old is not None and old.draining)
+            if old is None or not mine or old.reason != reason or old.draining != draining:
+                at = old.at if old is not None and mine else self.clock.time()
+                self.registry.set_cordon(node.node_id, Cordon(reason, "admin", at, draining=draining))
+                self.cordons["admin"] += 1 if old is None else 0
+                effects.append(PersistNode(node.node_id, self._node_record(node)))
+            if drain:
+                self._draining.pop(node.node_id, None)
+                grace = cmd.grace_s if cmd.grace_s > 0 else self.config.drain_grace_s
+                stops = self.tasks.drain(node.node_id, reason, grace_s=grace, now=self.clock.time())
+                reply.tasks_stopped = sum(1 for e in stops if isinstance(e, StopOnAgent | Forward))
+                effects += stops
+            log.warning(
+                "node %s %s%s: %s (%d tasks moving)",
+                node.node_id,
+                "drained" if drain else "cordoned",
+                by,
+                reason,
+                reply.tasks_stopped,
+            )
+        else:
+            reply.error = f"unknown node action {action}"
+        if effects:
+            await self._run_effects(effects)
+        reply.node.CopyFrom(self.node_view(node))
+        await self._send_admin_reply(reply)
+
+    async def _send_admin_reply(self, reply: Any) -> None:
+        if self._upstream is not None:
+            await self._upstream.send(subdomain_pb2.SubDomainMessage(node_admin=reply))
 
     def _probe(self, node_id: str) -> None:
         """Ask a silent node to answer at once (``Probe``); any message from it revives it."""
@@ -610,6 +769,8 @@ class SubDomainManager:
                 events = self.registry.tick(self.clock.monotonic())
                 if events:
                     await self._run_effects(self._node_effects(events))
+                if self._draining:
+                    await self._run_effects(self._drain_deadlines())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -676,6 +837,8 @@ class SubDomainManager:
         effects += self.tasks.reconcile(
             node_id, reported, self.clock.time(), incarnation=register.incarnation, evicted=evicted
         )
+        if usage is not None:
+            effects += self._check_health(node_id, usage)
         log.info(
             "node %s registered from %s (incarnation %s, %d tasks reported, %d live nodes)",
             node_id,
@@ -750,9 +913,11 @@ class SubDomainManager:
             usage=usage,
             health=NodeHealth.from_proto(report.health) if report.HasField("health") else None,
         )
-        if not events and not report.tasks:
+        if not events and not report.tasks and (usage is None or not usage.gpus):
             return  # a heartbeat (most reports): nothing else to do
         effects: list[_AnyEffect] = self._node_effects(events)
+        if usage is not None and usage.gpus:
+            effects += self._check_health(conn.node_id, usage)
         now = self.clock.time()
         for raw in report.tasks:
             try:
@@ -760,8 +925,11 @@ class SubDomainManager:
             except InvalidArgument as exc:
                 log.warning("node %s reported a malformed task status: %s", conn.node_id, exc)
                 continue
+            if status.state == TaskState.FAILED and status.exit_code and not status.drained:
+                effects += self._task_failed(conn.node_id, status)
             effects += self.tasks.agent_status(conn.node_id, status, now)
-        await self._run_effects(effects)
+        if effects:
+            await self._run_effects(effects)
 
     def agent_disconnected(self, conn: AgentConn) -> None:
         """The stream ended (either side); a ready node becomes suspect."""
@@ -824,6 +992,8 @@ class SubDomainManager:
                 log.debug("master acked %d task states", len(keys))
             elif kind == "list_nodes":
                 await self._list_nodes(command.list_nodes)
+            elif kind == "node_admin":
+                await self._node_admin(command.node_admin)
             elif kind == "fetch_log":
                 await self._fetch_log(command.fetch_log)
             elif kind == "reserve":
@@ -915,7 +1085,7 @@ class SubDomainManager:
     def node_view(self, node: NodeRecord) -> Any:
         """The ``NodeView`` people see for one node."""
         age = self.clock.monotonic() - node.last_report
-        return common_pb2.NodeView(
+        view = common_pb2.NodeView(
             inventory=node.inventory.to_proto(),
             usage=node.usage.to_proto(),
             health=node.health.to_proto(),
@@ -926,7 +1096,17 @@ class SubDomainManager:
             region=self.config.region,
             last_report_at=self.clock.time() - age,
             incarnation=node.incarnation,
+            risk=self.health.risk(node.node_id),
         )
+        if node.cordon is not None:
+            view.cordon_reason = node.cordon.reason
+            view.cordoned_by = node.cordon.by
+            view.cordoned_at = node.cordon.at
+            view.draining = node.cordon.draining and bool(self.tasks.active_on(node.node_id))
+        elif node.health.cordoned:
+            view.cordon_reason = "unhealthy: " + "; ".join(node.health.conditions)
+            view.cordoned_by = "health"
+        return view
 
     async def _list_nodes(self, cmd: Any) -> None:
         size = cmd.page_size if cmd.page_size > 0 else DEFAULT_PAGE_SIZE

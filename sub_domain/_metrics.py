@@ -77,6 +77,10 @@ class MetricsSnapshot:
     #: Late ticks (the event loop stalled) and their summed lateness; liveness deadlines skip it.
     loop_stalls: int = 0
     loop_stalled_s: float = 0.0
+    #: Nodes cordoned now; cordons by cause (critical, risk, admin); tasks moved off drained nodes.
+    nodes_cordoned: int = 0
+    cordons: dict[str, int] = field(default_factory=dict)
+    tasks_drained: int = 0
     #: Report lag: cumulative ``(le, count)`` buckets and the sum (see :class:`LagHistogram`).
     report_lag_buckets: list[tuple[str, float]] = field(default_factory=list)
     report_lag_sum: float = 0.0
@@ -138,6 +142,23 @@ class SubDomainCollector(Collector):
         for outcome, n in s.reservations.items():
             outcomes.add_metric([outcome], n)
         yield outcomes
+        cordoned = GaugeMetricFamily("domainos_subdomain_nodes_cordoned", "Nodes cordoned now.")
+        cordoned.add_metric([], s.nodes_cordoned)
+        yield cordoned
+        cordons = CounterMetricFamily(
+            "domainos_subdomain_cordons",
+            "Nodes cordoned, by cause (critical: a critical Xid or ECC error, drained at once; risk: "
+            "the health policy's risk score, drained gracefully; admin).",
+            labels=["cause"],
+        )
+        for cause in ("critical", "risk", "admin"):
+            cordons.add_metric([cause], s.cordons.get(cause, 0))
+        yield cordons
+        drained = CounterMetricFamily(
+            "domainos_subdomain_tasks_drained", "Tasks told to move off a draining node."
+        )
+        drained.add_metric([], s.tasks_drained)
+        yield drained
         probes = CounterMetricFamily(
             "domainos_subdomain_probes", "Probes sent to nodes silent for silent_after_s."
         )

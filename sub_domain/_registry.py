@@ -125,6 +125,35 @@ class CardUse:
     tasks: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Cordon:
+    """Why a node takes no new tasks: ``by`` is ``"health"`` (the policy) or ``"admin"``.
+
+    ``draining``: its tasks are being moved off; ``deadline`` (monotonic, 0 = none) is when the
+    tasks a graceful drain let finish are moved too. ``at`` is wall-clock time.
+    """
+
+    reason: str
+    by: str
+    at: float
+    draining: bool = False
+    deadline: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "by": self.by, "at": self.at, "draining": self.draining}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Cordon | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(
+            str(data.get("reason", "")),
+            str(data.get("by", "")),
+            float(data.get("at", 0.0)),
+            bool(data.get("draining", False)),
+        )
+
+
 @dataclass(slots=True, eq=False)
 class NodeRecord:
     """One node as the registry knows it. Read it; change it only through the registry."""
@@ -147,6 +176,8 @@ class NodeRecord:
     allocations: dict[TaskRef, Allocation] = field(default_factory=dict)
     #: Cards carrying shares (fractional GPUs): not free as whole GPUs while any share is on them.
     shares: dict[int, CardUse] = field(default_factory=dict)
+    #: Set while the node is cordoned (by the health policy or an admin).
+    cordon: Cordon | None = None
 
     @property
     def allocatable(self) -> Resources:
@@ -201,12 +232,12 @@ class NodeRecord:
 
     @property
     def placeable(self) -> bool:
-        return self.state == READY and not self.health.cordoned
+        return self.state == READY and not self.health.cordoned and self.cordon is None
 
     @property
     def view_state(self) -> str:
         """``ready | suspect | dead | cordoned`` as people see it."""
-        if self.state == READY and self.health.cordoned:
+        if self.state == READY and (self.health.cordoned or self.cordon is not None):
             return "cordoned"
         return self.state
 
@@ -441,6 +472,8 @@ class NodeRegistry:
         #: group key ("<job>/<group>") -> the block its first placed task went to (bounded LRU).
         self._group_blocks: OrderedDict[str, str] = OrderedDict()
         self._totals = _Totals()
+        #: Nodes with a cordon record.
+        self.cordoned = 0
         self._dirty = True
         self._summary: Summary | None = None
 
@@ -583,6 +616,7 @@ class NodeRegistry:
                 break
             del self._dead[node_id]
             self._begin(node)
+            self.cordoned -= node.cordon is not None
             self._topo(node, add=False)
             del self._nodes[node_id]
             self._dirty = True
@@ -705,7 +739,26 @@ class NodeRegistry:
         node.shares = shares
         return tuple(evicted)
 
-    def restore(self, inventory: NodeInventory, incarnation: str, *, dead: bool, now: float) -> None:
+    def set_cordon(self, node_id: str, cordon: Cordon | None) -> NodeRecord:
+        """Cordon (or, with ``None``, uncordon) a known node; NotFound otherwise."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} is not known in sub-domain {self.subdomain_id}", field="node_id")
+        self._begin(node)
+        self.cordoned += (cordon is not None) - (node.cordon is not None)
+        node.cordon = cordon
+        self._end(node)
+        return node
+
+    def restore(
+        self,
+        inventory: NodeInventory,
+        incarnation: str,
+        *,
+        dead: bool,
+        now: float,
+        cordon: Cordon | None = None,
+    ) -> None:
         """Reload a node record from the store after a restart.
 
         A node that was alive comes back ``suspect`` with no connection and a grace of at least
@@ -723,7 +776,9 @@ class NodeRegistry:
             state_since=now,
             suspect_why="sub-domain restarted; waiting for the agent to re-register",
             suspect_for=max(RESTART_GRACE_S, self.silent_after_s, self.dead_after_s),
+            cordon=cordon,
         )
+        self.cordoned += cordon is not None
         self._nodes[node.node_id] = node
         self._topo(node, add=True)
         if dead:

@@ -98,6 +98,8 @@ class TaskEntry:
     status: TaskStatus
     #: Id of the StartTask not yet acknowledged by the agent ("" when none).
     start_command: str = ""
+    #: Stopped to drain its node: its final status says so (the master requeues it for free).
+    drained: bool = False
 
     @property
     def key(self) -> TaskRef:
@@ -113,6 +115,7 @@ class TaskEntry:
             "gpu_indexes": list(self.gpu_indexes),
             "spec": self.spec.to_json(),
             "status": self.status.to_json(),
+            **({"drained": True} if self.drained else {}),
         }
 
 
@@ -138,6 +141,8 @@ class TaskTable:
         self._by_state: Counter[TaskState] = Counter()
         #: Placements made (PlaceTask answered ASSIGNED).
         self.placements = 0
+        #: Tasks told to move off a draining node.
+        self.drained = 0
         #: PlaceTask commands answered REJECTED (nothing fits).
         self.rejections = 0
 
@@ -231,7 +236,9 @@ class TaskTable:
 
     def _finish(self, entry: TaskEntry, state: TaskState, message: str, now: float) -> list[Effect]:
         """Move an active entry to a terminal state the sub-domain decided on."""
-        status = dataclasses.replace(entry.status, state=state, message=message, finished_at=now)
+        status = dataclasses.replace(
+            entry.status, state=state, message=message, finished_at=now, drained=entry.drained
+        )
         self._set_status(entry, status)
         return [self._persist(entry.key.job_id, entry.key.task_index), Forward(status)]
 
@@ -328,6 +335,34 @@ class TaskTable:
         why = f"cancelled ({reason})" if reason else "cancelled"
         return self._finish(entry, TaskState.CANCELLED, f"{why}; node {entry.node_id} is not connected", now)
 
+    def drain(
+        self, node_id: str, reason: str, *, grace_s: float, now: float, checkpointable_only: bool = False
+    ) -> list[Effect]:
+        """Move the node's active tasks off it (``checkpointable_only``: only those that resume
+        from a checkpoint): each is stopped, and its final status carries ``drained`` so the
+        master queues it again without spending a retry. Tasks already draining are left alone.
+        """
+        effects: list[Effect] = []
+        connected = self._connected(node_id)
+        for key in self.active_on(node_id):
+            entry = self._entries[key]
+            if entry.drained or (checkpointable_only and not entry.spec.checkpointable):
+                continue
+            entry.drained = True
+            self.drained += 1
+            if connected:
+                effects.append(self._persist(key.job_id, key.task_index))
+                effects.append(self._stop(node_id, key, f"draining node {node_id}: {reason}", grace_s))
+            else:
+                effects += self._finish(
+                    entry, TaskState.CANCELLED, f"moved off node {node_id} (not connected): {reason}", now
+                )
+        return effects
+
+    def draining_left(self, node_id: str) -> int:
+        """Active tasks on the node not yet told to move."""
+        return sum(1 for key in self.active_on(node_id) if not self._entries[key].drained)
+
     def master_ack(self, keys: Iterable[TaskRef]) -> list[Effect]:
         """``AckTaskStates``: forget acknowledged terminal tasks and delete their store records."""
         slots: set[tuple[str, int]] = set()
@@ -369,6 +404,7 @@ class TaskTable:
             node_id=node_id,
             subdomain_id=self.subdomain_id,
             gpu_indexes=reported.gpu_indexes or entry.gpu_indexes,
+            drained=entry.drained and reported.state.terminal,
         )
         self._set_status(entry, merged)
         if entry.start_command:
@@ -419,6 +455,10 @@ class TaskTable:
         for status in reported:
             seen.add(status.ref)
             effects += self.agent_status(node_id, status, now)
+            entry = self._entries.get(status.ref)
+            if entry is not None and entry.active and entry.drained and entry.node_id == node_id:
+                # Told to move before the reconnect: the stop may have been lost with the stream.
+                effects.append(self._stop(node_id, status.ref, f"draining node {node_id}"))
         for key in self.active_on(node_id):
             if key in seen:
                 continue
@@ -451,7 +491,7 @@ class TaskTable:
                 continue
             status = TaskStatus.from_json(data["status"])
             gpus = tuple(int(g) for g in data.get("gpu_indexes", ()))
-            entry = TaskEntry(spec, str(data["node_id"]), gpus, status)
+            entry = TaskEntry(spec, str(data["node_id"]), gpus, status, drained=bool(data.get("drained")))
             problem = ""
             if entry.active:
                 node = self.registry.get(entry.node_id)

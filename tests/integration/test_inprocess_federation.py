@@ -120,6 +120,22 @@ async def federation(tmp: pathlib.Path) -> AsyncIterator[Fed]:
         yield fed
 
 
+def cli(fed: Fed, *argv: str) -> tuple[int, str, str]:
+    """``domainctl`` against the federation as its admin (run in a thread: it blocks)."""
+    import io
+    import os
+    from contextlib import redirect_stderr, redirect_stdout
+    from unittest import mock
+
+    from domainctl.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    token = (fed.tmp / "admin.token").read_text().strip()
+    with mock.patch.dict(os.environ, {"DOMAINOS_TOKEN": token}), redirect_stdout(out), redirect_stderr(err):
+        code = main(["--master", fed.master_addr, "--insecure", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
 def run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
 
@@ -235,3 +251,78 @@ def test_a_request_larger_than_any_node_is_invalid_and_not_stored(tmp_path: path
 
 async def _eq(coro: Awaitable[Any], expected: Any) -> bool:
     return bool(await coro == expected)
+
+
+def test_an_admin_drains_a_node_and_its_task_moves_without_spending_a_retry(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        from domainos.api.v1 import common_pb2
+
+        async with federation(tmp_path) as fed:
+            east = await fed.add_subdomain("east-1", "east")
+            await fed.add_agent("a", [east])
+            await until(lambda: _eq(fed.ready_nodes(), {"east-1": 1}), what="1 node")
+            spec = parse_spec(
+                {
+                    "command": ["python3", "-c", "import time; time.sleep(60)"],
+                    "resources": {"cpus": 1},
+                    "retry": {"on_lost": 0},
+                }
+            )
+            job_id = (await fed.stub.SubmitJob(master_pb2.SubmitJobRequest(spec=spec.to_proto()))).job.job_id
+
+            async def running_on(node: str) -> Any:
+                job = await fed.stub.GetJob(master_pb2.GetJobRequest(job_id=job_id))
+                t = job.tasks[0]
+                return job if t.state == common_pb2.TASK_STATE_RUNNING and t.node_id == node else None
+
+            await until(lambda: running_on("a"), what="the task running on a")
+            await fed.add_agent("b", [east])
+            await until(lambda: _eq(fed.ready_nodes(), {"east-1": 2}), what="2 nodes")
+            drain = master_pb2.AdminNodeRequest(
+                node_id="east-1/a", action=common_pb2.NODE_ACTION_DRAIN, reason="bad DIMM", grace_s=1.0
+            )
+            reply = await fed.stub.AdminNode(drain)
+            assert reply.tasks_stopped == 1 and reply.node.state == "cordoned"
+            assert reply.node.cordoned_by == "admin" and reply.node.cordon_reason == "bad DIMM"
+            job = await until(lambda: running_on("b"), what="the task running on b")
+            t = job.tasks[0]
+            assert t.attempt == 1 and t.drains == 1 and t.lost_retries == 0
+            nodes = {
+                n.inventory.node_id: n
+                for n in (await fed.stub.ListNodes(master_pb2.ListNodesRequest())).nodes
+            }
+            assert nodes["a"].state == "cordoned" and nodes["b"].state == "ready"
+            # Unknown nodes and bad actions are refused with the field named.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await fed.stub.AdminNode(
+                    master_pb2.AdminNodeRequest(node_id="nope", action=common_pb2.NODE_ACTION_CORDON)
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details().startswith("node_id: node nope is not a node of 1 sub-domains")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await fed.stub.AdminNode(master_pb2.AdminNodeRequest(node_id="a"))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            undo = master_pb2.AdminNodeRequest(node_id="a", action=common_pb2.NODE_ACTION_UNCORDON)
+            assert (await fed.stub.AdminNode(undo)).node.state == "ready"
+            # The same through domainctl (an admin's token in $DOMAINOS_TOKEN).
+            code, out, err = await asyncio.to_thread(cli, fed, "cordon", "b", "--reason", "firmware update")
+            assert (code, err) == (
+                0,
+                "",
+            ) and out == "node east-1/b cordoned: no new tasks (1 running keep running)\n"
+            code, out, err = await asyncio.to_thread(cli, fed, "drain", "east-1/b", "--grace", "1s")
+            assert code == 0 and out == (
+                "node east-1/b draining: 1 tasks moving off (queued again elsewhere, no retry spent)\n"
+            )
+            await until(lambda: running_on("a"), what="the task back on a")
+            code, out, _ = await asyncio.to_thread(cli, fed, "nodes")
+            assert "east-1/b: cordoned by admin: firmware update" in out
+            code, _, err = await asyncio.to_thread(cli, fed, "drain", "b", "--grace", "forever")
+            assert code == 2 and err.startswith("error: --grace: expected a duration")
+            code, _, err = await asyncio.to_thread(cli, fed, "uncordon", "ghost")
+            assert code == 1 and err.startswith("error: node_id: node ghost is not a node of 1 sub-domains")
+            code, out, _ = await asyncio.to_thread(cli, fed, "uncordon", "b")
+            assert (code, out) == (0, "node east-1/b uncordoned: ready\n")
+            await fed.stub.CancelJob(master_pb2.CancelJobRequest(job_id=job_id))
+
+    run(scenario())

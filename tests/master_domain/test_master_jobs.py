@@ -358,3 +358,39 @@ def test_long_report_messages_are_bounded_and_can_be_left_out_of_the_record() ->
     step(t, rep("sd-a", "j-1", 0, 0, S.SUCCEEDED, message="x" * 10_000))
     assert len(job.tasks[0].message) == 300
     assert job.to_dict(task_messages=False)["tasks"][0][7] == ""
+
+
+def test_a_drained_task_is_queued_again_without_spending_a_retry() -> None:
+    t = table()
+    job = add_job(t, spec(2, on_exit=0, on_lost=0))
+    run_to(t, "j-1", 0)
+    run_to(t, "j-1", 1)
+    for state in (S.CANCELLED, S.FAILED):  # a drained task may end either way (SIGTERM)
+        index = 0 if state is S.CANCELLED else 1
+        effects = step(
+            t,
+            rep(
+                "sd-a",
+                "j-1",
+                index,
+                0,
+                state,
+                exit_code=-15,
+                message="draining node n-1: critical",
+                drained=True,
+            ),
+        )
+        task = job.tasks[index]
+        assert task.state is S.PENDING and task.attempt == 1 and task.drains == 1
+        assert task.exit_retries == task.lost_retries == 0
+        assert task.message == "attempt 0 moved off node n-1 (sd-a): draining node n-1: critical"
+        assert AckTasks("sd-a", (TaskRef("j-1", index, 0),)) in effects
+    assert t.drained_total == 2 and job.state is JobState.PENDING
+    # The count survives the store.
+    copy = Job.from_dict(json.loads(json.dumps(job.to_dict())))
+    assert [x.drains for x in copy.tasks] == [1, 1]
+    # Drained after a cancel was asked for: it just ends.
+    run_to(t, "j-1", 0)
+    step(t, Cancel("j-1", "no longer needed"))
+    step(t, rep("sd-a", "j-1", 0, 1, S.CANCELLED, drained=True))
+    assert job.tasks[0].state is S.CANCELLED and job.tasks[0].drains == 1

@@ -129,6 +129,7 @@ def test_every_domaincontrol_method_is_in_the_policy() -> None:
 def test_rbac_table(method: str) -> None:
     admin_only = {
         "ListNodes",
+        "AdminNode",
         "CreateTenant",
         "ListTenants",
         "CreateToken",

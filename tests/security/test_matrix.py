@@ -37,6 +37,7 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 METHODS = [m.name for m in master_pb2.DESCRIPTOR.services_by_name["DomainControl"].methods]
 ADMIN_ONLY = {
     "ListNodes",
+    "AdminNode",
     "CreateTenant",
     "ListTenants",
     "CreateToken",
@@ -50,6 +51,7 @@ ADMIN_ONLY = {
 PEOPLE_ONLY = {"ListQuotas"}
 MUTATING = {
     "SubmitJob",
+    "AdminNode",
     "CancelJob",
     "CreateTenant",
     "CreateToken",
@@ -92,7 +94,7 @@ def expected(caller: str, method: str) -> grpc.StatusCode:
     if caller in ("revoked-token", "no-token"):
         return UNAUTH
     if caller == "admin":
-        return OK
+        return NOT_FOUND if method == "AdminNode" else OK  # this master has no sub-domain (no node)
     if method in ADMIN_ONLY or (caller == "job-of-a" and method in PEOPLE_ONLY):
         return DENIED
     if caller in ("user-b", "job-of-a") and method in ON_A_JOB:
@@ -208,6 +210,7 @@ class World:
             "ReadLogs": lambda: M.ReadLogsRequest(job_id=job, task_index=-1),
             "ListDomains": lambda: M.ListDomainsRequest(),
             "ListNodes": lambda: M.ListNodesRequest(),
+            "AdminNode": lambda: M.AdminNodeRequest(node_id="n-matrix", action=1, reason="matrix"),
             "GetClusterInfo": lambda: M.GetClusterInfoRequest(),
             "WhoAmI": lambda: M.WhoAmIRequest(),
             "CreateTenant": lambda: M.CreateTenantRequest(name=f"t{n}-{caller}"),

@@ -68,7 +68,7 @@ def test_the_yaml_forms_in_the_module_docstring_are_valid() -> None:
                 break
             lines.append(line[4:])
         blocks.append("\n".join(lines))
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     plain = js.parse_spec(parse_yaml(blocks[0], "docstring"))
     assert plain.gang is not None and plain.locality is not None and plain.resources.gpu_share == 50
     training = js.parse_spec({"command": ["train"], **parse_yaml(blocks[1], "docstring")})
@@ -79,3 +79,6 @@ def test_the_yaml_forms_in_the_module_docstring_are_valid() -> None:
         "west-1/n7",
     ]
     assert pinned.affinity.soft and pinned.distinct_nodes
+    resilient = js.parse_spec({"command": ["x"], **parse_yaml(blocks[3], "docstring")})
+    assert resilient.checkpoint is not None and resilient.disconnect is not None
+    assert (resilient.disconnect.lost_after_s, resilient.disconnect.replace) == (300.0, True)

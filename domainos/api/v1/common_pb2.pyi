@@ -25,6 +25,13 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_CANCELLED: _ClassVar[TaskState]
     TASK_STATE_LOST: _ClassVar[TaskState]
     TASK_STATE_REJECTED: _ClassVar[TaskState]
+
+class NodeAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_ACTION_UNSPECIFIED: _ClassVar[NodeAction]
+    NODE_ACTION_CORDON: _ClassVar[NodeAction]
+    NODE_ACTION_DRAIN: _ClassVar[NodeAction]
+    NODE_ACTION_UNCORDON: _ClassVar[NodeAction]
 HEALTH_STATUS_UNSPECIFIED: HealthStatus
 HEALTH_STATUS_HEALTHY: HealthStatus
 HEALTH_STATUS_DEGRADED: HealthStatus
@@ -38,6 +45,10 @@ TASK_STATE_FAILED: TaskState
 TASK_STATE_CANCELLED: TaskState
 TASK_STATE_LOST: TaskState
 TASK_STATE_REJECTED: TaskState
+NODE_ACTION_UNSPECIFIED: NodeAction
+NODE_ACTION_CORDON: NodeAction
+NODE_ACTION_DRAIN: NodeAction
+NODE_ACTION_UNCORDON: NodeAction
 
 class Resources(_message.Message):
     __slots__ = ("cpu_millis", "memory_bytes", "gpus", "gpu_model", "gpu_share_percent", "gpu_share_memory_bytes")
@@ -119,18 +130,28 @@ class NodeInventory(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., simulated: _Optional[bool] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., block: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetShard, _Mapping]]] = ...) -> None: ...
 
 class GpuUsage(_message.Message):
-    __slots__ = ("index", "utilization_percent", "memory_used_bytes", "temperature_c", "power_w")
+    __slots__ = ("index", "utilization_percent", "memory_used_bytes", "temperature_c", "power_w", "ecc_corrected", "ecc_uncorrected", "last_xid", "xid_count", "throttle_reasons")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
     POWER_W_FIELD_NUMBER: _ClassVar[int]
+    ECC_CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    ECC_UNCORRECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_XID_FIELD_NUMBER: _ClassVar[int]
+    XID_COUNT_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_REASONS_FIELD_NUMBER: _ClassVar[int]
     index: int
     utilization_percent: float
     memory_used_bytes: int
     temperature_c: float
     power_w: float
-    def __init__(self, index: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
+    ecc_corrected: int
+    ecc_uncorrected: int
+    last_xid: int
+    xid_count: int
+    throttle_reasons: int
+    def __init__(self, index: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., ecc_corrected: _Optional[int] = ..., ecc_uncorrected: _Optional[int] = ..., last_xid: _Optional[int] = ..., xid_count: _Optional[int] = ..., throttle_reasons: _Optional[int] = ...) -> None: ...
 
 class NodeUsage(_message.Message):
     __slots__ = ("cpu_percent", "memory_used_bytes", "gpus", "load1")
@@ -153,7 +174,7 @@ class NodeHealth(_message.Message):
     def __init__(self, status: _Optional[_Union[HealthStatus, str]] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas", "placement", "reservation_id")
+    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas", "placement", "reservation_id", "checkpointable")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +194,7 @@ class TaskSpec(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTABLE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     task_index: int
     attempt: int
@@ -185,7 +207,8 @@ class TaskSpec(_message.Message):
     replicas: int
     placement: PlacementConstraints
     reservation_id: str
-    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    checkpointable: bool
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ..., checkpointable: _Optional[bool] = ...) -> None: ...
 
 class PlacementConstraints(_message.Message):
     __slots__ = ("exclude_gpu_models", "node_selector", "one_nvlink_domain", "dataset", "shard", "locality_wait_s", "group", "submitted_at", "node_id", "node_soft", "distinct_nodes")
@@ -221,7 +244,7 @@ class PlacementConstraints(_message.Message):
     def __init__(self, exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., one_nvlink_domain: _Optional[bool] = ..., dataset: _Optional[str] = ..., shard: _Optional[int] = ..., locality_wait_s: _Optional[float] = ..., group: _Optional[str] = ..., submitted_at: _Optional[float] = ..., node_id: _Optional[str] = ..., node_soft: _Optional[bool] = ..., distinct_nodes: _Optional[bool] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("job_id", "task_index", "attempt", "state", "exit_code", "message", "node_id", "subdomain_id", "started_at", "finished_at", "pid", "gpu_indexes", "cpu_set")
+    __slots__ = ("job_id", "task_index", "attempt", "state", "exit_code", "message", "node_id", "subdomain_id", "started_at", "finished_at", "pid", "gpu_indexes", "cpu_set", "drained", "progress")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +258,8 @@ class TaskStatus(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     GPU_INDEXES_FIELD_NUMBER: _ClassVar[int]
     CPU_SET_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     task_index: int
     attempt: int
@@ -248,7 +273,23 @@ class TaskStatus(_message.Message):
     pid: int
     gpu_indexes: _containers.RepeatedScalarFieldContainer[int]
     cpu_set: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., pid: _Optional[int] = ..., gpu_indexes: _Optional[_Iterable[int]] = ..., cpu_set: _Optional[_Iterable[int]] = ...) -> None: ...
+    drained: bool
+    progress: TaskProgress
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., pid: _Optional[int] = ..., gpu_indexes: _Optional[_Iterable[int]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., drained: _Optional[bool] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
+
+class TaskProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "step_at", "checkpoint_step", "checkpoint_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_AT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    step_at: float
+    checkpoint_step: int
+    checkpoint_at: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., step_at: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., checkpoint_at: _Optional[float] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("job_id", "task_index", "attempt")
@@ -271,7 +312,7 @@ class CommandAck(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class NodeView(_message.Message):
-    __slots__ = ("inventory", "usage", "health", "state", "free", "running_tasks", "subdomain_id", "region", "last_report_at", "incarnation")
+    __slots__ = ("inventory", "usage", "health", "state", "free", "running_tasks", "subdomain_id", "region", "last_report_at", "incarnation", "cordon_reason", "cordoned_by", "cordoned_at", "draining", "risk")
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +323,11 @@ class NodeView(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_AT_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_BY_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RISK_FIELD_NUMBER: _ClassVar[int]
     inventory: NodeInventory
     usage: NodeUsage
     health: NodeHealth
@@ -292,7 +338,12 @@ class NodeView(_message.Message):
     region: str
     last_report_at: float
     incarnation: str
-    def __init__(self, inventory: _Optional[_Union[NodeInventory, _Mapping]] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ..., state: _Optional[str] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., last_report_at: _Optional[float] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    cordon_reason: str
+    cordoned_by: str
+    cordoned_at: float
+    draining: bool
+    risk: float
+    def __init__(self, inventory: _Optional[_Union[NodeInventory, _Mapping]] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ..., state: _Optional[str] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., last_report_at: _Optional[float] = ..., incarnation: _Optional[str] = ..., cordon_reason: _Optional[str] = ..., cordoned_by: _Optional[str] = ..., cordoned_at: _Optional[float] = ..., draining: _Optional[bool] = ..., risk: _Optional[float] = ...) -> None: ...
 
 class LogRequest(_message.Message):
     __slots__ = ("task", "stream", "offset", "max_bytes")

@@ -223,7 +223,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, on_exit: _Optional[int] = ..., on_lost: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality", "affinity", "distinct_nodes")
+    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality", "affinity", "distinct_nodes", "checkpoint", "disconnect")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,8 @@ class JobSpec(_message.Message):
     LOCALITY_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_FIELD_NUMBER: _ClassVar[int]
     DISTINCT_NODES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -287,7 +289,27 @@ class JobSpec(_message.Message):
     locality: Locality
     affinity: NodeAffinity
     distinct_nodes: bool
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ..., affinity: _Optional[_Union[NodeAffinity, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ...) -> None: ...
+    checkpoint: CheckpointPolicy
+    disconnect: DisconnectPolicy
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ..., affinity: _Optional[_Union[NodeAffinity, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., disconnect: _Optional[_Union[DisconnectPolicy, _Mapping]] = ...) -> None: ...
+
+class CheckpointPolicy(_message.Message):
+    __slots__ = ("enabled", "interval_s")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    interval_s: float
+    def __init__(self, enabled: _Optional[bool] = ..., interval_s: _Optional[float] = ...) -> None: ...
+
+class DisconnectPolicy(_message.Message):
+    __slots__ = ("lost_after_s", "replace", "has_replace")
+    LOST_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPLACE_FIELD_NUMBER: _ClassVar[int]
+    lost_after_s: float
+    replace: bool
+    has_replace: bool
+    def __init__(self, lost_after_s: _Optional[float] = ..., replace: _Optional[bool] = ..., has_replace: _Optional[bool] = ...) -> None: ...
 
 class NodeAffinity(_message.Message):
     __slots__ = ("nodes", "soft")
@@ -342,7 +364,7 @@ class Locality(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("index", "attempt", "state", "node_id", "subdomain_id", "region", "exit_code", "message", "started_at", "finished_at", "exit_retries", "lost_retries")
+    __slots__ = ("index", "attempt", "state", "node_id", "subdomain_id", "region", "exit_code", "message", "started_at", "finished_at", "exit_retries", "lost_retries", "drains", "progress", "straggler")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +377,9 @@ class TaskInfo(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EXIT_RETRIES_FIELD_NUMBER: _ClassVar[int]
     LOST_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    DRAINS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    STRAGGLER_FIELD_NUMBER: _ClassVar[int]
     index: int
     attempt: int
     state: _common_pb2.TaskState
@@ -367,10 +392,29 @@ class TaskInfo(_message.Message):
     finished_at: float
     exit_retries: int
     lost_retries: int
-    def __init__(self, index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_retries: _Optional[int] = ..., lost_retries: _Optional[int] = ...) -> None: ...
+    drains: int
+    progress: _common_pb2.TaskProgress
+    straggler: bool
+    def __init__(self, index: _Optional[int] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., region: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_retries: _Optional[int] = ..., lost_retries: _Optional[int] = ..., drains: _Optional[int] = ..., progress: _Optional[_Union[_common_pb2.TaskProgress, _Mapping]] = ..., straggler: _Optional[bool] = ...) -> None: ...
+
+class Goodput(_message.Message):
+    __slots__ = ("wall_s", "productive_s", "lost_s", "recovery_s", "effective_ratio", "interruptions")
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTIVE_S_FIELD_NUMBER: _ClassVar[int]
+    LOST_S_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_S_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTIONS_FIELD_NUMBER: _ClassVar[int]
+    wall_s: float
+    productive_s: float
+    lost_s: float
+    recovery_s: float
+    effective_ratio: float
+    interruptions: int
+    def __init__(self, wall_s: _Optional[float] = ..., productive_s: _Optional[float] = ..., lost_s: _Optional[float] = ..., recovery_s: _Optional[float] = ..., effective_ratio: _Optional[float] = ..., interruptions: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "message", "created_at", "updated_at", "finished_at", "tasks", "request_id", "stats")
+    __slots__ = ("job_id", "spec", "state", "message", "created_at", "updated_at", "finished_at", "tasks", "request_id", "stats", "goodput", "stragglers")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +425,8 @@ class Job(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    GOODPUT_FIELD_NUMBER: _ClassVar[int]
+    STRAGGLERS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     state: JobState
@@ -391,7 +437,9 @@ class Job(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     request_id: str
     stats: JobStats
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., request_id: _Optional[str] = ..., stats: _Optional[_Union[JobStats, _Mapping]] = ...) -> None: ...
+    goodput: Goodput
+    stragglers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., request_id: _Optional[str] = ..., stats: _Optional[_Union[JobStats, _Mapping]] = ..., goodput: _Optional[_Union[Goodput, _Mapping]] = ..., stragglers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JobStats(_message.Message):
     __slots__ = ("bytes_intra_node", "bytes_inter_node", "bytes_inter_subdomain", "bytes_inter_region", "bytes_client", "calls", "local_calls", "updated_at")
@@ -693,6 +741,30 @@ class ListNodesResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeView]
     unreachable: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, nodes: _Optional[_Iterable[_Union[_common_pb2.NodeView, _Mapping]]] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AdminNodeRequest(_message.Message):
+    __slots__ = ("node_id", "subdomain_id", "action", "reason", "grace_s")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBDOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    subdomain_id: str
+    action: _common_pb2.NodeAction
+    reason: str
+    grace_s: float
+    def __init__(self, node_id: _Optional[str] = ..., subdomain_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.NodeAction, str]] = ..., reason: _Optional[str] = ..., grace_s: _Optional[float] = ...) -> None: ...
+
+class AdminNodeResponse(_message.Message):
+    __slots__ = ("node", "tasks_stopped", "unreachable")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    node: _common_pb2.NodeView
+    tasks_stopped: int
+    unreachable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[_Union[_common_pb2.NodeView, _Mapping]] = ..., tasks_stopped: _Optional[int] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetClusterInfoRequest(_message.Message):
     __slots__ = ()

@@ -74,6 +74,11 @@ class DomainControlStub:
                 request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.SerializeToString,
                 response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.FromString,
                 _registered_method=True)
+        self.AdminNode = channel.unary_unary(
+                '/domainos.api.v1.DomainControl/AdminNode',
+                request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeRequest.SerializeToString,
+                response_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/domainos.api.v1.DomainControl/WhoAmI',
                 request_serializer=domainos_dot_api_dot_v1_dot_master__pb2.WhoAmIRequest.SerializeToString,
@@ -214,6 +219,13 @@ class DomainControlServicer:
 
     def GetClusterInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdminNode(self, request, context):
+        """Cordon, drain or uncordon a node (admin): relayed to the sub-domain that holds it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -387,6 +399,11 @@ def add_DomainControlServicer_to_server(servicer, server):
                     servicer.GetClusterInfo,
                     request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.FromString,
                     response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.SerializeToString,
+            ),
+            'AdminNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdminNode,
+                    request_deserializer=domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeRequest.FromString,
+                    response_serializer=domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -695,6 +712,33 @@ class DomainControl:
             '/domainos.api.v1.DomainControl/GetClusterInfo',
             domainos_dot_api_dot_v1_dot_master__pb2.GetClusterInfoRequest.SerializeToString,
             domainos_dot_api_dot_v1_dot_master__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdminNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domainos.api.v1.DomainControl/AdminNode',
+            domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeRequest.SerializeToString,
+            domainos_dot_api_dot_v1_dot_master__pb2.AdminNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

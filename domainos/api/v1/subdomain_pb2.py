@@ -25,53 +25,57 @@ _sym_db = _symbol_database.Default()
 from domainos.api.v1 import common_pb2 as domainos_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64omainos/api/v1/subdomain.proto\x12\x0f\x64omainos.api.v1\x1a\x1c\x64omainos/api/v1/common.proto\"\xf7\x02\n\x10SubDomainMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.domainos.api.v1.HelloH\x00\x12\x31\n\x07summary\x18\x02 \x01(\x0b\x32\x1e.domainos.api.v1.SummaryReportH\x00\x12\x34\n\x0ctask_updates\x18\x03 \x01(\x0b\x32\x1c.domainos.api.v1.TaskUpdatesH\x00\x12*\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x1b.domainos.api.v1.CommandAckH\x00\x12\x33\n\tnode_list\x18\x05 \x01(\x0b\x32\x1e.domainos.api.v1.NodeListReplyH\x00\x12.\n\tlog_reply\x18\x06 \x01(\x0b\x32\x19.domainos.api.v1.LogReplyH\x00\x12\x38\n\x0breservation\x18\x07 \x01(\x0b\x32!.domainos.api.v1.ReservationReplyH\x00\x42\x06\n\x04\x62ody\"\xff\x01\n\x05Hello\x12\x14\n\x0csubdomain_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x11\n\tmax_nodes\x18\x05 \x01(\x05\x12*\n\x05tasks\x18\x06 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\x12\x32\n\x07summary\x18\x07 \x01(\x0b\x32!.domainos.api.v1.SubDomainSummary\x12\x37\n\x0creservations\x18\x08 \x03(\x0b\x32!.domainos.api.v1.ReservationState\"\x81\x01\n\rSummaryReport\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32!.domainos.api.v1.SubDomainSummary\x12\x1a\n\x12placements_applied\x18\x04 \x01(\x04\"[\n\x0bTaskUpdates\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\"u\n\rNodeListReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05nodes\x18\x02 \x03(\x0b\x32\x19.domainos.api.v1.NodeView\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x9c\x04\n\rMasterCommand\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.domainos.api.v1.WelcomeH\x00\x12\x30\n\nplace_task\x18\x02 \x01(\x0b\x32\x1a.domainos.api.v1.PlaceTaskH\x00\x12\x35\n\tstop_task\x18\x03 \x01(\x0b\x32 .domainos.api.v1.StopTaskCommandH\x00\x12\x33\n\tack_tasks\x18\x04 \x01(\x0b\x32\x1e.domainos.api.v1.AckTaskStatesH\x00\x12\x30\n\nlist_nodes\x18\x05 \x01(\x0b\x32\x1a.domainos.api.v1.ListNodesH\x00\x12\x32\n\tfetch_log\x18\x06 \x01(\x0b\x32\x1d.domainos.api.v1.FetchTaskLogH\x00\x12\x30\n\x07reserve\x18\x07 \x01(\x0b\x32\x1d.domainos.api.v1.ReserveTasksH\x00\x12\x34\n\x06\x63ommit\x18\x08 \x01(\x0b\x32\".domainos.api.v1.CommitReservationH\x00\x12\x36\n\x07release\x18\t \x01(\x0b\x32#.domainos.api.v1.ReleaseReservationH\x00\x12\x32\n\x0bplace_tasks\x18\n \x01(\x0b\x32\x1b.domainos.api.v1.PlaceTasksH\x00\x42\x06\n\x04\x62ody\"8\n\x07Welcome\x12\x11\n\tmaster_id\x18\x01 \x01(\t\x12\x1a\n\x12summary_interval_s\x18\x02 \x01(\x01\"H\n\tPlaceTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.domainos.api.v1.TaskSpec\"7\n\nPlaceTasks\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.domainos.api.v1.PlaceTask\"n\n\x0fStopTaskCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x18.domainos.api.v1.TaskRef\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"8\n\rAckTaskStates\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.domainos.api.v1.TaskRef\"F\n\tListNodes\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x0c\x46\x65tchTaskLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12,\n\x07request\x18\x03 \x01(\x0b\x32\x1b.domainos.api.v1.LogRequest\"`\n\x0cReserveTasks\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12(\n\x05tasks\x18\x02 \x03(\x0b\x32\x19.domainos.api.v1.TaskSpec\x12\x0e\n\x06hold_s\x18\x03 \x01(\x01\"+\n\x11\x43ommitReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"<\n\x12ReleaseReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb5\x01\n\x10ReservationReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x34\n\x07outcome\x18\x02 \x01(\x0e\x32#.domainos.api.v1.ReservationOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x04 \x01(\x08\x12\x32\n\nplacements\x18\x05 \x03(\x0b\x32\x1e.domainos.api.v1.TaskPlacement\"C\n\rTaskPlacement\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x62lock\x18\x03 \x01(\t\"=\n\x10ReservationState\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x08*\x9f\x01\n\x12ReservationOutcome\x12#\n\x1fRESERVATION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cRESERVATION_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1bRESERVATION_OUTCOME_REFUSED\x10\x02\x12!\n\x1dRESERVATION_OUTCOME_COMMITTED\x10\x03\x32\x64\n\x10SubDomainGateway\x12P\n\x07\x43onnect\x12!.domainos.api.v1.SubDomainMessage\x1a\x1e.domainos.api.v1.MasterCommand(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64omainos/api/v1/subdomain.proto\x12\x0f\x64omainos.api.v1\x1a\x1c\x64omainos/api/v1/common.proto\"\xae\x03\n\x10SubDomainMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.domainos.api.v1.HelloH\x00\x12\x31\n\x07summary\x18\x02 \x01(\x0b\x32\x1e.domainos.api.v1.SummaryReportH\x00\x12\x34\n\x0ctask_updates\x18\x03 \x01(\x0b\x32\x1c.domainos.api.v1.TaskUpdatesH\x00\x12*\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x1b.domainos.api.v1.CommandAckH\x00\x12\x33\n\tnode_list\x18\x05 \x01(\x0b\x32\x1e.domainos.api.v1.NodeListReplyH\x00\x12.\n\tlog_reply\x18\x06 \x01(\x0b\x32\x19.domainos.api.v1.LogReplyH\x00\x12\x38\n\x0breservation\x18\x07 \x01(\x0b\x32!.domainos.api.v1.ReservationReplyH\x00\x12\x35\n\nnode_admin\x18\x08 \x01(\x0b\x32\x1f.domainos.api.v1.NodeAdminReplyH\x00\x42\x06\n\x04\x62ody\"\xff\x01\n\x05Hello\x12\x14\n\x0csubdomain_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x11\n\tmax_nodes\x18\x05 \x01(\x05\x12*\n\x05tasks\x18\x06 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\x12\x32\n\x07summary\x18\x07 \x01(\x0b\x32!.domainos.api.v1.SubDomainSummary\x12\x37\n\x0creservations\x18\x08 \x03(\x0b\x32!.domainos.api.v1.ReservationState\"\x81\x01\n\rSummaryReport\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32!.domainos.api.v1.SubDomainSummary\x12\x1a\n\x12placements_applied\x18\x04 \x01(\x04\"[\n\x0bTaskUpdates\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.domainos.api.v1.TaskStatus\"u\n\rNodeListReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05nodes\x18\x02 \x03(\x0b\x32\x19.domainos.api.v1.NodeView\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xce\x04\n\rMasterCommand\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.domainos.api.v1.WelcomeH\x00\x12\x30\n\nplace_task\x18\x02 \x01(\x0b\x32\x1a.domainos.api.v1.PlaceTaskH\x00\x12\x35\n\tstop_task\x18\x03 \x01(\x0b\x32 .domainos.api.v1.StopTaskCommandH\x00\x12\x33\n\tack_tasks\x18\x04 \x01(\x0b\x32\x1e.domainos.api.v1.AckTaskStatesH\x00\x12\x30\n\nlist_nodes\x18\x05 \x01(\x0b\x32\x1a.domainos.api.v1.ListNodesH\x00\x12\x32\n\tfetch_log\x18\x06 \x01(\x0b\x32\x1d.domainos.api.v1.FetchTaskLogH\x00\x12\x30\n\x07reserve\x18\x07 \x01(\x0b\x32\x1d.domainos.api.v1.ReserveTasksH\x00\x12\x34\n\x06\x63ommit\x18\x08 \x01(\x0b\x32\".domainos.api.v1.CommitReservationH\x00\x12\x36\n\x07release\x18\t \x01(\x0b\x32#.domainos.api.v1.ReleaseReservationH\x00\x12\x32\n\x0bplace_tasks\x18\n \x01(\x0b\x32\x1b.domainos.api.v1.PlaceTasksH\x00\x12\x30\n\nnode_admin\x18\x0b \x01(\x0b\x32\x1a.domainos.api.v1.NodeAdminH\x00\x42\x06\n\x04\x62ody\"8\n\x07Welcome\x12\x11\n\tmaster_id\x18\x01 \x01(\t\x12\x1a\n\x12summary_interval_s\x18\x02 \x01(\x01\"H\n\tPlaceTask\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.domainos.api.v1.TaskSpec\"7\n\nPlaceTasks\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.domainos.api.v1.PlaceTask\"n\n\x0fStopTaskCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x18.domainos.api.v1.TaskRef\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"8\n\rAckTaskStates\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.domainos.api.v1.TaskRef\"\x8a\x01\n\tNodeAdmin\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.domainos.api.v1.NodeAction\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07grace_s\x18\x05 \x01(\x01\x12\n\n\x02\x62y\x18\x06 \x01(\t\"\x82\x01\n\x0eNodeAdminReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\'\n\x04node\x18\x03 \x01(\x0b\x32\x19.domainos.api.v1.NodeView\x12\x15\n\rtasks_stopped\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"F\n\tListNodes\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x0c\x46\x65tchTaskLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12,\n\x07request\x18\x03 \x01(\x0b\x32\x1b.domainos.api.v1.LogRequest\"`\n\x0cReserveTasks\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12(\n\x05tasks\x18\x02 \x03(\x0b\x32\x19.domainos.api.v1.TaskSpec\x12\x0e\n\x06hold_s\x18\x03 \x01(\x01\"+\n\x11\x43ommitReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"<\n\x12ReleaseReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb5\x01\n\x10ReservationReply\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x34\n\x07outcome\x18\x02 \x01(\x0e\x32#.domainos.api.v1.ReservationOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x04 \x01(\x08\x12\x32\n\nplacements\x18\x05 \x03(\x0b\x32\x1e.domainos.api.v1.TaskPlacement\"C\n\rTaskPlacement\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x62lock\x18\x03 \x01(\t\"=\n\x10ReservationState\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x08*\x9f\x01\n\x12ReservationOutcome\x12#\n\x1fRESERVATION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cRESERVATION_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1bRESERVATION_OUTCOME_REFUSED\x10\x02\x12!\n\x1dRESERVATION_OUTCOME_COMMITTED\x10\x03\x32\x64\n\x10SubDomainGateway\x12P\n\x07\x43onnect\x12!.domainos.api.v1.SubDomainMessage\x1a\x1e.domainos.api.v1.MasterCommand(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domainos.api.v1.subdomain_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONOUTCOME']._serialized_start=2657
-  _globals['_RESERVATIONOUTCOME']._serialized_end=2816
+  _globals['_RESERVATIONOUTCOME']._serialized_start=3036
+  _globals['_RESERVATIONOUTCOME']._serialized_end=3195
   _globals['_SUBDOMAINMESSAGE']._serialized_start=83
-  _globals['_SUBDOMAINMESSAGE']._serialized_end=458
-  _globals['_HELLO']._serialized_start=461
-  _globals['_HELLO']._serialized_end=716
-  _globals['_SUMMARYREPORT']._serialized_start=719
-  _globals['_SUMMARYREPORT']._serialized_end=848
-  _globals['_TASKUPDATES']._serialized_start=850
-  _globals['_TASKUPDATES']._serialized_end=941
-  _globals['_NODELISTREPLY']._serialized_start=943
-  _globals['_NODELISTREPLY']._serialized_end=1060
-  _globals['_MASTERCOMMAND']._serialized_start=1063
-  _globals['_MASTERCOMMAND']._serialized_end=1603
-  _globals['_WELCOME']._serialized_start=1605
-  _globals['_WELCOME']._serialized_end=1661
-  _globals['_PLACETASK']._serialized_start=1663
-  _globals['_PLACETASK']._serialized_end=1735
-  _globals['_PLACETASKS']._serialized_start=1737
-  _globals['_PLACETASKS']._serialized_end=1792
-  _globals['_STOPTASKCOMMAND']._serialized_start=1794
-  _globals['_STOPTASKCOMMAND']._serialized_end=1904
-  _globals['_ACKTASKSTATES']._serialized_start=1906
-  _globals['_ACKTASKSTATES']._serialized_end=1962
-  _globals['_LISTNODES']._serialized_start=1964
-  _globals['_LISTNODES']._serialized_end=2034
-  _globals['_FETCHTASKLOG']._serialized_start=2036
-  _globals['_FETCHTASKLOG']._serialized_end=2133
-  _globals['_RESERVETASKS']._serialized_start=2135
-  _globals['_RESERVETASKS']._serialized_end=2231
-  _globals['_COMMITRESERVATION']._serialized_start=2233
-  _globals['_COMMITRESERVATION']._serialized_end=2276
-  _globals['_RELEASERESERVATION']._serialized_start=2278
-  _globals['_RELEASERESERVATION']._serialized_end=2338
-  _globals['_RESERVATIONREPLY']._serialized_start=2341
-  _globals['_RESERVATIONREPLY']._serialized_end=2522
-  _globals['_TASKPLACEMENT']._serialized_start=2524
-  _globals['_TASKPLACEMENT']._serialized_end=2591
-  _globals['_RESERVATIONSTATE']._serialized_start=2593
-  _globals['_RESERVATIONSTATE']._serialized_end=2654
-  _globals['_SUBDOMAINGATEWAY']._serialized_start=2818
-  _globals['_SUBDOMAINGATEWAY']._serialized_end=2918
+  _globals['_SUBDOMAINMESSAGE']._serialized_end=513
+  _globals['_HELLO']._serialized_start=516
+  _globals['_HELLO']._serialized_end=771
+  _globals['_SUMMARYREPORT']._serialized_start=774
+  _globals['_SUMMARYREPORT']._serialized_end=903
+  _globals['_TASKUPDATES']._serialized_start=905
+  _globals['_TASKUPDATES']._serialized_end=996
+  _globals['_NODELISTREPLY']._serialized_start=998
+  _globals['_NODELISTREPLY']._serialized_end=1115
+  _globals['_MASTERCOMMAND']._serialized_start=1118
+  _globals['_MASTERCOMMAND']._serialized_end=1708
+  _globals['_WELCOME']._serialized_start=1710
+  _globals['_WELCOME']._serialized_end=1766
+  _globals['_PLACETASK']._serialized_start=1768
+  _globals['_PLACETASK']._serialized_end=1840
+  _globals['_PLACETASKS']._serialized_start=1842
+  _globals['_PLACETASKS']._serialized_end=1897
+  _globals['_STOPTASKCOMMAND']._serialized_start=1899
+  _globals['_STOPTASKCOMMAND']._serialized_end=2009
+  _globals['_ACKTASKSTATES']._serialized_start=2011
+  _globals['_ACKTASKSTATES']._serialized_end=2067
+  _globals['_NODEADMIN']._serialized_start=2070
+  _globals['_NODEADMIN']._serialized_end=2208
+  _globals['_NODEADMINREPLY']._serialized_start=2211
+  _globals['_NODEADMINREPLY']._serialized_end=2341
+  _globals['_LISTNODES']._serialized_start=2343
+  _globals['_LISTNODES']._serialized_end=2413
+  _globals['_FETCHTASKLOG']._serialized_start=2415
+  _globals['_FETCHTASKLOG']._serialized_end=2512
+  _globals['_RESERVETASKS']._serialized_start=2514
+  _globals['_RESERVETASKS']._serialized_end=2610
+  _globals['_COMMITRESERVATION']._serialized_start=2612
+  _globals['_COMMITRESERVATION']._serialized_end=2655
+  _globals['_RELEASERESERVATION']._serialized_start=2657
+  _globals['_RELEASERESERVATION']._serialized_end=2717
+  _globals['_RESERVATIONREPLY']._serialized_start=2720
+  _globals['_RESERVATIONREPLY']._serialized_end=2901
+  _globals['_TASKPLACEMENT']._serialized_start=2903
+  _globals['_TASKPLACEMENT']._serialized_end=2970
+  _globals['_RESERVATIONSTATE']._serialized_start=2972
+  _globals['_RESERVATIONSTATE']._serialized_end=3033
+  _globals['_SUBDOMAINGATEWAY']._serialized_start=3197
+  _globals['_SUBDOMAINGATEWAY']._serialized_end=3297
 # @@protoc_insertion_point(module_scope)

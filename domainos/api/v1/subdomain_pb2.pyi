@@ -20,7 +20,7 @@ RESERVATION_OUTCOME_REFUSED: ReservationOutcome
 RESERVATION_OUTCOME_COMMITTED: ReservationOutcome
 
 class SubDomainMessage(_message.Message):
-    __slots__ = ("hello", "summary", "task_updates", "ack", "node_list", "log_reply", "reservation")
+    __slots__ = ("hello", "summary", "task_updates", "ack", "node_list", "log_reply", "reservation", "node_admin")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TASK_UPDATES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class SubDomainMessage(_message.Message):
     NODE_LIST_FIELD_NUMBER: _ClassVar[int]
     LOG_REPLY_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADMIN_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     summary: SummaryReport
     task_updates: TaskUpdates
@@ -35,7 +36,8 @@ class SubDomainMessage(_message.Message):
     node_list: NodeListReply
     log_reply: _common_pb2.LogReply
     reservation: ReservationReply
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., summary: _Optional[_Union[SummaryReport, _Mapping]] = ..., task_updates: _Optional[_Union[TaskUpdates, _Mapping]] = ..., ack: _Optional[_Union[_common_pb2.CommandAck, _Mapping]] = ..., node_list: _Optional[_Union[NodeListReply, _Mapping]] = ..., log_reply: _Optional[_Union[_common_pb2.LogReply, _Mapping]] = ..., reservation: _Optional[_Union[ReservationReply, _Mapping]] = ...) -> None: ...
+    node_admin: NodeAdminReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., summary: _Optional[_Union[SummaryReport, _Mapping]] = ..., task_updates: _Optional[_Union[TaskUpdates, _Mapping]] = ..., ack: _Optional[_Union[_common_pb2.CommandAck, _Mapping]] = ..., node_list: _Optional[_Union[NodeListReply, _Mapping]] = ..., log_reply: _Optional[_Union[_common_pb2.LogReply, _Mapping]] = ..., reservation: _Optional[_Union[ReservationReply, _Mapping]] = ..., node_admin: _Optional[_Union[NodeAdminReply, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("subdomain_id", "region", "incarnation", "address", "max_nodes", "tasks", "summary", "reservations")
@@ -92,7 +94,7 @@ class NodeListReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[_common_pb2.NodeView, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MasterCommand(_message.Message):
-    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log", "reserve", "commit", "release", "place_tasks")
+    __slots__ = ("welcome", "place_task", "stop_task", "ack_tasks", "list_nodes", "fetch_log", "reserve", "commit", "release", "place_tasks", "node_admin")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     PLACE_TASK_FIELD_NUMBER: _ClassVar[int]
     STOP_TASK_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +105,7 @@ class MasterCommand(_message.Message):
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     PLACE_TASKS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADMIN_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     place_task: PlaceTask
     stop_task: StopTaskCommand
@@ -113,7 +116,8 @@ class MasterCommand(_message.Message):
     commit: CommitReservation
     release: ReleaseReservation
     place_tasks: PlaceTasks
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ..., reserve: _Optional[_Union[ReserveTasks, _Mapping]] = ..., commit: _Optional[_Union[CommitReservation, _Mapping]] = ..., release: _Optional[_Union[ReleaseReservation, _Mapping]] = ..., place_tasks: _Optional[_Union[PlaceTasks, _Mapping]] = ...) -> None: ...
+    node_admin: NodeAdmin
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., place_task: _Optional[_Union[PlaceTask, _Mapping]] = ..., stop_task: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., ack_tasks: _Optional[_Union[AckTaskStates, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., fetch_log: _Optional[_Union[FetchTaskLog, _Mapping]] = ..., reserve: _Optional[_Union[ReserveTasks, _Mapping]] = ..., commit: _Optional[_Union[CommitReservation, _Mapping]] = ..., release: _Optional[_Union[ReleaseReservation, _Mapping]] = ..., place_tasks: _Optional[_Union[PlaceTasks, _Mapping]] = ..., node_admin: _Optional[_Union[NodeAdmin, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("master_id", "summary_interval_s")
@@ -154,6 +158,36 @@ class AckTaskStates(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskRef]
     def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.TaskRef, _Mapping]]] = ...) -> None: ...
+
+class NodeAdmin(_message.Message):
+    __slots__ = ("request_id", "node_id", "action", "reason", "grace_s", "by")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    node_id: str
+    action: _common_pb2.NodeAction
+    reason: str
+    grace_s: float
+    by: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.NodeAction, str]] = ..., reason: _Optional[str] = ..., grace_s: _Optional[float] = ..., by: _Optional[str] = ...) -> None: ...
+
+class NodeAdminReply(_message.Message):
+    __slots__ = ("request_id", "found", "node", "tasks_stopped", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    found: bool
+    node: _common_pb2.NodeView
+    tasks_stopped: int
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., found: _Optional[bool] = ..., node: _Optional[_Union[_common_pb2.NodeView, _Mapping]] = ..., tasks_stopped: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListNodes(_message.Message):
     __slots__ = ("request_id", "page_size", "page_token")
