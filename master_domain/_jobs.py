@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -303,10 +304,14 @@ class SubdomainHello:
 
 @dataclass(frozen=True, slots=True)
 class SubdomainLost:
-    """A sub-domain stayed away past the grace period: its tasks are LOST."""
+    """A sub-domain has been away ``away_s``: each of its tasks whose job's ``disconnect.lost_after``
+    (``grace_s`` when the job sets none) has passed is LOST (and runs elsewhere) -- unless the job
+    says ``disconnect.replace: false``, then it waits for the sub-domain."""
 
     subdomain_id: str
     reason: str
+    away_s: float = math.inf
+    grace_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +506,8 @@ class JobTable:
         self._pending: dict[str, dict[int, None]] = {}
         # sub-domain id -> live tasks (job id, index) placed there.
         self._by_subdomain: dict[str, dict[tuple[str, int], None]] = {}
+        #: Sub-domain away -> the absence (s) at which its next task's disconnect policy is due.
+        self._away_next: dict[str, float] = {}
         # (job id, index) -> monotonic deadline; insertion order is deadline order.
         self._unconfirmed: dict[tuple[str, int], float] = {}
         # Filled by validate() only: the attempt of every task at the previous check.
@@ -642,8 +649,8 @@ class JobTable:
                     self._report(sd, report, out)
             case SubdomainHello():
                 self._hello(event, out)
-            case SubdomainLost(subdomain_id=sd, reason=reason):
-                self._subdomain_lost(sd, reason, out)
+            case SubdomainLost():
+                self._subdomain_lost(event, out)
             case Place():
                 self._place(event, out)
             case Cancel(job_id=job_id, reason=reason):
@@ -809,21 +816,56 @@ class JobTable:
                 self._requeue(job, task, f"placement on {sd} not confirmed in time", out)
             self._changed(job, out)
 
-    def _subdomain_lost(self, sd: str, reason: str, out: _Out) -> None:
+    @staticmethod
+    def lost_after(job: Job, grace_s: float) -> float:
+        """How long the job's tasks in an unreachable sub-domain are left alone."""
+        pol = job.spec.disconnect
+        return pol.lost_after_s if pol is not None and pol.lost_after_s else grace_s
+
+    def away_due(self, sd: str, grace_s: float) -> float:
+        """Seconds of absence after which :class:`SubdomainLost` has something to do for ``sd``
+        (``inf``: nothing, every task left there waits for it). O(tasks there) once per absence."""
+        due = self._away_next.get(sd)
+        if due is None:
+            due = min(
+                (self.lost_after(self._jobs[j], grace_s) for j, _ in self._by_subdomain.get(sd, {})),
+                default=math.inf,
+            )
+            self._away_next[sd] = due
+        return due
+
+    def _subdomain_lost(self, ev: SubdomainLost, out: _Out) -> None:
+        sd, reason = ev.subdomain_id, ev.reason
+        later = math.inf  # the next policy due
         for job_id, index in list(self._by_subdomain.get(sd, {})):
             if (job_id, index) not in self._by_subdomain.get(sd, {}):
                 continue  # its gang was requeued by an earlier one of this loop
             job = self._jobs[job_id]
             task = job.tasks[index]
+            after = self.lost_after(job, ev.grace_s)
+            if ev.away_s < after:
+                later = min(later, after)
+                continue
+            pol = job.spec.disconnect
+            if pol is not None and not pol.replace and (task.confirmed or task.stopping):
+                waiting = f"sub-domain {sd} unreachable; waiting for it (disconnect.replace: false)"
+                if task.message != waiting:
+                    task.message = waiting
+                    self._changed(job, out)
+                continue
+            why = reason if ev.away_s == math.inf else f"sub-domain {sd} did not reconnect within {after:g}s"
             if task.confirmed or task.stopping:
-                self._lost(job, task, reason, out)
+                self._lost(job, task, why, out)
             else:
-                self._requeue(job, task, f"placement on {sd} not confirmed: {reason}", out)
+                self._requeue(job, task, f"placement on {sd} not confirmed: {why}", out)
             self._changed(job, out)
-        self._by_subdomain.pop(sd, None)
+        self._away_next[sd] = later
+        if not self._by_subdomain.get(sd):
+            self._by_subdomain.pop(sd, None)
 
     def _hello(self, ev: SubdomainHello, out: _Out) -> None:
         sd = ev.subdomain_id
+        self._away_next.pop(sd, None)
         reported: set[tuple[str, int]] = set()
         for report in ev.reports:
             job = self._jobs.get(report.job_id)

@@ -713,17 +713,24 @@ class MasterDomain:
             since = (
                 rec.absent_since if rec is not None and rec.absent_since is not None else self._started_mono
             )
-            if now - since >= grace:
-                log.warning(
-                    "sub-domain %s has been away for %.0fs; its %d tasks are lost",
-                    sd,
-                    now - since,
-                    self._jobs.tasks_on(sd),
-                )
+            away = now - since
+            if away >= self._jobs.away_due(sd, grace):
+                before = self._jobs.tasks_on(sd)
                 effects.extend(
                     self._jobs.handle(
-                        SubdomainLost(sd, f"sub-domain {sd} did not reconnect within {grace:g}s")
+                        SubdomainLost(
+                            sd, f"sub-domain {sd} unreachable for {away:.0f}s", away_s=away, grace_s=grace
+                        )
                     )
+                )
+                log.warning(
+                    "sub-domain %s has been away for %.0fs: %d of its %d tasks lost (their jobs' "
+                    "disconnect.lost_after passed), %d left to wait",
+                    sd,
+                    away,
+                    before - self._jobs.tasks_on(sd),
+                    before,
+                    self._jobs.tasks_on(sd),
                 )
         return effects
 

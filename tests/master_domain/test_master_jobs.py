@@ -394,3 +394,46 @@ def test_a_drained_task_is_queued_again_without_spending_a_retry() -> None:
     step(t, Cancel("j-1", "no longer needed"))
     step(t, rep("sd-a", "j-1", 0, 1, S.CANCELLED, drained=True))
     assert job.tasks[0].state is S.CANCELLED and job.tasks[0].drains == 1
+
+
+def test_disconnect_policies_decide_what_a_partition_does_to_each_job() -> None:
+    import dataclasses
+
+    from domainos.jobspec import DisconnectPolicy
+
+    t = table()
+    default = add_job(t, spec(), "j-default")  # the master's grace (30 s here)
+    patient = add_job(t, dataclasses.replace(spec(), disconnect=DisconnectPolicy(120.0, True)), "j-patient")
+    stay = add_job(t, dataclasses.replace(spec(), disconnect=DisconnectPolicy(10.0, False)), "j-stay")
+    for job_id in ("j-default", "j-patient", "j-stay"):
+        run_to(t, job_id, 0)
+    assert t.away_due("sd-a", 30.0) == 10.0  # the earliest policy
+    # 10 s away: only j-stay's time has come, and it waits for the sub-domain.
+    step(t, SubdomainLost("sd-a", "unreachable for 10s", away_s=10.0, grace_s=30.0))
+    assert stay.tasks[0].state is S.RUNNING and "waiting for it" in stay.tasks[0].message
+    assert default.tasks[0].state is S.RUNNING and patient.tasks[0].state is S.RUNNING
+    assert t.away_due("sd-a", 30.0) == 30.0
+    # 30 s: the default job is lost and queued again (a retry on_lost spent).
+    step(t, SubdomainLost("sd-a", "unreachable for 30s", away_s=30.0, grace_s=30.0))
+    assert default.tasks[0].state is S.PENDING and default.tasks[0].lost_retries == 1
+    assert patient.tasks[0].state is S.RUNNING and t.away_due("sd-a", 30.0) == 120.0
+    step(t, SubdomainLost("sd-a", "unreachable for 120s", away_s=120.0, grace_s=30.0))
+    assert patient.tasks[0].state is S.PENDING
+    assert t.away_due("sd-a", 30.0) == float("inf") and t.tasks_on("sd-a") == 1
+    # The sub-domain comes back: the waiting task was running all along and carries on; the
+    # others' old attempts are stopped (their replacements are the current attempts).
+    effects = step(
+        t,
+        SubdomainHello(
+            "sd-a",
+            (
+                TaskReport("j-stay", 0, 0, S.RUNNING, node_id="n-1"),
+                TaskReport("j-default", 0, 0, S.RUNNING, node_id="n-1"),
+                TaskReport("j-patient", 0, 0, S.RUNNING, node_id="n-1"),
+            ),
+        ),
+    )
+    stops = {e.ref.job_id for e in effects if isinstance(e, StopTask)}
+    assert stops == {"j-default", "j-patient"}
+    assert stay.tasks[0].state is S.RUNNING and stay.tasks[0].attempt == 0
+    assert t.away_due("sd-a", 30.0) == 10.0  # a later absence starts over
