@@ -459,9 +459,43 @@ def render_job(job: Job, now: float, max_width: int | None = None, *, command_li
         took = fmt_duration(max(job.finished_at - job.created_at, 0.0)) if job.created_at else DASH
         facts.append(("finished", f"{fmt_clock(job.finished_at, date=True)} (took {took})"))
     facts += stats_facts(job)
+    facts += goodput_facts(job)
     out = key_values(facts)
     if job.tasks:
         out += "\n\n" + table(TASK_HEADERS, task_rows(job, now), right=(0, 1, 6), max_width=max_width)
+    return out
+
+
+def goodput_facts(job: Job) -> list[tuple[str, object]]:
+    """``goodput`` of ``domainctl job``: the effective ratio and where the rest went; stragglers."""
+    g = job.goodput
+    out: list[tuple[str, object]] = []
+    if g.wall_s > 0:
+        out.append(
+            (
+                "goodput",
+                f"{100 * g.effective_ratio:.1f}% effective: {fmt_duration(g.productive_s)} productive of "
+                f"{fmt_duration(g.wall_s)}; lost {fmt_duration(g.lost_s)} (work since the last checkpoint), "
+                f"recovering {fmt_duration(g.recovery_s)}; {g.interruptions} interruptions (per task)",
+            )
+        )
+    if job.stragglers:
+        nodes = {t.index: t.node_id for t in job.tasks}
+        out.append(("stragglers", ", ".join(f"task {i} on {nodes.get(i) or DASH}" for i in job.stragglers)))
+    steps = [t for t in job.tasks if t.step >= 0]
+    if steps:
+        done = min(t.step for t in steps)
+        total = max(t.total_steps for t in steps)
+        ck = [t.checkpoint_step for t in steps if t.checkpoint_step >= 0]
+        out.append(
+            (
+                "progress",
+                f"step {done}"
+                + (f" of {total}" if total else "")
+                + " (slowest task)"
+                + (f"; last checkpoint at step {min(ck)}" if ck else ""),
+            )
+        )
     return out
 
 

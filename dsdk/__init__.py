@@ -21,10 +21,12 @@ from ._driver import Pool, WorkerInfo, gather
 from ._models import conduct, contact, establish
 from ._retry import Retry
 from ._spec import as_spec, load_spec_file
+from ._taskprogress import note_checkpoint, report_progress
 from ._types import (
     ClusterInfo,
     DatasetInfo,
     Endpoint,
+    Goodput,
     Job,
     JobState,
     JobStats,
@@ -51,6 +53,7 @@ __all__ = [
     "DomainOSError",
     "Endpoint",
     "Explanation",
+    "Goodput",
     "Job",
     "JobSpec",
     "JobState",
@@ -90,10 +93,12 @@ __all__ = [
     "gather",
     "last_stats",
     "load_spec_file",
+    "note_checkpoint",
     "parse_spec",
     "parse_spec_yaml",
     "parse_ttl",
     "read_shard",
+    "report_progress",
     "resolve_address",
     "resolve_tls",
     "save_token",

@@ -105,6 +105,15 @@ class Task:
     finished_at: float = 0.0
     exit_retries: int = 0
     lost_retries: int = 0
+    #: Attempts moved off draining nodes (no retry spent).
+    drains: int = 0
+    #: The step the current attempt last reported (``dsdk.report_progress``; -1 = none), of
+    #: ``total_steps`` (0 = unknown), and its last checkpoint's step (-1 = none).
+    step: int = -1
+    total_steps: int = 0
+    checkpoint_step: int = -1
+    #: Running well behind the rest of its gang.
+    straggler: bool = False
 
     @classmethod
     def from_proto(cls, msg: Any) -> Task:
@@ -121,6 +130,30 @@ class Task:
             finished_at=msg.finished_at,
             exit_retries=msg.exit_retries,
             lost_retries=msg.lost_retries,
+            drains=msg.drains,
+            step=msg.progress.step if msg.HasField("progress") else -1,
+            total_steps=msg.progress.total_steps if msg.HasField("progress") else 0,
+            checkpoint_step=msg.progress.checkpoint_step if msg.HasField("progress") else -1,
+            straggler=msg.straggler,
+        )
+
+
+@dataclass(frozen=True)
+class Goodput:
+    """Where a job's time went, in seconds per task, from its first task start to now (or its
+    end): productive = wall - lost - recovery; ``effective_ratio`` = productive / wall."""
+
+    wall_s: float = 0.0
+    productive_s: float = 0.0
+    lost_s: float = 0.0
+    recovery_s: float = 0.0
+    effective_ratio: float = 0.0
+    interruptions: int = 0
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> Goodput:
+        return cls(
+            msg.wall_s, msg.productive_s, msg.lost_s, msg.recovery_s, msg.effective_ratio, msg.interruptions
         )
 
 
@@ -301,6 +334,10 @@ class Job:
     spec: JobSpec | None = field(default=None, compare=False, repr=False)
     #: What the job's data plane moved (DSDK jobs).
     stats: JobStats = field(default_factory=JobStats, compare=False)
+    #: Where its time went (see :class:`Goodput`).
+    goodput: Goodput = field(default_factory=Goodput, compare=False)
+    #: Indexes of gang tasks running well behind the others.
+    stragglers: tuple[int, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -340,6 +377,8 @@ class Job:
             request_id=msg.request_id,
             spec=spec,
             stats=JobStats.from_proto(msg.stats),
+            goodput=Goodput.from_proto(msg.goodput),
+            stragglers=tuple(msg.stragglers),
         )
 
 

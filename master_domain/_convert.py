@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import cast
 
 from domainos import model
@@ -85,10 +86,13 @@ def task_to_proto(task: Task) -> master_pb2.TaskInfo:
         exit_retries=task.exit_retries,
         lost_retries=task.lost_retries,
         drains=task.drains,
+        progress=task.progress.to_proto() if task.progress is not None else None,
+        straggler=task.straggler,
     )
 
 
-def job_to_proto(job: Job, *, with_tasks: bool = True) -> master_pb2.Job:
+def job_to_proto(job: Job, *, with_tasks: bool = True, now: float | None = None) -> master_pb2.Job:
+    good = job.goodput(time.time() if now is None else now)
     return master_pb2.Job(
         job_id=job.job_id,
         spec=job.spec.to_proto(),
@@ -100,6 +104,8 @@ def job_to_proto(job: Job, *, with_tasks: bool = True) -> master_pb2.Job:
         tasks=[task_to_proto(t) for t in job.tasks] if with_tasks else [],
         request_id=job.request_id,
         stats=stats_to_proto(job.stats),
+        goodput=master_pb2.Goodput(**good),  # type: ignore[arg-type]
+        stragglers=list(job.stragglers),
     )
 
 

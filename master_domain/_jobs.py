@@ -74,6 +74,11 @@ LIVE_TASK_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 #: Longest task message kept from a report (records of big jobs must fit in one store value).
 MAX_MESSAGE = 300
 TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+#: Straggler checks: how often, below what share of the gang's median rate a task is slow (two
+#: checks in a row make it a straggler), and above what share it is normal again.
+STRAGGLER_CHECK_S = 15.0
+STRAGGLER_RATIO = 0.5
+STRAGGLER_CLEAR = 0.8
 
 
 @dataclass(slots=True)
@@ -104,6 +109,15 @@ class Task:
     # rejected this task, with the monotonic time (skip them until a newer summary).
     last_run: tuple[int, str, str] | None = None
     rejected_by: dict[str, float] = field(default_factory=dict)
+    #: What the current attempt last said about its progress (from its sub-domain).
+    progress: TaskProgress | None = None
+    #: Running well behind the rest of its gang (see :meth:`JobTable.check_stragglers`).
+    straggler: bool = False
+    #: Wall time its last attempt was interrupted, until the next one runs (0 = not down).
+    down_since: float = 0.0
+    #: (step, step_at) at the last straggler check, and checks in a row it was slow.
+    rate_mark: tuple[int, float] | None = None
+    slow_checks: int = 0
 
     @property
     def live(self) -> bool:
@@ -191,6 +205,15 @@ class Job:
     token_id: str = ""
     #: Data-plane totals reported by the job's DSDK driver (``JobStats`` field -> value).
     stats: dict[str, float] = field(default_factory=dict)
+    #: Goodput: when its first task started; task-seconds lost (work since the last checkpoint
+    #: of interrupted attempts) and spent recovering (interruption -> running again); how many
+    #: attempts were interrupted.
+    first_started_at: float = 0.0
+    lost_s: float = 0.0
+    recovery_s: float = 0.0
+    interruptions: int = 0
+    #: Task indexes currently flagged as stragglers (not stored).
+    stragglers: tuple[int, ...] = ()
     #: Bumped on every change that must be persisted (not stored).
     version: int = 0
     #: Number of tasks in each state, kept in step with ``tasks`` (not stored).
@@ -229,6 +252,18 @@ class Job:
             "token_id": self.token_id,
             "tasks": [t.to_list(with_message=task_messages) for t in self.tasks],
             **({"stats": dict(self.stats)} if self.stats else {}),
+            **(
+                {
+                    "goodput": {
+                        "first_started_at": self.first_started_at,
+                        "lost_s": round(self.lost_s, 3),
+                        "recovery_s": round(self.recovery_s, 3),
+                        "interruptions": self.interruptions,
+                    }
+                }
+                if self.first_started_at
+                else {}
+            ),
         }
 
     @classmethod
@@ -251,8 +286,41 @@ class Job:
             token_id=str(data.get("token_id", "")),
             stats={str(k): float(v) for k, v in (data.get("stats") or {}).items()},
         )
+        goodput = data.get("goodput") or {}
+        job.first_started_at = float(goodput.get("first_started_at", 0.0))
+        job.lost_s = float(goodput.get("lost_s", 0.0))
+        job.recovery_s = float(goodput.get("recovery_s", 0.0))
+        job.interruptions = int(goodput.get("interruptions", 0))
         job.counts = Counter(t.state for t in tasks)
         return job
+
+    def goodput(self, now: float) -> dict[str, float]:
+        """Where the job's time went, per task: wall, productive, lost, recovery (seconds), the
+        effective ratio (productive / wall) and the interruptions (the ``Goodput`` message)."""
+        if not self.first_started_at:
+            return {
+                "wall_s": 0.0,
+                "productive_s": 0.0,
+                "lost_s": 0.0,
+                "recovery_s": 0.0,
+                "effective_ratio": 0.0,
+                "interruptions": 0,
+            }
+        end = self.finished_at or now
+        n = max(1, len(self.tasks))
+        wall = max(0.0, end - self.first_started_at)
+        down = sum(max(0.0, end - t.down_since) for t in self.tasks if t.down_since)
+        lost = self.lost_s / n
+        recovery = (self.recovery_s + down) / n
+        productive = max(0.0, wall - lost - recovery)
+        return {
+            "wall_s": wall,
+            "productive_s": productive,
+            "lost_s": lost,
+            "recovery_s": recovery,
+            "effective_ratio": productive / wall if wall > 0 else 0.0,
+            "interruptions": self.interruptions,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +586,13 @@ class JobTable:
         self.misdispatch_total = 0
         #: Live tasks stopped and requeued by preemption (:class:`Preempt`).
         self.preempted_total = 0
+        #: Task-seconds lost to interruptions and spent recovering from them (goodput).
+        self.lost_task_s = 0.0
+        self.recovery_task_s = 0.0
+        #: Gang jobs whose tasks report progress (straggler checks), in insertion order.
+        self._progress_jobs: dict[str, None] = {}
+        #: Running gang or checkpointing jobs (their goodput is exported per job).
+        self._goodput_jobs: dict[str, None] = {}
         #: Task attempts moved off draining nodes.
         self.drained_total = 0
         #: Active jobs per state (kept in step, read by metrics at scrape time).
@@ -923,10 +998,13 @@ class JobTable:
             self._confirm(job, task)
         elif state is TaskState.RUNNING:
             if task.state is TaskState.RUNNING:
-                return
+                if r.progress is not None:
+                    self._progressed(job, task, r.progress)
+                return  # progress is kept in memory, not stored
             self._confirm(job, task)
             self._set_state(job, task, TaskState.RUNNING)
             task.started_at = r.started_at or self._clock.time()
+            self._started(job, task, r)
         elif state is TaskState.SUCCEEDED:
             self._finish(job, task, TaskState.SUCCEEDED, exit_code=0, message=r.message, report=r)
         elif (
@@ -1054,10 +1132,127 @@ class JobTable:
         task.message = message
         if report is not None and report.started_at:
             task.started_at = report.started_at
+            self._ran(job, task)
         task.finished_at = (report.finished_at if report is not None else 0.0) or self._clock.time()
+
+    # -- goodput and stragglers ------------------------------------------------------------------
+
+    def _ran(self, job: Job, task: Task) -> None:
+        """An attempt ran (from ``task.started_at``): the job's clock starts with its first task;
+        the task's recovery ends."""
+        if not job.first_started_at or task.started_at < job.first_started_at:
+            job.first_started_at = task.started_at
+        if (job.spec.is_gang or job.spec.checkpoint is not None) and not job.terminal:
+            self._goodput_jobs[job.job_id] = None
+        if task.down_since:
+            took = max(0.0, task.started_at - task.down_since)
+            job.recovery_s += took
+            self.recovery_task_s += took
+            task.down_since = 0.0
+
+    def _started(self, job: Job, task: Task, r: TaskReport) -> None:
+        self._ran(job, task)
+        task.progress = r.progress
+        task.rate_mark = None
+        task.slow_checks = 0
+        task.straggler = False
+        if r.progress is not None:
+            self._progressed(job, task, r.progress)
+
+    def _progressed(self, job: Job, task: Task, progress: TaskProgress) -> None:
+        task.progress = progress
+        if job.spec.is_gang and len(job.tasks) >= 3:
+            self._progress_jobs[job.job_id] = None
+
+    def _interrupted(self, job: Job, task: Task) -> None:
+        """The running attempt ends and another will follow: the work since its last checkpoint
+        (all of it without one; half the declared interval when the job only declares one) is
+        lost, and the task is down until the next attempt runs."""
+        end = self._clock.time()
+        start = task.started_at or end
+        p = task.progress
+        policy = job.spec.checkpoint
+        if p is not None and p.checkpoint_at >= start and p.checkpoint_step >= 0:
+            lost = end - p.checkpoint_at
+        elif policy is not None and policy.interval_s:
+            lost = min(end - start, policy.interval_s / 2)
+        else:
+            lost = end - start
+        lost = max(0.0, lost)
+        job.lost_s += lost
+        job.interruptions += 1
+        self.lost_task_s += lost
+        task.down_since = end
+
+    def goodput_jobs(self, limit: int) -> list[Job]:
+        """Running gang or checkpointing jobs, at most ``limit`` (the oldest); for metrics."""
+        out = []
+        for k in list(self._goodput_jobs)[:limit]:
+            job = self._jobs.get(k)
+            if job is not None:
+                out.append(job)
+        return out
+
+    def progress_jobs(self) -> list[Job]:
+        """Gang jobs whose tasks report progress (metrics; a copy, safe from another thread)."""
+        return [j for j in (self._jobs.get(k) for k in list(self._progress_jobs)) if j is not None]
+
+    def check_stragglers(self, now: float) -> list[tuple[str, int]]:
+        """Compare each gang task's progress rate with its gang's median (gangs of 3+ tasks that
+        report progress); a task below :data:`STRAGGLER_RATIO` of it on two checks in a row is a
+        straggler (back to normal above :data:`STRAGGLER_CLEAR`). O(tasks of such gangs); the
+        caller runs it every :data:`STRAGGLER_CHECK_S`. Returns the (job, task) newly flagged."""
+        flagged: list[tuple[str, int]] = []
+        for job_id in list(self._progress_jobs):
+            job = self._jobs.get(job_id)
+            if job is None or job.terminal:
+                self._progress_jobs.pop(job_id, None)
+                continue
+            rates: dict[int, float] = {}
+            for t in job.tasks:
+                p = t.progress
+                if t.state is not TaskState.RUNNING or p is None:
+                    continue
+                mark = t.rate_mark
+                if mark is not None and now > mark[1]:
+                    rates[t.index] = max(0.0, p.step - mark[0]) / (now - mark[1])
+                t.rate_mark = (p.step, now)
+            if len(rates) < 3:
+                continue
+            median = sorted(rates.values())[len(rates) // 2]
+            if median <= 0:
+                continue
+            stragglers = []
+            for index, rate in rates.items():
+                t = job.tasks[index]
+                if rate < STRAGGLER_RATIO * median:
+                    t.slow_checks += 1
+                    if t.slow_checks >= 2 and not t.straggler:
+                        t.straggler = True
+                        flagged.append((job_id, index))
+                        log.warning(
+                            "job %s task %d on node %s is a straggler: %.3g steps/s, the gang's median %.3g",
+                            job_id,
+                            index,
+                            t.node_id,
+                            rate,
+                            median,
+                        )
+                elif rate >= STRAGGLER_CLEAR * median:
+                    t.slow_checks = 0
+                    t.straggler = False
+                if t.straggler:
+                    stragglers.append(index)
+            job.stragglers = tuple(sorted(stragglers))
+        return flagged
 
     def _repend(self, job: Job, task: Task, message: str) -> None:
         """Back to PENDING as a new attempt (the old one, if it still runs, gets stopped by id)."""
+        if task.state is TaskState.RUNNING:
+            self._interrupted(job, task)
+        task.progress = None
+        task.straggler = False
+        task.rate_mark = None
         self._unplace(job, task)
         if task.subdomain_id:
             task.last_run = (task.attempt, task.node_id, task.subdomain_id)
@@ -1150,6 +1345,19 @@ class JobTable:
         job.finished_at = self._clock.time()
         self._stop_all(job, f"job failed: {message}", out)
 
+    def _close_recoveries(self, job: Job) -> None:
+        """A finished job's tasks are not down any more (the time they were counts as recovery)."""
+        end = job.finished_at or self._clock.time()
+        for t in job.tasks:
+            if t.down_since:
+                took = max(0.0, end - t.down_since)
+                job.recovery_s += took
+                self.recovery_task_s += took
+                t.down_since = 0.0
+        job.stragglers = ()
+        self._progress_jobs.pop(job.job_id, None)
+        self._goodput_jobs.pop(job.job_id, None)
+
     def _set_state(self, job: Job, task: Task, state: TaskState) -> None:
         job.counts[task.state] -= 1
         job.counts[state] += 1
@@ -1186,6 +1394,8 @@ class JobTable:
                 log.info("job %s cancelled", job.job_id)
             else:
                 self._set_job_state(job, _derive(c))
+        if job.terminal:
+            self._close_recoveries(job)
         job.version += 1
         job.updated_at = self._clock.time()
         out.persist[job.job_id] = None

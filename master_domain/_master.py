@@ -68,6 +68,7 @@ from master_domain._convert import (
 )
 from master_domain._datasets import DatasetRegistry
 from master_domain._jobs import (
+    STRAGGLER_CHECK_S,
     TERMINAL_JOB_STATES,
     AckTasks,
     Cancel,
@@ -94,7 +95,7 @@ from master_domain._jobs import (
     Tick,
 )
 from master_domain._leader import Candidate, FencedStore, Leadership
-from master_domain._metrics import MasterMetrics, MasterStats
+from master_domain._metrics import MAX_GOODPUT_JOBS, MasterMetrics, MasterStats
 from master_domain._placement import Placer, Want, check_fits_federation
 from master_domain._preemption import Decision, Preemptions
 from master_domain._registry import Registry, Session, SubdomainRecord
@@ -217,6 +218,7 @@ class MasterDomain:
         self._dirty: dict[str, None] = {}
         # Jobs changed by task updates that nothing waits on are written at most this often.
         self._lazy_flush_due = 0.0
+        self._stragglers_due = 0.0
         # job id -> (tenant, submitted by) of every job ever seen: ListJobs filters by it.
         self._owners: dict[str, tuple[str, str]] = {}
         self._store: AsyncStore | None = None
@@ -697,6 +699,10 @@ class MasterDomain:
         effects: list[Effect] = list(self._jobs.handle(Tick()))
         effects.extend(self._carry(self._coordinator.handle(_reserve.Tick(self._clock.monotonic()))))
         effects.extend(self._expire_absent_subdomains())
+        now = self._clock.monotonic()
+        if now >= self._stragglers_due:
+            self._stragglers_due = now + STRAGGLER_CHECK_S
+            self._jobs.check_stragglers(now)
         effects.extend(self._place_pending())
         if effects or (self._dirty and self._clock.monotonic() >= self._lazy_flush_due):
             await self._commit(effects)
@@ -2035,6 +2041,13 @@ class MasterDomain:
                     gangs_failed=rs.gangs_failed,
                     tasks_drained_total=self._jobs.drained_total,
                     tasks_preempted_total=self._jobs.preempted_total,
+                    goodput_lost_task_s=self._jobs.lost_task_s,
+                    goodput_recovery_task_s=self._jobs.recovery_task_s,
+                    stragglers=sum(len(j.stragglers) for j in self._jobs.progress_jobs()),
+                    job_goodput=[
+                        (j.job_id, job_tenant(j), j.goodput(time.time()))
+                        for j in self._jobs.goodput_jobs(MAX_GOODPUT_JOBS)
+                    ],
                 )
             except RuntimeError:  # a dict changed size while being copied: try again
                 continue

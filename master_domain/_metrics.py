@@ -28,6 +28,10 @@ _DECISION_BUCKETS = (
 )  # fmt: skip
 
 
+#: Most jobs whose goodput is exported one by one (label cardinality stays bounded).
+MAX_GOODPUT_JOBS = 1000
+
+
 @dataclass(frozen=True)
 class MasterStats:
     """A snapshot of what the collector exposes."""
@@ -49,6 +53,13 @@ class MasterStats:
     #: Task attempts queued again without spending a retry: moved off draining nodes, preempted.
     tasks_drained_total: int = 0
     tasks_preempted_total: int = 0
+    #: Goodput: task-seconds lost to interruptions (work since the last checkpoint) and spent
+    #: recovering (interrupted -> running again); gang tasks flagged as stragglers now.
+    goodput_lost_task_s: float = 0.0
+    goodput_recovery_task_s: float = 0.0
+    stragglers: int = 0
+    #: Running gang or checkpointing jobs: (job id, tenant, Goodput fields).
+    job_goodput: list[tuple[str, str, dict[str, float]]] = field(default_factory=list)
 
 
 class _MasterCollector(Collector):
@@ -111,6 +122,38 @@ class _MasterCollector(Collector):
         requeued.add_metric(["drained"], stats.tasks_drained_total)
         requeued.add_metric(["preempted"], stats.tasks_preempted_total)
         yield requeued
+        goodput = CounterMetricFamily(
+            "domainos_master_goodput_lost_seconds",
+            "Task-seconds not productive, by kind (lost: work since the last checkpoint of "
+            "interrupted attempts; recovery: from an interruption until the task runs again).",
+            labels=["kind"],
+        )
+        goodput.add_metric(["lost"], stats.goodput_lost_task_s)
+        goodput.add_metric(["recovery"], stats.goodput_recovery_task_s)
+        yield goodput
+        ratio = GaugeMetricFamily(
+            "domainos_master_job_effective_ratio",
+            "Productive time / wall time of each running gang or checkpointing job (at most "
+            f"{MAX_GOODPUT_JOBS} jobs).",
+            labels=["job_id", "tenant"],
+        )
+        seconds = GaugeMetricFamily(
+            "domainos_master_job_goodput_seconds",
+            "Per task seconds of each running gang or checkpointing job, by kind "
+            "(wall, productive, lost, recovery).",
+            labels=["job_id", "tenant", "kind"],
+        )
+        for job_id, tenant, g in stats.job_goodput:
+            ratio.add_metric([job_id, tenant], g["effective_ratio"])
+            for kind in ("wall", "productive", "lost", "recovery"):
+                seconds.add_metric([job_id, tenant, kind], g[f"{kind}_s"])
+        yield ratio
+        yield seconds
+        yield GaugeMetricFamily(
+            "domainos_master_stragglers",
+            "Gang tasks progressing at under half their gang's median rate.",
+            value=stats.stragglers,
+        )
         yield GaugeMetricFamily(
             "domainos_master_nodes_ready",
             "Ready nodes, summed over the connected sub-domains' summaries.",

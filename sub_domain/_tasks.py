@@ -18,7 +18,7 @@ from typing import Any
 
 from domainos.errors import DomainOSError, FailedPrecondition
 from domainos.ids import new_command_id
-from domainos.model import TaskRef, TaskSpec, TaskState, TaskStatus
+from domainos.model import TaskProgress, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
 
 from ._placement import Placement
@@ -26,6 +26,8 @@ from ._registry import NodeRegistry
 
 #: Default grace for stops the sub-domain decides on its own (reconciliation).
 RECONCILE_STOP_GRACE_S = 10.0
+#: A running task's progress goes up to the master at most this often (a new checkpoint: at once).
+PROGRESS_FORWARD_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class TaskEntry:
     start_command: str = ""
     #: Stopped to drain its node: its final status says so (the master requeues it for free).
     drained: bool = False
+    #: When its progress last went up to the master (not stored).
+    progress_sent_at: float = 0.0
 
     @property
     def key(self) -> TaskRef:
@@ -398,6 +402,12 @@ class TaskTable:
             TaskState.UNSPECIFIED,
             TaskState.PENDING,
         ):
+            if (
+                reported.state == entry.status.state == TaskState.RUNNING
+                and reported.progress is not None
+                and reported.progress != entry.status.progress
+            ):
+                return self._progressed(entry, reported.progress, now)
             return []  # a repeat (full report) or a step back: nothing new
         merged = dataclasses.replace(
             reported,
@@ -413,6 +423,17 @@ class TaskTable:
         if merged.state.terminal:
             return [self._persist(key.job_id, key.task_index), Forward(merged), AckAgent(node_id, (key,))]
         return [Forward(merged)]
+
+    def _progressed(self, entry: TaskEntry, progress: TaskProgress, now: float) -> list[Effect]:
+        """A running task reported progress: kept here (not stored); forwarded at most every
+        :data:`PROGRESS_FORWARD_S`, or at once when it is a new checkpoint."""
+        old = entry.status.progress
+        entry.status = dataclasses.replace(entry.status, progress=progress)
+        checkpoint = progress.checkpoint_at > (old.checkpoint_at if old is not None else 0.0)
+        if old is not None and not checkpoint and now - entry.progress_sent_at < PROGRESS_FORWARD_S:
+            return []
+        entry.progress_sent_at = now
+        return [Forward(entry.status)]
 
     def agent_ack(self, node_id: str, command_id: str, ok: bool, error: str, now: float) -> list[Effect]:
         """``CommandAck`` from an agent: a refused ``StartTask`` fails its task."""

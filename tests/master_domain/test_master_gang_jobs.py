@@ -250,3 +250,90 @@ def test_a_gang_whose_commit_fails_after_it_was_recorded_goes_back_whole_without
     # A late report of the old attempt is stopped, not mistaken for the new one.
     late = step(t, rep("sd-b", "j-1", 2, attempt, S.RUNNING, node_id="sd-b-n"))
     assert [e for e in late if isinstance(e, StopTask)]
+
+
+# -- goodput and stragglers ------------------------------------------------------------------------
+
+
+def _progress(step_: int, at: float, ck_step: int = -1, ck_at: float = 0.0) -> object:
+    from domainos.model import TaskProgress
+
+    return TaskProgress(
+        step=step_, total_steps=1000, step_at=at, checkpoint_step=ck_step, checkpoint_at=ck_at
+    )
+
+
+def test_goodput_counts_work_since_the_last_checkpoint_as_lost_and_the_gap_as_recovery() -> None:
+    from domainos.jobspec import CheckpointPolicy
+
+    clock = FakeClock()
+    t = table(clock)
+    job = add_job(t, dataclasses.replace(gang_spec(4, on_exit=1), checkpoint=CheckpointPolicy(60.0)))
+    t0 = clock.time()
+    attempt = place_gang(t)
+    run_all(t, "j-1", attempt)
+    clock.advance(50.0)
+    for i in range(4):  # every rank saved a checkpoint at t0 + 40
+        sd = "sd-a" if i < 2 else "sd-b"
+        step(t, rep(sd, "j-1", i, attempt, S.RUNNING, progress=_progress(500, t0 + 50, 400, t0 + 40)))
+    clock.advance(10.0)  # t0 + 60: rank 3 dies; the gang is requeued whole
+    step(t, rep("sd-b", "j-1", 3, attempt, S.FAILED, exit_code=1))
+    assert job.interruptions == 4 and job.lost_s == 4 * 20.0  # 60 - 40 per task
+    clock.advance(10.0)  # t0 + 70: running again
+    attempt = place_gang(t)
+    run_all(t, "j-1", attempt)
+    clock.advance(30.0)  # t0 + 100: done
+    for i in range(4):
+        sd = "sd-a" if i < 2 else "sd-b"
+        step(t, rep(sd, "j-1", i, attempt, S.SUCCEEDED))
+    assert job.state is JobState.SUCCEEDED
+    g = job.goodput(clock.time())
+    assert g == {
+        "wall_s": 100.0,
+        "productive_s": 70.0,
+        "lost_s": 20.0,
+        "recovery_s": 10.0,
+        "effective_ratio": 0.7,
+        "interruptions": 4,
+    }
+    # It is stored with the job.
+    copy = Job.from_dict(job.to_dict())
+    assert copy.goodput(clock.time()) == g
+
+
+def test_without_checkpoints_an_interruption_loses_the_whole_attempt() -> None:
+    clock = FakeClock()
+    t = table(clock)
+    job = add_job(t, gang_spec(4, on_exit=1))
+    attempt = place_gang(t)
+    run_all(t, "j-1", attempt)
+    clock.advance(30.0)
+    step(t, rep("sd-a", "j-1", 0, attempt, S.FAILED, exit_code=1))
+    assert job.lost_s == 4 * 30.0
+    # Still down: the recovery so far counts at read time.
+    clock.advance(5.0)
+    g = job.goodput(clock.time())
+    assert g["lost_s"] == 30.0 and g["recovery_s"] == 5.0 and g["effective_ratio"] == 0.0
+
+
+def test_a_slow_rank_is_flagged_as_a_straggler_and_cleared_when_it_catches_up() -> None:
+    clock = FakeClock()
+    t = table(clock)
+    job = add_job(t, gang_spec(4))
+    attempt = place_gang(t)
+    run_all(t, "j-1", attempt)
+    steps = [0, 0, 0, 0]
+
+    def advance(rates: list[int]) -> list[tuple[str, int]]:
+        clock.advance(15.0)
+        for i, r in enumerate(rates):
+            steps[i] += r * 15
+            sd = "sd-a" if i < 2 else "sd-b"
+            step(t, rep(sd, "j-1", i, attempt, S.RUNNING, progress=_progress(steps[i], clock.time())))
+        return t.check_stragglers(clock.monotonic())
+
+    assert advance([10, 10, 10, 10]) == []  # the first check only marks where each one is
+    assert advance([10, 10, 10, 2]) == []  # slow once: not yet
+    assert advance([10, 10, 10, 2]) == [("j-1", 3)]
+    assert job.stragglers == (3,) and job.tasks[3].straggler
+    assert advance([10, 10, 10, 9]) == [] and job.stragglers == ()

@@ -314,3 +314,27 @@ async def test_admin_cordon_drain_uncordon(tmp_path: Path) -> None:
         assert refused.error.startswith("node n1 still reports UNHEALTHY (gpu0: xid 79)")
         assert refused.node.state == "cordoned"
         await a.close()
+
+
+def test_progress_is_forwarded_at_most_every_ten_seconds_and_checkpoints_at_once() -> None:
+    from domainos.model import TaskProgress
+
+    reg, table = make_state()
+    reg.register(inventory("n1", cpus=8), "inc", 0.0, conn_token=1)
+    s = spec("j-1")
+    table.place(s, 0.0)
+    running = dataclasses.replace(table.get(s.ref).status, state=TaskState.RUNNING)  # type: ignore[union-attr]
+    table.agent_status("n1", running, 1.0)
+
+    def report(step: int, at: float, ck: float = 0.0) -> list[Any]:
+        p = TaskProgress(step=step, step_at=at, checkpoint_step=step if ck else -1, checkpoint_at=ck)
+        out = table.agent_status("n1", dataclasses.replace(running, progress=p), at)
+        return [e.status.progress.step for e in out if type(e).__name__ == "Forward"]
+
+    assert report(1, 20.0) == [1]  # the first report of this attempt
+    assert report(2, 25.0) == []  # within 10 s: kept, not sent
+    assert report(3, 27.0, ck=26.0) == [3]  # a new checkpoint: at once
+    assert report(4, 31.0, ck=26.0) == []  # the same checkpoint
+    assert report(5, 38.0, ck=26.0) == [5]
+    assert table.get(s.ref).status.progress.step == 5  # type: ignore[union-attr]
+    table.validate()
