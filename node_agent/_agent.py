@@ -790,8 +790,8 @@ class NodeAgent:
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on the state directory: a second agent there would kill our tasks
-    as leftovers of a previous run."""
+    """Hold an exclusive lock on the state directory: a second agent there would take our tasks
+    for those of a previous run (re-adopt them, or kill them under another node id)."""
     path = state_dir / "agent.lock"
     # 0600: the state directory is traversable by task users; what the agent keeps there is its own.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -69,7 +69,8 @@ class AgentConfig:
     full_sync_interval_s: float = 5.0
     #: SIGTERM -> SIGKILL grace for a ``StopTask`` without its own and for shutdown.
     stop_grace_s: float = 5.0
-    #: On graceful shutdown, stop every running task (so nothing outlives the agent).
+    #: On graceful shutdown, stop every running task (so nothing outlives the agent). False: they
+    #: keep running and the next agent on this state directory re-adopts them.
     stop_tasks_on_shutdown: bool = True
     #: Informational: the region this node is in (also a node label).
     region: str = ""

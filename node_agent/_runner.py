@@ -1,20 +1,33 @@
 """The task runner: local processes, their directories, their logs and their exit codes.
 
-One task attempt = one process group started with ``start_new_session=True``. Its directory::
+One task attempt = one process group (its main process leads a new session), started and watched
+by a small supervisor process of its own, the *shim* (:mod:`node_agent._shim`, run with the agent's
+interpreter, ``-I -S``). The shim runs in a session of its own, so it and its task outlive the agent;
+it waits for the task and writes its exit code to ``exit.json``. Its directory::
 
     <state_dir>/tasks/<job_id>/<index>.<attempt>/   the agent's, 0711 (0700 when the agent is not root)
         status.json                                 the agent's, 0600: rewritten (atomically) on every
                                                     transition, so a restarted agent knows what it had
+        exit.json                                   the agent's (written by the shim), 0600: the task's
+                                                    exit code or signal, once it has ended
         stdout, stderr                              the task user's, 0600: the task's output
         home/                                       the task user's, 0700: its working directory and HOME
         tls/                                        the client certificate of ``task_client_tls`` (if any)
+
+Agent restarts: a restarted agent re-adopts the tasks still running. ``status.json`` names the
+shim (pid and start time) and the task (pid and start time); a shim that is still the same process
+(not a reused pid, not a zombie) is watched again (a pidfd; polling every :data:`POLL_S` where the
+kernel has none) and its task stays RUNNING under the same attempt, stoppable, with its logs, CPUs
+and GPUs held as before. A task that ended while no agent ran is reported with the exit code of its
+``exit.json``; when that cannot be known it is LOST (the master retries it). Records of another node
+id, state or data directory, or boot are not adopted: their processes are killed and reported LOST.
 
 Least privilege: an agent running as root never runs a task as root. A task runs as the tenant's
 user (``tenant_users``) or ``task_user`` (default ``nobody``), with no supplementary groups and umask
 077. It can write its own output and home but cannot list the agent's state directory, read another
 task's files (when tenants have different users), or read ``status.json`` (which holds the job's
 credential) -- and the agent writes nothing into a directory a task can change, so a task cannot
-redirect the agent's writes or forge the record a restarted agent trusts. An agent that is not root
+redirect the agent's writes or forge the records a restarted agent trusts. An agent that is not root
 runs tasks as its own user. Tasks that share a user are not isolated from each other (the kernel
 sees one user): give tenants different users to separate them.
 
@@ -44,6 +57,7 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,6 +69,7 @@ from domainos.clock import Clock, SystemClock
 from domainos.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
+from node_agent import _shim
 from node_agent._datasets import DATASETS_DIR
 
 if TYPE_CHECKING:  # domainos.security imports cryptography: only when task_client_tls is set
@@ -71,8 +86,17 @@ DEFAULT_MAX_TASKS = 4096
 MIB = 2**20
 STATUS_FILE = "status.json"
 LOG_STREAMS = ("stdout", "stderr")
+EXIT_FILE = _shim.EXIT_FILE
 LOST_ON_RESTART = "agent restarted; task not re-adopted"
-_STATUS_VERSION = 1
+#: A task whose shim ended without writing ``exit.json`` (killed): its exit code is not known.
+LOST_UNSUPERVISED = "its supervisor ended without recording the task's exit code"
+_STATUS_VERSION = 2
+#: The task supervisor the runner starts for every task attempt (see :mod:`node_agent._shim`).
+SHIM_PATH = os.path.abspath(_shim.__file__)
+#: How often a re-adopted shim is checked where the kernel has no pidfd (Linux < 5.3).
+POLL_S = 0.5
+#: How long the shim has to end its task after FORWARD_KILL before the agent kills both itself.
+SHIM_KILL_TIMEOUT_S = 5.0
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The task's working directory and HOME, inside its task directory.
 HOME_DIR = "home"
@@ -293,8 +317,13 @@ class _Task:
     spec: TaskSpec | None
     status: TaskStatus
     dir: Path
+    #: Start time of the task's main process (``status.pid``) in clock ticks after boot (exact, and
+    #: not moved by clock steps): with the pid (and the boot id), its identity.
+    start_ticks: int = 0
+    #: The same as unix time (psutil's; what agents before re-adoption recorded and compared).
     create_time: float = 0.0
-    proc: asyncio.subprocess.Process | None = None
+    #: The task's supervisor, from the spawn (or the re-adoption) until it has ended.
+    shim: _Shim | None = None
     waiter: asyncio.Task[None] | None = None
     stopper: asyncio.Task[None] | None = None
     stop_reason: str = ""
@@ -391,6 +420,14 @@ class TaskRunner:
         # Pre-filled so a metrics scrape from another thread never sees the dict change size.
         self._counts: dict[TaskState, int] = {s: 0 for s in TaskState}
         self.started_total = 0
+        #: Tasks of a previous agent process re-adopted by :meth:`recover`.
+        self.adopted_total = 0
+        #: What a task record must name for this runner to re-adopt its task.
+        self._identity = {
+            "state_dir": os.path.realpath(self.state_dir),
+            "data_dir": os.path.realpath(self.datasets_dir),
+            "boot_id": _boot_id(),
+        }
         self._closed = False
 
     # ------------------------------------------------------------------ queries
@@ -477,17 +514,20 @@ class TaskRunner:
         program = spec.command[0]
         home = task_dir / HOME_DIR
         failure: tuple[int, str] | None = None
-        proc: asyncio.subprocess.Process | None = None
+        spawned: tuple[subprocess.Popen[bytes], int, str] | None = None
         fds: list[int] = []  # directories the task reaches through /proc/self/fd (closed after the spawn)
         with _open_output(task_dir / "stdout", user) as out, _open_output(task_dir / "stderr", user) as err:
             try:
+                with contextlib.suppress(FileNotFoundError):  # an earlier run of this attempt (acked)
+                    os.unlink(task_dir / EXIT_FILE)
                 extra = self._prepare_task(task_dir, home, user, fds)
                 extra.update(self._data_plane_env(user, fds))
                 if share is not None:
                     extra.update(gpu_share_environment(*share))
             except OSError as exc:
                 for fd in fds:
-                    os.close(fd)
+                    if fd != self._datasets_fd:
+                        os.close(fd)
                 fds = []
                 failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
             else:
@@ -499,29 +539,20 @@ class TaskRunner:
                     base={**self._base_env, "HOME": str(home)},
                     extra=extra,
                 )
+                orders = {
+                    "argv": list(spec.command),
+                    "env": env,
+                    "cwd": str(home),
+                    "uid": user.uid if user is not None else None,
+                    "gid": user.gid if user is not None else None,
+                    "umask": TASK_UMASK if user is not None else None,
+                    "cores": list(cores) if self._apply_affinity else [],
+                    "exit_path": str(task_dir / EXIT_FILE),
+                    "exit_tmp": str(task_dir / f".{EXIT_FILE}.tmp"),
+                    "pass_fds": list(fds),
+                }
                 try:
-                    if user is None:
-                        proc = await asyncio.create_subprocess_exec(
-                            *spec.command,
-                            stdin=asyncio.subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=err,
-                            env=env,
-                            cwd=str(home),
-                            start_new_session=True,
-                            pass_fds=tuple(fds),
-                        )
-                    else:
-                        proc = await _spawn_as(
-                            user,
-                            spec.command,
-                            env,
-                            cwd=str(home),
-                            stdout=out,
-                            stderr=err,
-                            scratch=self.state_dir,
-                            pass_fds=fds,
-                        )
+                    spawned = await _spawn_shim(orders, stdout=out, stderr=err, pass_fds=fds)
                 except OSError as exc:
                     failure = _spawn_failure(exc, program, str(home), user)
                 finally:
@@ -530,30 +561,25 @@ class TaskRunner:
                             os.close(fd)
             if failure is not None:
                 err.write(f"domainos-agent: {failure[1]}\n".encode())
-        if failure is not None or proc is None:
+        if failure is not None or spawned is None:
             code, message = failure or (126, f"cannot execute {program}")
             log.warning("task %s failed to start: %s", ref, message)
             now = self._clock.time()
             self._transition(t, state=TaskState.FAILED, exit_code=code, message=message, finished_at=now)
             return StartResult(t.status, False)
 
-        # The affinity is applied right after the spawn returns (the program has exec'd by then):
-        # for that moment the task runs on the agent's cores, and a child it forks in that window
-        # keeps them. A preexec_fn would close the window but is unsafe in a threaded process.
-        if self._apply_affinity and cores:
-            try:
-                os.sched_setaffinity(proc.pid, cores)
-            except ProcessLookupError:
-                log.debug("task %s: exited before its CPU affinity could be set", ref)
-            except (OSError, AttributeError) as exc:
-                log.warning("task %s: cannot set CPU affinity %s on pid %d: %s", ref, cores, proc.pid, exc)
-        t.proc = proc
-        t.create_time = _create_time(proc.pid)
+        proc, pid, warning = spawned
+        if warning:
+            log.warning("task %s: %s (pid %d)", ref, warning, pid)
+        t.shim = _Shim.of_child(proc)
+        t.start_ticks = _start_ticks(pid)
+        t.create_time = _create_time(pid)
         self.started_total += 1
-        self._transition(t, state=TaskState.RUNNING, pid=proc.pid, started_at=self._clock.time())
+        self._transition(t, state=TaskState.RUNNING, pid=pid, started_at=self._clock.time())
         log.info(
-            "task %s started: pid %d, user %s, gpus %s, cpus %s",
+            "task %s started: pid %d (supervisor pid %d), user %s, gpus %s, cpus %s",
             ref,
+            pid,
             proc.pid,
             user if user is not None else f"uid {os.geteuid()} (the agent's)",
             list(gpu_indexes),
@@ -649,12 +675,30 @@ class TaskRunner:
         t.holds_cores = False
 
     async def _wait(self, t: _Task) -> None:
-        assert t.proc is not None
-        pid = t.proc.pid
-        returncode = await t.proc.wait()
-        # The main process is gone: kill whatever it left behind in its process group. While any
-        # member lives the group id cannot be reused; once the group is empty this fails (ESRCH).
-        _signal_group(pid, signal.SIGKILL)
+        """Until the task's shim ends; then the task's end as its ``exit.json`` says."""
+        shim = t.shim
+        assert shim is not None
+        await shim.wait()
+        ended = _read_exit(t.dir, t.status.pid)
+        if ended is not None:
+            self._ended(t, ended[0], self._clock.time())
+            return
+        # The shim was killed (or could not write): whatever is left of the task is unsupervised.
+        killed = self._kill_task_group(t)
+        gone = f"{LOST_UNSUPERVISED} (supervisor pid {shim.pid})"
+        if killed:
+            gone += "; the task was killed"
+        log.warning("task %s: %s", t.ref, gone)
+        now = self._clock.time()
+        if t.stop_reason:
+            self._transition(
+                t, state=TaskState.CANCELLED, message=f"{t.stop_reason} ({gone})", finished_at=now
+            )
+        else:
+            self._transition(t, state=TaskState.LOST, message=gone, finished_at=now)
+
+    def _ended(self, t: _Task, returncode: int, finished_at: float, *, notify: bool = True) -> None:
+        """The task's main process ended with ``returncode`` (asyncio's: -N for signal N)."""
         code, killed = exit_code_of(returncode)
         if t.stop_reason:
             state = TaskState.CANCELLED
@@ -665,7 +709,19 @@ class TaskRunner:
             state = TaskState.FAILED
             message = killed or f"exited with code {code}"
         log.info("task %s %s: exit code %d %s", t.ref, state.name.lower(), code, message)
-        self._transition(t, state=state, exit_code=code, message=message, finished_at=self._clock.time())
+        self._transition(
+            t, state=state, exit_code=code, message=message, finished_at=finished_at, notify=notify
+        )
+
+    def _kill_task_group(self, t: _Task) -> bool:
+        """SIGKILL the task's process group when its main process is still the recorded one."""
+        pid = t.status.pid
+        # Records of agents before re-adoption have the psutil create time only.
+        same = _same_start(pid, t.start_ticks) if t.start_ticks else _same_process(pid, t.create_time)
+        if pid and same:
+            _signal_group(pid, signal.SIGKILL)
+            return True
+        return False
 
     # ------------------------------------------------------------------ stop
 
@@ -687,7 +743,8 @@ class TaskRunner:
             return t.status
         t.stop_reason = reason
         t.stop_grace_s = grace_s
-        if t.proc is not None:
+        if t.shim is not None:
+            self._persist(t)  # an agent restarted before the task ends finishes the stop
             log.info("task %s: stopping (%s), grace %.1fs", ref, reason, grace_s)
             t.stopper = asyncio.create_task(self._stop(t, grace_s), name=f"task-stop-{ref}")
         return t.status
@@ -722,15 +779,30 @@ class TaskRunner:
         return status
 
     async def _stop(self, t: _Task, grace_s: float) -> None:
-        assert t.proc is not None and t.waiter is not None
-        pid = t.proc.pid
-        _signal_group(pid, signal.SIGTERM)
+        """SIGTERM to the task's group now, SIGKILL after ``grace_s`` -- sent by its shim, which
+        alone knows whether the task is still unreaped (so the group is still the task's)."""
+        shim, waiter = t.shim, t.waiter
+        assert shim is not None and waiter is not None
+        shim.signal(_shim.FORWARD_TERM)
         try:
-            await asyncio.wait_for(asyncio.shield(t.waiter), timeout=max(0.0, grace_s))
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, grace_s))
+            return
         except TimeoutError:
             log.info("task %s: still running %.1fs after SIGTERM; sending SIGKILL", t.ref, grace_s)
-            _signal_group(pid, signal.SIGKILL)
-            await asyncio.shield(t.waiter)
+        shim.signal(_shim.FORWARD_KILL)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=SHIM_KILL_TIMEOUT_S)
+            return
+        except TimeoutError:
+            log.warning(
+                "task %s: its supervisor (pid %d) did not end it within %.0fs; killing both",
+                t.ref,
+                shim.pid,
+                SHIM_KILL_TIMEOUT_S,
+            )
+        self._kill_task_group(t)
+        shim.signal(signal.SIGKILL)
+        await asyncio.shield(waiter)
 
     async def wait(self, ref: TaskRef) -> TaskStatus | None:
         """Wait until a known task is terminal; its last status (``None`` if unknown)."""
@@ -802,11 +874,15 @@ class TaskRunner:
     # ------------------------------------------------------------------ restart recovery
 
     def recover(self) -> list[TaskStatus]:
-        """Load the ``status.json`` files a previous agent process left.
+        """Load the ``status.json`` files a previous agent process left; call it on the event loop.
 
-        Terminal, unacknowledged tasks come back as they were. Tasks that were running become
-        LOST ("agent restarted; task not re-adopted") after their process group is killed when
-        the recorded pid is still the same process (same create time).
+        Terminal, unacknowledged tasks come back as they were. A running task whose shim is still
+        the same process (pid and start time) is re-adopted: RUNNING under the same attempt, its
+        resources held, its end awaited (and a stop the previous agent began is finished). A task
+        whose shim is gone ended while no agent ran: it gets the exit code of its ``exit.json``, or
+        is LOST when there is none. A task that cannot be re-adopted (never reached RUNNING, a
+        record of another node id, state or data directory, or boot) is killed (through its shim,
+        and its process group when the recorded pid is still the same process) and reported LOST.
         """
         recovered: list[TaskStatus] = []
         if not self.tasks_dir.is_dir():
@@ -820,30 +896,97 @@ class TaskRunner:
                 ref.validate()
                 status = _status_from_dict(ref, data)
                 spec = _spec_from_dict(ref, data["spec"]) if data.get("spec") else None
-            except (OSError, ValueError, KeyError, TypeError, InvalidArgument) as exc:
+                create_time = float(data.get("pid_create_time") or 0.0)
+                start_ticks = int(data.get("pid_start_ticks") or 0)
+                shim_pid = int(data.get("shim_pid") or 0)
+                shim_start = int(data.get("shim_start_ticks") or 0)
+                share = data.get("gpu_share")
+                gpu_share = (int(share[0]), int(share[1])) if share else None
+            except (OSError, ValueError, KeyError, TypeError, IndexError, InvalidArgument) as exc:
                 log.warning("ignoring unreadable task record %s: %s", path, exc)
                 continue
             if ref in self._tasks:
                 continue
-            t = _Task(ref=ref, spec=spec, status=status, dir=path.parent)
+            t = _Task(ref=ref, spec=spec, status=status, dir=path.parent, create_time=create_time)
+            t.start_ticks = start_ticks
+            t.stop_reason = str(data.get("stop_reason") or "")
+            t.stop_grace_s = float(data.get("stop_grace_s") or 0.0)
+            t.gpu_share = gpu_share
             self._tasks[ref] = t
             self._counts[status.state] += 1
             if not status.terminal:
-                pid, create_time = status.pid, float(data.get("pid_create_time") or 0.0)
-                if pid and _same_process(pid, create_time):
-                    log.warning("task %s: killing pid %d left by the previous agent process", ref, pid)
-                    _signal_group(pid, signal.SIGKILL)
-                self._transition(
-                    t,
-                    state=TaskState.LOST,
-                    message=LOST_ON_RESTART,
-                    finished_at=self._clock.time(),
-                    notify=False,
-                )
+                self._recover_running(t, data, shim_pid, shim_start)
             recovered.append(t.status)
         if recovered:
             log.info("recovered %d unacknowledged tasks from %s", len(recovered), self.tasks_dir)
         return recovered
+
+    def _recover_running(self, t: _Task, data: Mapping[str, Any], shim_pid: int, shim_start: int) -> None:
+        ref, pid = t.ref, t.status.pid
+        foreign = self._foreign(data)
+        # Pids and start ticks name processes of one boot only (a record without a boot id has the
+        # wall-clock create time only, which no process of another boot shares).
+        same_boot = data.get("boot_id", self._identity["boot_id"]) == self._identity["boot_id"]
+        shim = _Shim.find(shim_pid, shim_start) if shim_pid and same_boot else None
+        if foreign or shim_pid == 0 or t.status.state is not TaskState.RUNNING:
+            # Not ours to re-adopt (or never started): nothing may run unrecorded, so it is killed.
+            if shim is not None:
+                log.warning("task %s: killing the task of supervisor pid %d (not re-adopted)", ref, shim_pid)
+                shim.signal(_shim.FORWARD_KILL)
+                shim.close()
+            if same_boot and self._kill_task_group(t):
+                log.warning("task %s: killed pid %d left by the previous agent process", ref, pid)
+            message = f"{LOST_ON_RESTART}: {foreign}" if foreign else LOST_ON_RESTART
+            self._transition(
+                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
+            )
+            return
+        if shim is None:
+            ended = _read_exit(t.dir, pid)
+            if ended is not None:
+                log.info("task %s ended while no agent ran", ref)
+                self._ended(t, ended[0], ended[1], notify=False)
+                return
+            killed = self._kill_task_group(t)
+            message = f"agent restarted; {LOST_UNSUPERVISED} (supervisor pid {shim_pid})"
+            if killed:
+                message += "; the task was killed"
+            log.warning("task %s: %s", ref, message)
+            self._transition(
+                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
+            )
+            return
+        t.shim = shim
+        if (
+            t.gpu_share is None
+            and t.spec is not None
+            and t.spec.resources.gpu_share > 0
+            and t.status.gpu_indexes
+        ):
+            card = self._gpu_memory.get(t.status.gpu_indexes[0], 0)
+            t.gpu_share = (t.spec.resources.gpu_share, share_memory_bytes(t.spec.resources, card))
+        self._reserve(t)
+        self.adopted_total += 1
+        t.waiter = asyncio.create_task(self._wait(t), name=f"task-wait-{ref}")
+        log.info("task %s re-adopted: pid %d, supervisor pid %d", ref, pid, shim.pid)
+        if t.stop_reason:
+            log.info("task %s: finishing the stop the previous agent began (%s)", ref, t.stop_reason)
+            t.stopper = asyncio.create_task(self._stop(t, t.stop_grace_s), name=f"task-stop-{ref}")
+
+    def _foreign(self, data: Mapping[str, Any]) -> str:
+        """Why a record was not this agent's to re-adopt ("" when it was)."""
+        node = str(data.get("node_id", ""))
+        if node != self.node_id:
+            return f"it ran for node {node!r}, this agent is node {self.node_id!r}"
+        for key, what in (
+            ("state_dir", "state directory"),
+            ("data_dir", "data directory"),
+            ("boot_id", "boot of the machine"),
+        ):
+            then, now = data.get(key), self._identity[key]
+            if then != now:
+                return f"it ran under another {what} ({then!r}, now {now!r})"
+        return ""
 
     # ------------------------------------------------------------------ shutdown
 
@@ -889,11 +1032,9 @@ class TaskRunner:
                         assert i not in whole, f"GPU {i} held whole by {whole[i]} and {ref}"
                         whole[i] = ref
             if t.status.state is TaskState.RUNNING:
-                assert t.proc is not None and t.status.pid == t.proc.pid, (
-                    f"task {ref}: running without a process"
-                )
-            if t.status.terminal and t.proc is not None:
-                assert t.proc.returncode is not None, f"task {ref}: terminal with a live process"
+                assert t.shim is not None and t.status.pid > 0, f"task {ref}: running without a process"
+            if t.status.terminal and t.shim is not None:
+                assert t.shim.exited, f"task {ref}: terminal with a live supervisor"
         assert load == self._core_load, f"core load {self._core_load} != {load}"
         assert whole == self._gpu_whole, f"whole GPUs {self._gpu_whole} != {whole}"
         assert shares == self._gpu_shares, f"GPU shares {self._gpu_shares} != {shares}"
@@ -1075,8 +1216,15 @@ class TaskRunner:
             "finished_at": s.finished_at,
             "pid": s.pid,
             "pid_create_time": t.create_time,
+            "pid_start_ticks": t.start_ticks,
+            "shim_pid": t.shim.pid if t.shim is not None else 0,
+            "shim_start_ticks": t.shim.start_ticks if t.shim is not None else 0,
+            **self._identity,
             "gpu_indexes": list(s.gpu_indexes),
             "cpu_set": list(s.cpu_set),
+            "gpu_share": list(t.gpu_share) if t.gpu_share is not None else None,
+            "stop_reason": t.stop_reason,
+            "stop_grace_s": t.stop_grace_s,
             "acked": acked,
             "spec": _spec_to_dict(t.spec) if t.spec is not None else None,
         }
@@ -1183,120 +1331,205 @@ def _mode_of(path: Path) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
 
 
-# Run as root by _spawn_as with an empty environment, -I (no PYTHON* variables, no user site) and
-# -S (no site): reads what to run from the file on fd argv[1], drops to the task user (no
-# supplementary groups), then execs the task; what failed before the exec goes to the pipe on fd
-# argv[2] (close-on-exec: a successful exec closes it, and the agent reads end-of-file). After the
-# switch it imports nothing (the interpreter's library may be unreadable to the task user), so it
-# searches PATH itself, as execvp does: the first error other than "not found" wins; a directory of
-# PATH the task user cannot search (e.g. under /root) counts as "not found" there.
-_DROP_AND_EXEC = """
-import marshal, os, sys
-spec_fd, err_fd = int(sys.argv[1]), int(sys.argv[2])
-os.set_inheritable(err_fd, False)
-stage = "read"
-try:
-    with os.fdopen(spec_fd, "rb") as f:
-        p = marshal.load(f)
-    stage = "setuid"
-    os.setgroups([])
-    os.setgid(p["gid"])
-    os.setuid(p["uid"])
-    if (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) != (
-        p["uid"], p["uid"], p["gid"], p["gid"], []
-    ):
-        raise PermissionError(1, "the user switch did not take")
-    os.umask(p["umask"])
-    stage = "exec"
-    argv, env = p["argv"], p["env"]
-    prog = argv[0]
-    search = "/" not in prog
-    if search:
-        tries = [d + "/" + prog if d else prog for d in env.get("PATH", "/bin:/usr/bin").split(":")]
-    else:
-        tries = [prog]
-    found = missing = None
-    for path in tries:
-        try:
-            os.execve(path, argv, env)
-        except OSError as e:
-            gone = isinstance(e, (FileNotFoundError, NotADirectoryError))
-            if search and isinstance(e, PermissionError):
-                gone = not os.access(path.rpartition("/")[0] or ".", os.X_OK)
-            if gone:
-                missing = missing or FileNotFoundError(2, "No such file or directory", path)
-            else:
-                found = found or e
-    raise found or missing
-except BaseException as e:
-    errno = getattr(e, "errno", None) or 0
-    text = getattr(e, "strerror", None) or repr(e)
-    name = getattr(e, "filename", None)
-    os.write(err_fd, marshal.dumps((stage, errno, text, name if isinstance(name, str) else "")))
-    os._exit(127)
-"""
+class _Shim:
+    """A task's supervisor (:mod:`node_agent._shim`) as the agent holds it: its identity, a pidfd
+    (signals through it never reach a process that reused the pid; it polls readable when the
+    shim ends), and the :class:`subprocess.Popen` when this agent started it.
 
-
-async def _spawn_as(
-    user: TaskUser,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    cwd: str,
-    stdout: Any,
-    stderr: Any,
-    scratch: Path,
-    pass_fds: Sequence[int] = (),
-) -> asyncio.subprocess.Process:
-    """Start ``argv`` as ``user`` (no supplementary groups, umask 077) in ``cwd``, in a new session.
-
-    Not ``create_subprocess_exec(user=..., group=...)``: CPython switches users only on its
-    ``fork()`` path (never ``vfork()``), and ``fork()`` in a process with gRPC's threads runs
-    gRPC's fork handlers, which crash the child now and then. So a short Python helper started
-    the usual (vfork) way, with a clean environment -- the job's ``LD_PRELOAD`` or ``PYTHONPATH``
-    must not reach anything that still runs as root -- drops to the user, then execs the task
-    with its environment. The pid is the task's. Raises :class:`OSError` (the program's, or the
-    user switch's) when the task could not be started, after reaping the helper.
+    Not asyncio's subprocess transport: one that is garbage-collected (an agent that shuts down
+    leaving its tasks running) kills its process. A ``Popen`` left behind is only reaped.
     """
-    payload = marshal.dumps(
-        {"uid": user.uid, "gid": user.gid, "umask": TASK_UMASK, "argv": list(argv), "env": dict(env)}
-    )
-    # The job's environment (its token included) travels in an unlinked root-only file, not argv.
-    with tempfile.TemporaryFile(dir=scratch) as data:
-        data.write(payload)
-        data.flush()
-        data.seek(0)
-        read_end, write_end = os.pipe()
+
+    def __init__(
+        self,
+        pid: int,
+        start_ticks: int,
+        *,
+        pidfd: int | None,
+        popen: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.start_ticks = start_ticks
+        self.pidfd = pidfd
+        self.popen = popen
+        #: True once it has been seen to end.
+        self.exited = False
+
+    @classmethod
+    def of_child(cls, popen: subprocess.Popen[bytes]) -> _Shim:
+        # Our unreaped child: its pid cannot be reused before we reap it.
+        return cls(popen.pid, _start_ticks(popen.pid), pidfd=_pidfd_open(popen.pid), popen=popen)
+
+    @classmethod
+    def find(cls, pid: int, start_ticks: int) -> _Shim | None:
+        """The shim ``pid`` when it still runs and started at ``start_ticks``; None when it ended
+        (a zombie has ended) or the pid now names another process."""
+        if not _alive(pid, start_ticks):
+            return None
+        pidfd = _pidfd_open(pid)
+        if not _alive(pid, start_ticks):  # it ended, or the pid was reused, before the pidfd
+            if pidfd is not None:
+                os.close(pidfd)
+            return None
+        return cls(pid, start_ticks, pidfd=pidfd)
+
+    def signal(self, sig: int) -> None:
+        if self.exited:
+            return
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                "-c",
-                _DROP_AND_EXEC,
-                str(data.fileno()),
-                str(write_end),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                env={},
-                cwd=cwd,
-                start_new_session=True,
-                pass_fds=(data.fileno(), write_end, *pass_fds),
-            )
-        except BaseException:
-            os.close(read_end)
-            raise
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            elif self.popen is not None:
+                if self.popen.poll() is None:
+                    os.kill(self.pid, sig)
+            elif _alive(self.pid, self.start_ticks):
+                os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def wait(self) -> None:
+        """Until it ends (its pidfd polls readable; without one, checked every :data:`POLL_S`)."""
+        try:
+            if self.pidfd is not None:
+                await _readable(self.pidfd)
+            else:
+                while self._running():
+                    await asyncio.sleep(POLL_S)
+            if self.popen is not None:
+                self.popen.wait()  # it has ended: only reaps it
+            self.exited = True
         finally:
-            os.close(write_end)
+            self.close()
+
+    def _running(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _alive(self.pid, self.start_ticks)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+async def _readable(fd: int) -> None:
+    """Until ``fd`` polls readable (a pidfd: its process has ended)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd of ``pid`` (close-on-exec); None where the kernel has none, or ``pid`` is gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+async def _spawn_shim(
+    orders: Mapping[str, Any], *, stdout: Any, stderr: Any, pass_fds: Sequence[int] = ()
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start a task through its shim; (the shim's process, the task's pid, a warning or "").
+
+    The shim is started the usual (vfork) way -- never ``fork()`` here: in a process with gRPC's
+    threads that runs gRPC's fork handlers, which crash the child now and then -- in a session of
+    its own, with an empty environment and ``-I -S``: the job's ``LD_PRELOAD`` or ``PYTHONPATH``
+    must not reach anything that runs as root. Its orders (the job's environment, its token
+    included) travel in an anonymous memory file, not argv. Raises :class:`OSError` (the
+    program's, the directory's, or the user switch's) when the task could not be started, after
+    reaping the shim.
+    """
+    data = _orders_fd(marshal.dumps(dict(orders)))
+    read_end, write_end = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-S", SHIM_PATH, str(data), str(write_end)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env={},
+            cwd="/",
+            start_new_session=True,
+            pass_fds=(data, write_end, *pass_fds),
+        )
+    except OSError as exc:
+        os.close(read_end)
+        raise _ShimError(
+            exc.errno or 0, f"cannot start the task supervisor {sys.executable}: {exc.strerror or exc}"
+        ) from exc
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+        os.close(data)
     report = await asyncio.to_thread(_read_to_end, read_end)
     if not report:
-        return proc
-    await proc.wait()
-    stage, errno, text, filename = marshal.loads(report)
+        code = await asyncio.to_thread(popen.wait)
+        raise _ShimError(0, f"the task supervisor exited with code {code} before starting the task")
+    message = marshal.loads(report)
+    if message[0] == "ok":
+        return popen, int(message[1]), str(message[2])
+    await asyncio.to_thread(popen.wait)
+    _, stage, errno, text, filename = message
     if stage == "exec":
-        raise OSError(errno, text, filename or argv[0])
-    raise _UserSwitchError(errno, f"cannot switch to the task user: {text}")
+        raise OSError(errno, text, filename or orders["argv"][0])
+    if stage == "chdir":
+        raise OSError(errno, text, orders["cwd"])
+    if stage == "setuid":
+        raise _UserSwitchError(errno, f"cannot switch to the task user: {text}")
+    raise _ShimError(errno, f"cannot start the task ({stage}): {text}")
+
+
+def _orders_fd(payload: bytes) -> int:
+    """A descriptor (close-on-exec, at offset 0) of an anonymous file holding ``payload``."""
+    try:
+        fd = os.memfd_create("domainos-task", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):  # no memfd: an unlinked file
+        fd = os.dup(tempfile.TemporaryFile().fileno())  # noqa: SIM115 - closed when it is unlinked
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_exit(task_dir: Path, pid: int) -> tuple[int, float] | None:
+    """(returncode, finished_at) from the shim's ``exit.json`` of task ``pid``; None when there is
+    none (or it names another pid: an earlier run of the attempt)."""
+    try:
+        data = json.loads((task_dir / EXIT_FILE).read_text(encoding="utf-8"))
+        if int(data["pid"]) != pid:
+            return None
+        return int(data["returncode"]), float(data["finished_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class _ShimError(OSError):
+    """The shim could not be started, or failed before starting the task."""
 
 
 class _UserSwitchError(OSError):
@@ -1317,6 +1550,8 @@ def _read_to_end(fd: int) -> bytes:
 def _spawn_failure(exc: OSError, program: str, cwd: str, user: TaskUser | None) -> tuple[int, str]:
     """(exit code, message) for a task whose process could not be started."""
     as_user = f" (the task runs as {user})" if user is not None else ""
+    if isinstance(exc, _ShimError):
+        return 126, f"cannot start {program}: {exc.strerror}"
     if isinstance(exc, _UserSwitchError):
         return 126, f"cannot start {program}{as_user}: {exc.strerror}"
     if exc.filename == cwd:
@@ -1340,6 +1575,37 @@ def _create_time(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks after boot) of ``pid`` from ``/proc``; None: gone."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2 :].split()  # the name (in parentheses) may hold spaces
+        return fields[0].decode(), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot (0: gone)."""
+    st = _proc_stat(pid)
+    return st[1] if st is not None else 0
+
+
+def _same_start(pid: int, start_ticks: int) -> bool:
+    """True when ``pid`` (even a zombie) started at ``start_ticks``: not a reused pid."""
+    st = _proc_stat(pid)
+    return bool(start_ticks) and st is not None and st[1] == start_ticks
+
+
+def _alive(pid: int, start_ticks: int) -> bool:
+    """True when ``pid`` started at ``start_ticks`` and has not ended (a zombie has)."""
+    st = _proc_stat(pid)
+    return bool(start_ticks) and st is not None and st[1] == start_ticks and st[0] not in ("Z", "X")
 
 
 def _same_process(pid: int, create_time: float) -> bool:

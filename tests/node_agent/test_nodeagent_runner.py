@@ -231,42 +231,59 @@ def test_log_reads_with_offsets(tmp_path: Path) -> None:
 
 
 def test_restart_recovery_from_status_files(tmp_path: Path) -> None:
+    """Terminal unacknowledged tasks come back as they were; a running one is re-adopted (more in
+    test_nodeagent_adopt.py); a record of an agent from before re-adoption (no shim) is LOST."""
+
     async def main() -> None:
         old = make_runner(tmp_path)
         done = spec("job-h", 0, 0, ("true",))
         acked = spec("job-h", 1, 0, ("true",))
         running = spec("job-h", 2, 0, ("sleep", "30"))
+        legacy = spec("job-h", 3, 0, ("sleep", "30"))
         await old.start(done)
         await old.start(acked)
         await old.wait(done.ref)
         await old.wait(acked.ref)
         old.ack([acked.ref])
         pid = (await old.start(running)).status.pid
-        # The old agent dies without stopping its task.
+        legacy_pid = (await old.start(legacy)).status.pid
+        # The old agent stops without stopping its tasks.
         await old.shutdown(stop_tasks=False, grace_s=0)
         assert psutil.pid_exists(pid)
+        # What an agent before re-adoption wrote: no shim to watch.
+        record = status_file(old, legacy.ref)
+        for key in ("shim_pid", "shim_start_ticks", "pid_start_ticks"):
+            del record[key]
+        record["version"] = 1
+        (old.task_dir(legacy.ref) / "status.json").write_text(json.dumps(record))
 
         new = make_runner(tmp_path)
         recovered = {s.ref: s for s in new.recover()}
-        assert set(recovered) == {done.ref, running.ref}
+        assert set(recovered) == {done.ref, running.ref, legacy.ref}
         assert recovered[done.ref].state is TaskState.SUCCEEDED and recovered[done.ref].exit_code == 0
-        lost = recovered[running.ref]
-        assert lost.state is TaskState.LOST and lost.message == LOST_ON_RESTART and lost.pid == pid
+        adopted = recovered[running.ref]
+        assert adopted.state is TaskState.RUNNING and adopted.pid == pid
+        lost = recovered[legacy.ref]
+        assert lost.state is TaskState.LOST and lost.message == LOST_ON_RESTART and lost.pid == legacy_pid
 
-        def gone() -> bool:
+        def gone(pid: int) -> bool:
             try:
                 return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
             except psutil.NoSuchProcess:
                 return True
 
-        assert await until(gone, what="orphaned task killed")
-        assert status_file(new, running.ref)["state"] == "LOST"
+        assert await until(lambda: gone(legacy_pid), what="unadoptable task killed")
+        assert not gone(pid)
+        assert status_file(new, legacy.ref)["state"] == "LOST"
         new.validate()
+        await new.shutdown(stop_tasks=True, grace_s=1)
+        assert gone(pid)
         # A second restart reports the same (still unacknowledged) states, and kills nothing.
         again = make_runner(tmp_path)
         assert {s.ref: s.state for s in again.recover()} == {
             done.ref: TaskState.SUCCEEDED,
-            running.ref: TaskState.LOST,
+            running.ref: TaskState.CANCELLED,
+            legacy.ref: TaskState.LOST,
         }
 
     run(main())
