@@ -214,6 +214,9 @@ def agent_config(
         "node_id": plan.node_id,
         "subdomains": [subdomain_address],
         "state_dir": str((paths.agents / plan.node_id).resolve()),
+        # One directory for every local node: it stands for the shared storage a real cluster
+        # mounts, so a task rescheduled on another node resumes from its last checkpoint.
+        "checkpoint_dir": str((paths.agents.parent / "checkpoints").resolve()),
         "metrics_listen": LOOPBACK_ANY_PORT,
         "simulated": plan.simulated,
         "log_format": "json",

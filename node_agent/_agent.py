@@ -240,6 +240,7 @@ class NodeAgent:
             data_dir=cfg.data_dir,
             advertise_host=cfg.advertise_host,
             as_agent_user=cfg.tasks_as_agent_user,
+            checkpoint_dir=cfg.checkpoint_dir,
         )
         self._planner = ReportPlanner(
             clock=self._clock,
@@ -395,6 +396,8 @@ class NodeAgent:
             )
         self._usage, self._health = usage, health
         planner.handle(UsageSampled(usage, health))
+        for status in runner.poll_progress():  # what tasks said about their progress
+            planner.handle(TaskChanged(status))
         self._wake.set()
 
     async def _sample_loop(self) -> None:

@@ -60,6 +60,10 @@ class AgentConfig:
     #: Where local dataset shards live (``datasets/<name>/<shard>/``); default ``<state_dir>/data``.
     #: Rescanned at every full-report interval: a shard that appears is reported within one.
     data_dir: str = ""
+    #: Where tasks keep checkpoints (``dsdk.checkpoint``; DOMAINOS_CHECKPOINT_DIR); default
+    #: ``<data_dir>/checkpoints``. Point every node at shared storage (the same path everywhere)
+    #: for a task rescheduled on another node to resume from its last checkpoint.
+    checkpoint_dir: str = ""
     log_level: str = "info"
     #: ``json`` or ``text``.
     log_format: str = "json"
@@ -104,6 +108,8 @@ class AgentConfig:
             object.__setattr__(self, "state_dir", os.path.expanduser(path))
         if not self.data_dir:
             object.__setattr__(self, "data_dir", os.path.join(self.state_dir, "data"))
+        if not self.checkpoint_dir:
+            object.__setattr__(self, "checkpoint_dir", os.path.join(self.data_dir, "checkpoints"))
         if self.simulated and self.inventory is None:
             object.__setattr__(self, "inventory", SimInventory())
         if not self.advertise_host:

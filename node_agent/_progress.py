@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 from domainos.model import TaskProgress
@@ -51,27 +52,41 @@ def parse(text: bytes) -> TaskProgress:
 
 
 class ProgressFile:
-    """One task's file; :meth:`poll` returns a new :class:`TaskProgress` when it changed."""
+    """One task's file; :meth:`poll` returns a new :class:`TaskProgress` when it changed.
+
+    The file lives in the task's home, which the task owns: it is opened without following a
+    symbolic link, must be a regular file of the home's owner (not a hard link to someone else's
+    file) and at most :data:`MAX_BYTES`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: tuple[int, int] | None = None
+        self._owner: int | None = None
         self.last: TaskProgress | None = None
 
     def poll(self) -> TaskProgress | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except OSError:
             return None
         key = (st.st_mtime_ns, st.st_size)
         if key == self._seen:
             return None
         self._seen = key
-        if st.st_size > MAX_BYTES:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
             return None
         try:
-            with open(self.path, "rb") as f:
-                progress = parse(f.read(MAX_BYTES + 1))
+            if self._owner is None:
+                self._owner = os.stat(self.path.parent).st_uid
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner or st.st_nlink != 1:
+                    return None
+                progress = parse(os.read(fd, MAX_BYTES + 1))
+            finally:
+                os.close(fd)
         except (OSError, ValueError):
             return None
         if progress == self.last:

@@ -71,6 +71,7 @@ from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
 from node_agent import _shim
 from node_agent._datasets import DATASETS_DIR
+from node_agent._progress import PROGRESS_FILE, ProgressFile
 
 if TYPE_CHECKING:  # domainos.security imports cryptography: only when task_client_tls is set
     from domainos.security import CertFiles
@@ -100,6 +101,10 @@ SHIM_KILL_TIMEOUT_S = 5.0
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The task's working directory and HOME, inside its task directory.
 HOME_DIR = "home"
+#: ``<data_dir>/checkpoints``: the default checkpoint root (DOMAINOS_CHECKPOINT_DIR).
+CHECKPOINTS_DIR = "checkpoints"
+#: The variable naming the task's progress file (``dsdk.report_progress``).
+PROGRESS_ENV = "DOMAINOS_PROGRESS_FILE"
 #: Where the task's copy of the ``task_client_tls`` files lives, inside its task directory.
 TLS_DIR = "tls"
 #: The task user used for every tenant unless ``tenant_users`` maps it.
@@ -332,6 +337,8 @@ class _Task:
     holds_cores: bool = False
     #: (percent, memory bytes) of the one GPU when the task runs on a GPU share.
     gpu_share: tuple[int, int] | None = None
+    #: Its progress file (``dsdk.report_progress``), read when the node is sampled.
+    progress: ProgressFile | None = None
 
 
 class TaskRunner:
@@ -366,11 +373,17 @@ class TaskRunner:
         data_dir: str | os.PathLike[str] | None = None,
         advertise_host: str = "127.0.0.1",
         as_agent_user: bool = False,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
         #: ``<data_dir>/datasets``: dataset shards on this node, written and read by tasks.
         self.datasets_dir = Path(data_dir if data_dir is not None else self.state_dir / "data") / DATASETS_DIR
+        #: Task checkpoints (``dsdk.checkpoint``; DOMAINOS_CHECKPOINT_DIR): on this node, or shared
+        #: storage so that an attempt rescheduled elsewhere finds what the last one saved.
+        self.checkpoint_dir = (
+            Path(checkpoint_dir) if checkpoint_dir else self.datasets_dir.parent / CHECKPOINTS_DIR
+        )
         #: The address tasks serve on and publish (DOMAINOS_NODE_HOST).
         self.advertise_host = advertise_host
         #: Who tasks run as (the agent is root); None: they run as the agent's own user.
@@ -398,6 +411,9 @@ class TaskRunner:
         self._prepare_dirs()
         self._check_isolation(private_files)
         self._datasets_fd = self._open_datasets_dir()
+        self._checkpoint_fd = self._open_shared_dir(
+            self.checkpoint_dir, "checkpoint", "DOMAINOS_CHECKPOINT_DIR"
+        )
         self.node_id = node_id
         #: Sub-domain id given to tasks as DOMAINOS_SUBDOMAIN (set when the agent registers).
         self.subdomain_id = ""
@@ -522,11 +538,17 @@ class TaskRunner:
                     os.unlink(task_dir / EXIT_FILE)
                 extra = self._prepare_task(task_dir, home, user, fds)
                 extra.update(self._data_plane_env(user, fds))
+                extra.update(self._progress_env(home, user, fds))
+                extra.update(
+                    self._shared_dir_env(
+                        "DOMAINOS_CHECKPOINT_DIR", self.checkpoint_dir, self._checkpoint_fd, user, fds
+                    )
+                )
                 if share is not None:
                     extra.update(gpu_share_environment(*share))
             except OSError as exc:
                 for fd in fds:
-                    if fd != self._datasets_fd:
+                    if fd not in (self._datasets_fd, self._checkpoint_fd):
                         os.close(fd)
                 fds = []
                 failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
@@ -557,7 +579,7 @@ class TaskRunner:
                     failure = _spawn_failure(exc, program, str(home), user)
                 finally:
                     for fd in fds:
-                        if fd != self._datasets_fd:
+                        if fd not in (self._datasets_fd, self._checkpoint_fd):
                             os.close(fd)
             if failure is not None:
                 err.write(f"domainos-agent: {failure[1]}\n".encode())
@@ -1009,6 +1031,9 @@ class TaskRunner:
         if self._datasets_fd is not None:
             os.close(self._datasets_fd)
             self._datasets_fd = None
+        if self._checkpoint_fd is not None:
+            os.close(self._checkpoint_fd)
+            self._checkpoint_fd = None
 
     # ------------------------------------------------------------------ invariants
 
@@ -1163,6 +1188,57 @@ class TaskRunner:
                 exc.strerror or exc,
             )
             return None
+
+    def _open_shared_dir(self, path: Path, what: str, var: str) -> int | None:
+        """A directory every task writes its own subdirectory in (``1733`` with task users, as
+        the datasets directory), created if missing and held open; None (logged) when it cannot be."""
+        mode = 0o1733 if self.users is not None else _PRIVATE_DIR_MODE
+        try:
+            path.parent.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            _make_dir(path, mode, None, follow=True)
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(
+                "cannot prepare the %s directory %s (%s): tasks get no %s",
+                what,
+                path,
+                exc.strerror or exc,
+                var,
+            )
+            return None
+
+    def _shared_dir_env(
+        self, var: str, path: Path, fd: int | None, user: TaskUser | None, fds: list[int]
+    ) -> dict[str, str]:
+        if fd is None:
+            return {}
+        if user is not None and blocking_dir(user, path / "x") is not None:
+            fds.append(fd)
+            return {var: f"/proc/self/fd/{fd}"}
+        return {var: str(path)}
+
+    def _progress_env(self, home: Path, user: TaskUser | None, fds: list[int]) -> dict[str, str]:
+        """Where the task writes its progress (``dsdk.report_progress``): in its own home."""
+        if user is not None and blocking_dir(user, home / "x") is not None:
+            fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(fd)
+            return {PROGRESS_ENV: f"/proc/self/fd/{fd}/{PROGRESS_FILE}"}
+        return {PROGRESS_ENV: str(home / PROGRESS_FILE)}
+
+    def poll_progress(self) -> list[TaskStatus]:
+        """Running tasks whose progress file changed, with the new progress (one ``stat`` per
+        running task; the file is read only when it changed). Kept in memory, not in status.json."""
+        changed: list[TaskStatus] = []
+        for t in self._tasks.values():
+            if t.status.state is not TaskState.RUNNING:
+                continue
+            if t.progress is None:
+                t.progress = ProgressFile(t.dir / HOME_DIR / PROGRESS_FILE)
+            p = t.progress.poll()
+            if p is not None:
+                t.status = replace(t.status, progress=p)
+                changed.append(t.status)
+        return changed
 
     def _data_plane_env(self, user: TaskUser | None, fds: list[int]) -> dict[str, str]:
         """What a task needs to serve peers and keep data on this node (see ``dsdk``)."""

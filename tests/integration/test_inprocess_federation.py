@@ -83,9 +83,12 @@ class Fed:
         self.subdomains[sd_id] = info["listen"]
         return str(info["listen"])
 
-    async def add_agent(self, node_id: str, subdomains: list[str], **kw: Any) -> NodeAgent:
+    async def add_agent(
+        self, node_id: str, subdomains: list[str], *, as_me: bool = False, **kw: Any
+    ) -> NodeAgent:
         agent = NodeAgent(
             AgentConfig(
+                tasks_as_agent_user=as_me,
                 node_id=node_id,
                 subdomains=subdomains,
                 state_dir=str(self.tmp / node_id),
@@ -323,6 +326,38 @@ def test_an_admin_drains_a_node_and_its_task_moves_without_spending_a_retry(tmp_
             assert code == 1 and err.startswith("error: node_id: node ghost is not a node of 1 sub-domains")
             code, out, _ = await asyncio.to_thread(cli, fed, "uncordon", "b")
             assert (code, out) == (0, "node east-1/b uncordoned: ready\n")
+            await fed.stub.CancelJob(master_pb2.CancelJobRequest(job_id=job_id))
+
+    run(scenario())
+
+
+def test_a_tasks_progress_and_checkpoints_reach_the_master(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path) as fed:
+            east = await fed.add_subdomain("east-1", "east")
+            await fed.add_agent("a", [east], as_me=True)  # the task imports dsdk from this venv
+            await until(lambda: _eq(fed.ready_nodes(), {"east-1": 1}), what="1 node")
+            code = (
+                "import time, dsdk\n"
+                "dsdk.report_progress(7, 100, force=True)\n"
+                "dsdk.note_checkpoint(5)\n"
+                "time.sleep(60)\n"
+            )
+            spec = parse_spec(
+                {"command": [sys.executable, "-c", code], "resources": {"cpus": 1}, "checkpoint": True}
+            )
+            job_id = (await fed.stub.SubmitJob(master_pb2.SubmitJobRequest(spec=spec.to_proto()))).job.job_id
+
+            async def progressed() -> Any:
+                job = await fed.stub.GetJob(master_pb2.GetJobRequest(job_id=job_id))
+                p = job.tasks[0].progress
+                return job if p.step == 7 and p.checkpoint_step == 5 else None
+
+            job = await until(progressed, what="the task's progress at the master")
+            p = job.tasks[0].progress
+            assert p.total_steps == 100 and p.checkpoint_at > 0 and p.step_at > 0
+            assert job.goodput.wall_s > 0 and job.goodput.interruptions == 0
+            assert job.goodput.effective_ratio == pytest.approx(1.0)
             await fed.stub.CancelJob(master_pb2.CancelJobRequest(job_id=job_id))
 
     run(scenario())
