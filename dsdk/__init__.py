@@ -13,6 +13,7 @@ from domainos.security import CertFiles as TLSFiles
 
 from ._address import domainos_home, resolve_address, resolve_tls, state_file
 from ._admin import AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
+from ._checkpoint import Checkpoint, Checkpointer
 from ._client import Client, connect
 from ._context import TaskContext, context
 from ._credentials import credentials_file, parse_ttl, save_token, token_for
@@ -45,6 +46,8 @@ from .errors import DomainOSError, RemoteError, WaitTimeout, WorkerLost
 
 __all__ = [
     "AuditEntry",
+    "Checkpoint",
+    "Checkpointer",
     "Client",
     "ClusterInfo",
     "Dataset",

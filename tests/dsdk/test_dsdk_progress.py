@@ -20,6 +20,8 @@ def test_progress_is_written_throttled_and_read_back_by_the_agent(
     path = tmp_path / "progress.json"
     monkeypatch.setenv(_taskprogress.PROGRESS_ENV, str(path))
     monkeypatch.setattr(_taskprogress, "_last_write", 0.0)
+    fresh = {"step": 0, "total_steps": 0, "step_at": 0.0, "checkpoint_step": -1, "checkpoint_at": 0.0}
+    monkeypatch.setattr(_taskprogress, "_state", fresh)  # this process's earlier tests wrote some
     reader = ProgressFile(path)
     assert reader.poll() is None  # nothing yet
     assert dsdk.report_progress(10, 100)
@@ -62,3 +64,31 @@ def test_an_oversize_file_is_ignored(tmp_path: Path) -> None:
     assert ProgressFile(path).poll() is None
     os.unlink(path)
     assert ProgressFile(path).poll() is None
+
+
+def test_a_tasks_own_checkpoint_is_recorded_in_its_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsdk.checkpoint import Checkpointer
+
+    path = tmp_path / "progress.json"
+    fresh = {"step": 0, "total_steps": 0, "step_at": 0.0, "checkpoint_step": -1, "checkpoint_at": 0.0}
+    monkeypatch.setattr(_taskprogress, "_state", fresh)
+    env = {
+        _taskprogress.PROGRESS_ENV: str(path),
+        "DOMAINOS_CHECKPOINT_DIR": str(tmp_path / "ck"),
+        "DOMAINOS_JOB_ID": "j-1",
+        "DOMAINOS_TASK_INDEX": "2",
+        "DOMAINOS_TASK_ATTEMPT": "0",
+        "DOMAINOS_MASTER": "127.0.0.1:1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "ck").mkdir()
+    ck = Checkpointer(fsync=False)
+    ck.save(3, {"w": [1, 2, 3]})
+    got = ProgressFile(path).poll()
+    assert got is not None and got.checkpoint_step == 3 and got.checkpoint_at > 0
+    # Someone else's checkpoints (another task's, a driver's) are not this task's progress.
+    Checkpointer(job_id="other", task=0, fsync=False).save(9, 1)
+    assert json.loads(path.read_text())["checkpoint_step"] == 3
