@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -42,35 +40,14 @@ regions:
 """
 
 
-class HAFederation(Federation):
-    def up(self) -> None:
-        topo = self.home.parent / "ha-topology.yaml"
-        topo.write_text(TOPOLOGY)
-        proc = self.ctl(
-            "up", "--detach", "--home", str(self.home), "--timeout", "90", "--topology", str(topo)
-        )
-        assert proc.returncode == 0, proc.stderr
-
-
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HAFederation]:
-    f = HAFederation(tmp_path_factory.mktemp("ha") / "home")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("ha") / "home", topology=TOPOLOGY)
     f.up()
     try:
         yield f
     finally:
         f.down()
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[pathlib.Path]:
-    """A directory every task user may append to (tasks may run as nobody)."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="domainos-ha-", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _leader_component(fed: Federation, c: dsdk.Client) -> dict[str, object]:
@@ -80,7 +57,7 @@ def _leader_component(fed: Federation, c: dsdk.Client) -> dict[str, object]:
 
 
 def test_killing_the_leader_loses_no_job_and_runs_none_twice(
-    fed: HAFederation, shared_dir: pathlib.Path
+    fed: Federation, shared_dir: pathlib.Path
 ) -> None:
     assert fed.state["master"].count(",") == 2  # three replicas
     ran = shared_dir / "ran"
@@ -119,7 +96,7 @@ def _info_or_none(c: dsdk.Client) -> str | None:
         return None
 
 
-def test_a_restarted_sub_domain_keeps_its_running_tasks(fed: HAFederation, shared_dir: pathlib.Path) -> None:
+def test_a_restarted_sub_domain_keeps_its_running_tasks(fed: Federation, shared_dir: pathlib.Path) -> None:
     flag = shared_dir / "go"
     script = (
         "import os, time\n"

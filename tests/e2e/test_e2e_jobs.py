@@ -11,11 +11,9 @@ import contextlib
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,8 +42,10 @@ def wait_for(cond: Any, timeout: float, what: str = "", interval: float = 0.1) -
 class Federation:
     """A `domainctl up --detach` federation in a private home, driven by the CLI and the DSDK."""
 
-    def __init__(self, home: pathlib.Path, store: str | None = None) -> None:
+    def __init__(self, home: pathlib.Path, store: str | None = None, topology: str | None = None) -> None:
         self.home = home
+        #: A topology file's text (None: the built-in default).
+        self.topology = topology
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(home)}
         self.env.pop("DOMAINOS_MASTER", None)
         self.store = store
@@ -65,6 +65,10 @@ class Federation:
         args = ["up", "--detach", "--home", str(self.home), "--timeout", "90"]
         if self.store:
             args += ["--store", self.store]
+        if self.topology is not None:
+            topo = self.home.parent / "topology.yaml"
+            topo.write_text(self.topology)
+            args += ["--topology", str(topo)]
         proc = self.ctl(*args)
         if proc.returncode != 0:
             for log in sorted((self.home / "local" / "logs").glob("*.log")):
@@ -226,20 +230,6 @@ def test_master_restart_keeps_every_job(fed: Federation) -> None:
         job = c.wait(running.job_id, timeout=60)
     assert job.state == "SUCCEEDED", job.message
     assert fed.ctl("logs", running.job_id, check=True).stdout == "survived\n"
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[pathlib.Path]:
-    """A directory tasks can write: agents running as root run tasks as ``nobody``, which cannot
-    enter pytest's tmp_path (under a 0700 directory of root's)."""
-    path = pathlib.Path(
-        tempfile.mkdtemp(prefix="domainos-e2e-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    )
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_sigkilled_agent_loses_its_tasks_and_they_retry_elsewhere(

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -49,19 +47,9 @@ for step in range(start, 60):
 """
 
 
-class GpuFederation(Federation):
-    def up(self) -> None:
-        topo = self.home.parent / "gpu-topology.yaml"
-        topo.write_text(TOPOLOGY)
-        proc = self.ctl(
-            "up", "--detach", "--home", str(self.home), "--timeout", "90", "--topology", str(topo)
-        )
-        assert proc.returncode == 0, proc.stderr
-
-
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFederation]:
-    f = GpuFederation(tmp_path_factory.mktemp("heal") / "home")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("heal") / "home", topology=TOPOLOGY)
     f.up()
     try:
         yield f
@@ -69,18 +57,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFederation]:
         f.down()
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[pathlib.Path]:
-    path = pathlib.Path(tempfile.mkdtemp(prefix="domainos-heal-", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_an_xid_drains_the_node_and_the_job_resumes_from_its_checkpoint_elsewhere(
-    fed: GpuFederation, shared_dir: pathlib.Path
+    fed: Federation, shared_dir: pathlib.Path
 ) -> None:
     script = shared_dir / "train.py"
     script.write_text(TRAIN)

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import itertools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -341,3 +341,14 @@ class FakeMaster(subdomain_pb2_grpc.SubDomainGatewayServicer):  # type: ignore[m
             for t in upd.tasks:
                 if t.job_id == job_id and t.state == state:
                     return t
+
+
+@contextlib.asynccontextmanager
+async def fake_master() -> AsyncIterator[FakeMaster]:
+    """A :class:`FakeMaster` listening on a free port for the duration of the block."""
+    master = FakeMaster()
+    await master.start()
+    try:
+        yield master
+    finally:
+        await master.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from subdomain_helpers import FakeMaster, TestAgent, async_test, await_for, status_pb
+from subdomain_helpers import FakeMaster, TestAgent, async_test, await_for, fake_master, status_pb
 
 import sub_domain._manager as manager_module
 from domainos.api.v1 import common_pb2, subdomain_pb2
@@ -49,16 +49,6 @@ async def running(
         yield mgr
     finally:
         await mgr.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def fake_master() -> AsyncIterator[FakeMaster]:
-    master = FakeMaster()
-    await master.start()
-    try:
-        yield master
-    finally:
-        await master.stop()
 
 
 @contextlib.asynccontextmanager

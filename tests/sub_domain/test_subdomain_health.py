@@ -16,6 +16,7 @@ from subdomain_helpers import (
     TestAgent,
     async_test,
     await_for,
+    fake_master,
     inventory,
     make_state,
     spec,
@@ -164,16 +165,6 @@ async def running(master: str, **kw: Any) -> AsyncIterator[SubDomainManager]:
         yield mgr
     finally:
         await mgr.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def fake_master() -> AsyncIterator[FakeMaster]:
-    master = FakeMaster()
-    await master.start()
-    try:
-        yield master
-    finally:
-        await master.stop()
 
 
 def place(job: str, *, checkpointable: bool = False, cmd_id: str = "") -> dict[str, Any]:
