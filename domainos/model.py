@@ -282,6 +282,8 @@ class TaskSpec:
     reservation_id: str = ""
     #: It resumes from a checkpoint: a drain moves it first.
     checkpointable: bool = False
+    #: Its sub-domain stops it when cut off from the master this long (0 = never; fencing).
+    fence_after_s: float = 0.0
 
     def validate(self, path: str = "") -> None:
         self.ref.validate(path)
@@ -325,6 +327,7 @@ class TaskSpec:
             placement=PlacementConstraints.from_proto(msg.placement, field_path(path, "placement")),
             reservation_id=msg.reservation_id,
             checkpointable=bool(msg.checkpointable),
+            fence_after_s=max(0.0, float(msg.fence_after_s)) if math.isfinite(msg.fence_after_s) else 0.0,
         )
         spec.validate(path)
         return spec
@@ -343,6 +346,7 @@ class TaskSpec:
             replicas=self.replicas,
             reservation_id=self.reservation_id,
             checkpointable=self.checkpointable,
+            fence_after_s=self.fence_after_s,
         )
         if not self.placement.empty:  # a plain task's message (and JSON record) stays as it was
             msg.placement.CopyFrom(self.placement.to_proto())

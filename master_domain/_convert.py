@@ -231,6 +231,24 @@ def parse_place_command_id(command_id: str) -> model.TaskRef | None:
 TOKEN_ENV = "DOMAINOS_TOKEN"
 
 
+#: A cut-off sub-domain stops a replaceable task this long before the master replaces it (or at
+#: half the job's ``disconnect.lost_after`` when that is shorter than twice this).
+FENCE_MARGIN_S = 5.0
+
+
+def fence_after(spec: JobSpec, grace_s: float) -> float:
+    """When a sub-domain cut off from the master stops the job's tasks (0: never): a little
+    before the master declares them lost and runs them elsewhere, so that one copy runs. Jobs with
+    ``disconnect.replace: false`` are never replaced, so never fenced."""
+    pol = spec.disconnect
+    if pol is not None and not pol.replace:
+        return 0.0
+    lost_after = pol.lost_after_s if pol is not None and pol.lost_after_s else grace_s
+    if lost_after <= 0:
+        return 0.0
+    return max(lost_after / 2, lost_after - FENCE_MARGIN_S)
+
+
 def task_spec(
     ref: model.TaskRef,
     spec: JobSpec,
@@ -240,6 +258,7 @@ def task_spec(
     submitted_at: float = 0.0,
     reservation_id: str = "",
     gpu_model: str = "",
+    lost_grace_s: float = 0.0,
 ) -> model.TaskSpec:
     """What task ``ref`` of a job runs, with its placement constraints from the spec.
 
@@ -265,17 +284,25 @@ def task_spec(
         placement=task_constraints(spec, ref.task_index, submitted_at),
         reservation_id=reservation_id,
         checkpointable=spec.checkpoint is not None,
+        fence_after_s=fence_after(spec, lost_grace_s),
     )
 
 
 def place_task_command(
-    ref: model.TaskRef, spec: JobSpec, master_address: str, token: str = "", submitted_at: float = 0.0
+    ref: model.TaskRef,
+    spec: JobSpec,
+    master_address: str,
+    token: str = "",
+    submitted_at: float = 0.0,
+    lost_grace_s: float = 0.0,
 ) -> subdomain_pb2.MasterCommand:
     """``token`` is the job's own credential; it becomes the task's ``DOMAINOS_TOKEN``."""
     return subdomain_pb2.MasterCommand(
         place_task=subdomain_pb2.PlaceTask(
             command_id=place_command_id(ref),
-            spec=task_spec(ref, spec, master_address, token, submitted_at=submitted_at).to_proto(),
+            spec=task_spec(
+                ref, spec, master_address, token, submitted_at=submitted_at, lost_grace_s=lost_grace_s
+            ).to_proto(),
         )
     )
 

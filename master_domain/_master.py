@@ -586,7 +586,12 @@ class MasterDomain:
                         submitted = job.created_at if job is not None else 0.0
                         places.setdefault(e.subdomain_id, []).append(
                             place_task_command(
-                                e.ref, e.spec, self.cluster_addresses, token, submitted_at=submitted
+                                e.ref,
+                                e.spec,
+                                self.cluster_addresses,
+                                token,
+                                submitted_at=submitted,
+                                lost_grace_s=self.config.subdomain_lost_grace_s,
                             ).place_task
                         )
                 elif isinstance(e, StopTask):
@@ -1125,6 +1130,7 @@ class MasterDomain:
                         submitted_at=job.created_at,
                         reservation_id=c.reservation_id,
                         gpu_model=model,
+                        lost_grace_s=self.config.subdomain_lost_grace_s,
                     )
                     for i in gang.plan.parts.get(c.subdomain, ())
                 ]

@@ -132,6 +132,10 @@ class SubDomainManager:
         self._draining: dict[str, float] = {}
         #: Nodes cordoned, by cause: critical, risk, admin.
         self.cordons: Counter[str] = Counter()
+        #: Since when (monotonic) the master has been unreachable, and the absence at which the
+        #: next replaceable task is to be stopped (fencing; ``inf``: none).
+        self._master_away_since: float | None = None
+        self._fence_due = 0.0
         self._prefix = f"/domainos/subdomains/{config.id}/"
         self._store: AsyncStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -656,6 +660,28 @@ class SubDomainManager:
         )
         return effects
 
+    def _fence(self) -> list[_AnyEffect]:
+        """While the master is unreachable, stop the tasks it is about to run elsewhere."""
+        now = self.clock.monotonic()
+        if self.connected_to_master:
+            self._master_away_since = None
+            self._fence_due = 0.0
+            return []
+        if self._master_away_since is None:
+            self._master_away_since = now
+        away = now - self._master_away_since
+        if away < self._fence_due or away <= 0:
+            return []
+        fenced, self._fence_due = self.tasks.fence(away, self.clock.time())
+        effects: list[_AnyEffect] = list(fenced)
+        if effects:
+            log.warning(
+                "cut off from the master for %.0fs: stopped %d tasks it runs elsewhere now (fencing)",
+                away,
+                sum(1 for e in effects if isinstance(e, StopOnAgent | Forward)),
+            )
+        return effects
+
     def _drain_deadlines(self) -> list[_AnyEffect]:
         """Graceful drains whose time is up: move what is still running. O(draining nodes)."""
         now = self.clock.monotonic()
@@ -771,6 +797,8 @@ class SubDomainManager:
                     await self._run_effects(self._node_effects(events))
                 if self._draining:
                     await self._run_effects(self._drain_deadlines())
+                if self.config.master:
+                    await self._run_effects(self._fence())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -11,6 +11,7 @@ that lets an agent forget a terminal state (the protocol's "ack once durable" ru
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -145,8 +146,9 @@ class TaskTable:
         self._by_state: Counter[TaskState] = Counter()
         #: Placements made (PlaceTask answered ASSIGNED).
         self.placements = 0
-        #: Tasks told to move off a draining node.
+        #: Tasks told to move off a draining node; tasks stopped while cut off from the master.
         self.drained = 0
+        self.fenced = 0
         #: PlaceTask commands answered REJECTED (nothing fits).
         self.rejections = 0
 
@@ -362,6 +364,34 @@ class TaskTable:
                     entry, TaskState.CANCELLED, f"moved off node {node_id} (not connected): {reason}", now
                 )
         return effects
+
+    def fence(self, away_s: float, now: float) -> tuple[list[Effect], float]:
+        """Cut off from the master for ``away_s``: stop every active task whose ``fence_after_s``
+        has passed (the master is about to run it elsewhere; one copy must run). Each is marked
+        drained: should the master come back before it replaced the task, it queues it again
+        without spending a retry. Returns the effects and the next ``away_s`` at which there is
+        something to fence (``inf``: nothing). O(active tasks), once per threshold crossed."""
+        effects: list[Effect] = []
+        later = math.inf
+        for node_id, keys in list(self._active_by_node.items()):
+            connected = self._connected(node_id)
+            for key in sorted(keys):
+                entry = self._entries[key]
+                after = entry.spec.fence_after_s
+                if after <= 0 or entry.drained:
+                    continue
+                if after > away_s:
+                    later = min(later, after)
+                    continue
+                entry.drained = True
+                self.fenced += 1
+                why = f"sub-domain {self.subdomain_id} cut off from the master for {away_s:.0f}s; the master runs it elsewhere"
+                if connected:
+                    effects.append(self._persist(key.job_id, key.task_index))
+                    effects.append(self._stop(node_id, key, why, RECONCILE_STOP_GRACE_S))
+                else:
+                    effects += self._finish(entry, TaskState.CANCELLED, why, now)
+        return effects, later
 
     def draining_left(self, node_id: str) -> int:
         """Active tasks on the node not yet told to move."""

@@ -329,3 +329,47 @@ def test_progress_is_forwarded_at_most_every_ten_seconds_and_checkpoints_at_once
     assert report(5, 38.0, ck=26.0) == [5]
     assert table.get(s.ref).status.progress.step == 5  # type: ignore[union-attr]
     table.validate()
+
+
+# -- fencing: a sub-domain cut off from the master ------------------------------------------------
+
+
+def test_the_master_fences_replaceable_tasks_a_little_before_it_replaces_them() -> None:
+    from domainos.jobspec import parse_spec
+    from master_domain._convert import fence_after
+
+    plain = parse_spec({"command": ["x"]})
+    assert fence_after(plain, 30.0) == 25.0  # the default grace, 5 s early
+    assert fence_after(plain, 6.0) == 3.0  # half of a short one
+    assert fence_after(parse_spec({"command": ["x"], "disconnect": {"lost_after": "10m"}}), 30.0) == 595.0
+    assert fence_after(parse_spec({"command": ["x"], "disconnect": {"replace": False}}), 30.0) == 0.0
+    assert fence_after(plain, 0.0) == 0.0
+
+
+@async_test(timeout=30)
+async def test_cut_off_from_the_master_it_stops_only_what_the_master_will_replace() -> None:
+    async with fake_master() as master, running(master.address) as mgr:
+        a = TestAgent(mgr.listen_address, "n1", gpus=2)
+        await a.connect()
+        await await_for(lambda: master.hellos)
+        fenced = place("j-fenced")
+        fenced["place_task"].spec.fence_after_s = 0.5
+        await master.send(**fenced)
+        s1 = await a.next("start_task")
+        await master.send(**place("j-waits"))  # disconnect.replace: false -> fence_after_s 0
+        s2 = await a.next("start_task")
+        await a.report(status_pb(s1, S.TASK_STATE_RUNNING, pid=1), status_pb(s2, S.TASK_STATE_RUNNING, pid=2))
+        await master.task_state("j-waits", S.TASK_STATE_RUNNING)
+        assert master.server is not None
+        await master.server.stop(grace=None)  # the partition
+        await await_for(lambda: not mgr.connected_to_master, what="the disconnect")
+        stop = await a.next("stop_task", timeout=5.0)
+        assert stop.task.job_id == "j-fenced" and "cut off from the master" in stop.reason
+        await a.report(status_pb(s1, S.TASK_STATE_CANCELLED, exit_code=-15))
+        await await_for(lambda: mgr.tasks.count(TaskState.CANCELLED) == 1)
+        entry = mgr.tasks.get(next(e.key for e in mgr.tasks.entries() if e.key.job_id == "j-fenced"))
+        assert entry is not None and entry.status.drained  # the master requeues it for free if it can
+        with pytest.raises((AssertionError, TimeoutError)):
+            await a.next("stop_task", timeout=1.0)  # the other one keeps running
+        assert mgr.tasks.fenced == 1
+        await a.close()
