@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m bench [--smoke] [--out DIR] [--only NAME ...]``."""
+"""Run the benchmarks: ``python -m bench [--smoke] [--out DIR] [--only NAME ...] [NAME ...]``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import collective, compare, federation, foundation, gang, intra, placement, scale, scheduler
+from bench import (
+    chaos,
+    collective,
+    compare,
+    federation,
+    foundation,
+    gang,
+    goodput,
+    intra,
+    placement,
+    scale,
+    scheduler,
+)
 
 #: name -> run(smoke=..., out=...), in the order they run.
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -21,6 +33,8 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "intra": intra.run,
     "compare": compare.run,
     "collective": collective.run,
+    "chaos": chaos.run,
+    "goodput": goodput.run,
 }
 
 
@@ -36,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(BENCHMARKS),
         help="run only this benchmark (repeatable; default: all)",
     )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="benchmarks to run, as --only (`python -m bench chaos`)"
+    )
     ns = parser.parse_args(argv)
+    unknown = [n for n in ns.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(sorted(BENCHMARKS))}")
+    only = [*(ns.only or []), *ns.names] or None
     ns.out.mkdir(parents=True, exist_ok=True)
     for name, run in BENCHMARKS.items():
-        if ns.only is None or name in ns.only:
+        if only is None or name in only:
             run(smoke=ns.smoke, out=ns.out)
     return 0
 

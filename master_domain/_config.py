@@ -34,8 +34,10 @@ class MasterConfig:
     log_format: str = "json"
     #: How often sub-domains may send summaries (told to them in ``Welcome``).
     summary_interval_s: float = 1.0
-    #: A placement not confirmed (ASSIGNED) by its sub-domain within this time is re-placed.
-    place_timeout_s: float = 10.0
+    #: A placement not confirmed (ASSIGNED) by its sub-domain within this time is re-placed -- if
+    #: the sub-domain's stream is still up. Longer than a dead stream takes to notice (keepalive:
+    #: 5 s + 5 s), so a placement whose confirmation a partition held is not placed twice.
+    place_timeout_s: float = 15.0
     #: A disconnected sub-domain's tasks are kept this long; after it they become LOST and are
     #: retried by policy (no mass eviction on a short partition).
     subdomain_lost_grace_s: float = 30.0

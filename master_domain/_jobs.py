@@ -569,6 +569,11 @@ class JobTable:
     def __init__(self, *, clock: Clock | None = None, place_timeout_s: float = 10.0) -> None:
         self._clock: Clock = clock or SystemClock()
         self._place_timeout_s = place_timeout_s
+        #: Whether a sub-domain's stream is up now (set by the master). An unconfirmed placement on
+        #: a sub-domain that is not is left to its jobs' disconnect policy (``SubdomainLost``), not
+        #: re-placed at the placement timeout: the sub-domain may hold it and run it (a partition
+        #: that lost only the confirmation), and it fences its own tasks before that policy is due.
+        self.subdomain_connected: Callable[[str], bool] = lambda _sd: True
         self._jobs: dict[str, Job] = {}
         # job id -> pending task indexes, jobs in the order they (re)entered the queue.
         self._pending: dict[str, dict[int, None]] = {}
@@ -875,6 +880,11 @@ class JobTable:
             task = job.tasks[index]
             sd = task.subdomain_id
             ref = TaskRef(job_id, index, task.attempt)
+            if not task.stopping and not self.subdomain_connected(sd):
+                # Deadlines stay in insertion order: every later one is at most now + timeout.
+                del self._unconfirmed[(job_id, index)]
+                self._unconfirmed[(job_id, index)] = now + self._place_timeout_s
+                continue
             log.warning(
                 "placement of task %s on sub-domain %s not confirmed in %.0fs; placing it again",
                 ref,

@@ -187,6 +187,7 @@ class MasterDomain:
         self.config = config
         self._clock: Clock = clock or SystemClock()
         self._jobs = JobTable(clock=self._clock, place_timeout_s=config.place_timeout_s)
+        self._jobs.subdomain_connected = lambda sd: self._registry.session(sd) is not None
         self._placer = Placer()
         # Gang-aware preemption for jobs that wait for room (see master_domain/_preemption.py).
         self._preemptions = Preemptions()

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,30 @@ def etcd_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProce
         yield etcd
     finally:
         etcd.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private 3-member etcd cluster on loopback (``bench._etcd_cluster.EtcdCluster``): members
+    may be killed, paused and restarted. ``.url`` is ``etcd://a,b,c``, ``.endpoints`` the list."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # `bench` lives beside `tests`, outside the installed packages
+        sys.path.insert(0, root)
+    from bench._etcd_cluster import EtcdCluster
+
+    binary = _require_etcd_binary()
+    error = ""
+    for attempt in range(3):  # a picked port may be taken meanwhile: retry
+        cluster = EtcdCluster(tmp_path_factory.mktemp(f"etcd-cluster{attempt}"), binary=binary)
+        try:
+            cluster.start()
+        except RuntimeError as exc:
+            cluster.stop()
+            error = str(exc)
+            continue
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+        return
+    pytest.fail(error)

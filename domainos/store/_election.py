@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 ELECTION_PREFIX = "/domainos/election/"
 #: Losers re-check the key at least this often, in case a watch event is late.
 _RECHECK_INTERVAL = 1.0
+#: A leader whose keep-alive failed tries again after this long (or its interval, if shorter).
+_RETRY_AFTER_FAILURE = 0.2
 
 
 @dataclass(eq=False)
@@ -207,11 +209,15 @@ class Election:
 
     def _keep_alive(self, term: _Term) -> None:
         interval = max(self.ttl / 3, 0.05)
-        while not term.stop.wait(interval):
+        # After a failure (a store member died under the call) the next try comes soon, not a
+        # whole interval later: the store has moved to another member meanwhile, and the lease
+        # may have less than an interval left.
+        retry = min(interval, _RETRY_AFTER_FAILURE)
+        wait = interval
+        while not term.stop.wait(wait):
             started = time.monotonic()
             try:
                 term.lease.refresh()
-                kv = self._store.get(self.key)
             except LeaseNotFound:
                 self._lose(term, "lease expired or was revoked")
                 return
@@ -220,11 +226,21 @@ class Election:
                     self._lose(term, f"lease not refreshed for {self.ttl}s ({exc})")
                     return
                 logger.warning("election %s: refresh failed, retrying: %s", self.name, exc)
+                wait = retry
+                continue
+            # The lease was refreshed: the term holds for another TTL whatever the check below
+            # finds out about the store's health (it only looks for a key that is no longer ours).
+            term.valid_until = started + term.lease.ttl
+            wait = interval
+            try:
+                kv = self._store.get(self.key)
+            except StoreError as exc:
+                logger.warning("election %s: cannot read own key, checking again: %s", self.name, exc)
+                wait = retry
                 continue
             if kv is None or kv.lease != term.lease.id or kv.mod_revision != term.revision:
                 self._lose(term, "key no longer ours")
                 return
-            term.valid_until = started + term.lease.ttl
 
     def _lose(self, term: _Term, reason: str) -> None:
         with self._lock:

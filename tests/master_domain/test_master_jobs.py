@@ -287,6 +287,30 @@ def test_unconfirmed_placement_times_out_and_is_placed_again() -> None:
     assert step(t, Tick()) == []
 
 
+def test_an_unconfirmed_placement_on_a_disconnected_subdomain_waits_for_its_disconnect_policy() -> None:
+    """A partition may have held only the confirmation: the sub-domain can be running the task.
+    Placing it again at the timeout would run it twice; it is left to the disconnect policy."""
+    clock = FakeClock()
+    t = table(clock, timeout=10.0)
+    job = add_job(t, spec(2))
+    step(t, Place("j-1", 0, "sd-a", "east"))
+    step(t, Place("j-1", 1, "sd-b", "east"))
+    t.subdomain_connected = lambda sd: sd != "sd-a"
+    clock.advance(11.0)
+    effects = step(t, Tick())
+    assert StopTask("sd-b", TaskRef("j-1", 1, 0), "placement not confirmed in time") in effects
+    assert all(getattr(e, "subdomain_id", None) != "sd-a" for e in effects)
+    assert job.tasks[0].state is S.ASSIGNED and job.tasks[0].attempt == 0
+    clock.advance(25.0)
+    assert step(t, Tick()) == []  # still away: still waiting
+    # Reconnected and still silent about it: now the timeout applies again.
+    t.subdomain_connected = lambda sd: True
+    clock.advance(11.0)
+    effects = step(t, Tick())
+    assert StopTask("sd-a", TaskRef("j-1", 0, 0), "placement not confirmed in time") in effects
+    assert job.tasks[0].state is S.PENDING and job.tasks[0].attempt == 1
+
+
 def test_pending_queue_and_waiting_message() -> None:
     t = table()
     add_job(t, spec(2), "j-1")

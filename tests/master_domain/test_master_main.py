@@ -29,7 +29,7 @@ def test_defaults_are_valid() -> None:
         "master-1",
         "127.0.0.1:7070",
         "memory://",
-        10.0,
+        15.0,
         30.0,
     )
 
