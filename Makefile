@@ -5,7 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-all test-fast lint typecheck gen-protos check-protos bench bench-smoke clean
+.PHONY: setup demo up down ops-tools test test-all test-fast lint typecheck gen-protos check-protos bench bench-smoke clean \
+        deploy-up deploy-down test-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,10 @@ up: $(STAMP)               ## start the local federation in the background
 down: $(STAMP)
 	$(VENV)/bin/domainctl down
 
-test: $(STAMP)             ## the default test selection (unit, in-process, store on SQLite + etcd, end-to-end)
+ops-tools:                 ## Debian tools of the ops tests (dockerd, promtool, chromium): installed when missing (root)
+	-@$(PYTHON) scripts/docker_engine.py install || echo "ops-tools: not installed; tests that need them skip, saying why"
+
+test: $(STAMP) ops-tools   ## the default test selection (unit, in-process, store on SQLite + etcd, end-to-end, ops)
 	$(PY) -m pytest -m "not slow" -q
 
 test-all: $(STAMP)         ## every tier, slow ones included
@@ -32,6 +36,15 @@ test-all: $(STAMP)         ## every tier, slow ones included
 
 test-fast: $(STAMP)        ## pure and in-process tests only
 	$(PY) -m pytest -m "not slow and not e2e and not store" -q
+
+deploy-up: $(STAMP)        ## the docker-compose deployment (deploy/): base image if missing, wheels, image, pki, compose up
+	$(PY) scripts/build_images.py up
+
+deploy-down: $(STAMP)      ## stop and remove its containers (data volumes kept; add ARGS=--volumes to drop them)
+	$(PY) scripts/build_images.py down $(ARGS)
+
+test-deploy: $(STAMP)      ## the deployment tier: a private engine, the images, compose up, failover (root; slow)
+	$(PY) -m pytest -m deploy tests/deploy -q -s
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

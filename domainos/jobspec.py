@@ -9,6 +9,8 @@ YAML form::
     replicas: 4                 # 1..10000 (default 1; a training job: pp * dp)
     command: [python3, -c, "print('hi')"]   # required, non-empty list of strings (or one string, run by /bin/sh -c)
     env: {GREETING: hi}         # optional
+    runtime: process            # process (default): a local process | docker: a container of
+                                #   `image:` (see Containers below)
     resources:                  # per task
       cpus: 1                   # number, or "500m"   (default 1)
       memory: 256Mi             # size (default 256Mi)
@@ -65,6 +67,14 @@ Resilience (any job)::
     disconnect:                 # its tasks in a sub-domain the master cannot reach:
       lost_after: 5m            # left alone this long (default: the master's grace, 30 s) ...
       replace: true             # ... then run elsewhere (default); false: wait for the sub-domain
+
+Containers: ``runtime: docker`` with ``image: python:3.12-slim`` (required with docker, refused
+without it: a Docker image reference) runs each task as a container of that image; ``command`` is
+then optional (left out, the image's own ENTRYPOINT and CMD run; given, it replaces both). A docker
+job's tasks go only to nodes labelled ``domainos.io/docker=true`` (agents whose Docker
+engine answers), and with GPUs to nodes labelled ``domainos.io/docker-gpus=true`` (an engine with
+the ``nvidia`` runtime): those labels are added to its ``node_selector``. The container gets the
+task's CPU (``nano_cpus``, and its cores as a cpuset) and memory (the limit, no swap) and its GPUs.
 
 Durations are seconds (a number) or text with a unit: ``1500ms``, ``90s``, ``5m``, ``1h``. The
 protobuf form is ``master.proto`` ``JobSpec``; the master's store form is :meth:`JobSpec.to_dict`.
@@ -139,6 +149,8 @@ _TOP_FIELDS = (
     "distinct_nodes",
     "checkpoint",
     "disconnect",
+    "runtime",
+    "image",
 )
 _RES_FIELDS = ("cpus", "memory", "gpus", "gpu_memory", "gpu_model")
 _RETRY_FIELDS = ("on_exit", "on_lost")
@@ -152,6 +164,21 @@ _DISCONNECT_FIELDS = ("lost_after", "replace")
 MAX_CHECKPOINT_INTERVAL_S = 7 * 24 * 3600.0
 MAX_LOST_AFTER_S = 7 * 24 * 3600.0
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")
+#: Where a task runs: a local process (the default) or a container on the node's Docker engine.
+RUNTIMES = ("process", "docker")
+DEFAULT_RUNTIME = "process"
+#: The node label of agents whose Docker engine answers (docker tasks are placed only there).
+DOCKER_LABEL = "domainos.io/docker"
+#: The node label of agents whose Docker engine has the ``nvidia`` runtime (docker tasks with GPUs).
+DOCKER_GPU_LABEL = "domainos.io/docker-gpus"
+MAX_IMAGE_CHARS = 512
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+#: A Docker image reference (distribution/reference): [host[:port]/]path[:tag][@digest].
+_IMAGE_RE = re.compile(
+    rf"^(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?\Z"
+)
 #: A node id (what agents register with).
 NODE_ID_RE = _NODE_ID_RE
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$")
@@ -274,6 +301,9 @@ class JobSpec:
     distinct_nodes: bool = False
     checkpoint: CheckpointPolicy | None = None
     disconnect: DisconnectPolicy | None = None
+    #: ``process`` or ``docker`` (then ``image`` is set and ``command`` may be empty).
+    runtime: str = DEFAULT_RUNTIME
+    image: str = ""
 
     @property
     def is_gang(self) -> bool:
@@ -351,6 +381,10 @@ class JobSpec:
                     has_replace=True,
                 )
             )
+        if self.runtime == "docker":
+            from domainos.api.v1 import common_pb2
+
+            msg.container.CopyFrom(common_pb2.ContainerSpec(image=self.image))
         return msg
 
     @classmethod
@@ -462,6 +496,11 @@ class JobSpec:
             if d.has_replace:
                 disconnect["replace"] = d.replace
             data["disconnect"] = disconnect
+        if msg.HasField("container"):
+            data["runtime"] = "docker"
+            data["image"] = msg.container.image
+            if not msg.command:
+                del data["command"]  # the image's own command
         return parse_spec(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -512,6 +551,9 @@ class JobSpec:
                 "lost_after_s": self.disconnect.lost_after_s,
                 "replace": self.disconnect.replace,
             }
+        if self.runtime != DEFAULT_RUNTIME:
+            out["runtime"] = self.runtime
+            out["image"] = self.image
         return out
 
     @classmethod
@@ -579,6 +621,8 @@ class JobSpec:
                 if dis is not None
                 else None
             ),
+            runtime=str(data.get("runtime") or DEFAULT_RUNTIME),
+            image=str(data.get("image") or ""),
         )
 
 
@@ -1033,13 +1077,16 @@ def parse_spec(data: Any) -> JobSpec:
                     field="replicas",
                 )
 
-    if "command" not in data or data["command"] in (None, "", []):
-        raise InvalidArgument(
-            "is required: the program and its arguments, e.g. [python3, train.py]", field="command"
-        )
-    raw_cmd = data["command"]
-    if isinstance(raw_cmd, str):
-        command: tuple[str, ...] = ("/bin/sh", "-c", raw_cmd)
+    runtime, image = _runtime(data)
+    raw_cmd = data.get("command")
+    if raw_cmd in (None, "", []):
+        if runtime != "docker":
+            raise InvalidArgument(
+                "is required: the program and its arguments, e.g. [python3, train.py]", field="command"
+            )
+        command: tuple[str, ...] = ()  # the image's own ENTRYPOINT and CMD
+    elif isinstance(raw_cmd, str):
+        command = ("/bin/sh", "-c", raw_cmd)
     elif isinstance(raw_cmd, (list, tuple)):
         for i, arg in enumerate(raw_cmd):
             if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
@@ -1097,10 +1144,24 @@ def parse_spec(data: Any) -> JobSpec:
     _check_text(model, "resources.gpu_model")
     excluded = _excluded_models(data.get("exclude_gpu_models"), model)
     selector = _str_map(data.get("node_selector"), "node_selector", _LABEL_RE, "label key")
-    if len(selector) > MAX_NODE_SELECTOR:
+    # The runtime's own labels (added below, and present when a stored spec is parsed again) do
+    # not count against the user's.
+    given = len(selector.keys() - {DOCKER_LABEL, DOCKER_GPU_LABEL})
+    if given > MAX_NODE_SELECTOR:
         raise InvalidArgument(
-            f"too many: at most {MAX_NODE_SELECTOR} labels, got {len(selector)}", field="node_selector"
+            f"too many: at most {MAX_NODE_SELECTOR} labels, got {given}", field="node_selector"
         )
+    if runtime == "docker":
+        # Placed only on nodes whose agent found a Docker engine (with the nvidia runtime for GPUs).
+        needed = [DOCKER_LABEL] + ([DOCKER_GPU_LABEL] if gpus or share else [])
+        for key in needed:
+            if selector.get(key, "true") != "true":
+                raise InvalidArgument(
+                    f"{key}={selector[key]} contradicts runtime: docker, which runs only on nodes "
+                    f"labelled {key}=true",
+                    field=f"node_selector.{key}",
+                )
+            selector[key] = "true"
 
     retry_data = _mapping(data.get("retry") or {}, "retry", _RETRY_FIELDS)
     retry = RetryPolicy(
@@ -1172,7 +1233,47 @@ def parse_spec(data: Any) -> JobSpec:
         distinct_nodes=distinct,
         checkpoint=checkpoint,
         disconnect=disconnect,
+        runtime=runtime,
+        image=image,
     )
+
+
+def check_image(value: Any, fld: str = "image") -> str:
+    """A Docker image reference (``[host[:port]/]name[:tag][@digest]``); InvalidArgument naming ``fld``."""
+    if not isinstance(value, str) or not value.strip():
+        got = "" if value is None else f", got {_shown(value)}"
+        raise InvalidArgument(
+            f"is required with runtime: docker: a Docker image reference, e.g. python:3.12-slim{got}",
+            field=fld,
+        )
+    if len(value) > MAX_IMAGE_CHARS or not _IMAGE_RE.match(value):
+        raise InvalidArgument(
+            f"{_shown(value)} is not a Docker image reference: [registry[:port]/]name[:tag][@digest] "
+            "with a lowercase name, e.g. python:3.12-slim or ghcr.io/org/app:v1",
+            field=fld,
+        )
+    return value
+
+
+def _runtime(data: Mapping[str, Any]) -> tuple[str, str]:
+    """(runtime, image) of a spec mapping: ``runtime`` process (default) or docker, which needs an image."""
+    runtime = data.get("runtime")
+    if runtime is None or runtime == "":
+        runtime = DEFAULT_RUNTIME
+    if not isinstance(runtime, str) or runtime not in RUNTIMES:
+        raise InvalidArgument(
+            f"unknown runtime {_shown(runtime)}; allowed: {'|'.join(RUNTIMES)} (default {DEFAULT_RUNTIME})",
+            field="runtime",
+        )
+    image = data.get("image")
+    if runtime != "docker":
+        if image not in (None, ""):
+            raise InvalidArgument(
+                "is only used with runtime: docker (set runtime: docker to run the task in this image)",
+                field="image",
+            )
+        return runtime, ""
+    return runtime, check_image(image, "image")
 
 
 def parse_priority(value: Any, fld: str = "priority") -> str:

@@ -153,6 +153,25 @@ class TaskRef:
 MAX_PLACEMENT_ENTRIES = 32
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """The task runs in a container of ``image`` on its node's Docker engine (``runtime: docker``)."""
+
+    image: str
+
+    def validate(self, path: str = "") -> None:
+        from domainos.jobspec import check_image
+
+        check_image(self.image, field_path(path, "image"))
+
+    @classmethod
+    def from_proto(cls, msg: common_pb2.ContainerSpec) -> ContainerSpec:
+        return cls(image=msg.image)
+
+    def to_proto(self) -> common_pb2.ContainerSpec:
+        return common_pb2.ContainerSpec(image=self.image)
+
+
 @dataclass(frozen=True)
 class PlacementConstraints:
     """Where a task may and should run, beyond its resources (``common.proto`` PlacementConstraints).
@@ -284,10 +303,23 @@ class TaskSpec:
     checkpointable: bool = False
     #: Its sub-domain stops it when cut off from the master this long (0 = never; fencing).
     fence_after_s: float = 0.0
+    #: Set: it runs in a container (the Docker runtime); None: a local process.
+    container: ContainerSpec | None = None
+
+    @property
+    def runtime(self) -> str:
+        """``docker`` (a container) or ``process``."""
+        return "process" if self.container is None else "docker"
 
     def validate(self, path: str = "") -> None:
         self.ref.validate(path)
-        if not self.command or not self.command[0]:
+        if self.container is not None:
+            self.container.validate(field_path(path, "container"))
+            if self.command and not self.command[0]:  # empty: the image's own command
+                raise InvalidArgument(
+                    "the program name must not be empty", field=field_path(path, "command[0]")
+                )
+        elif not self.command or not self.command[0]:
             raise InvalidArgument("is empty: nothing to run", field=field_path(path, "command"))
         for i, arg in enumerate(self.command):
             if "\x00" in arg:
@@ -328,6 +360,7 @@ class TaskSpec:
             reservation_id=msg.reservation_id,
             checkpointable=bool(msg.checkpointable),
             fence_after_s=max(0.0, float(msg.fence_after_s)) if math.isfinite(msg.fence_after_s) else 0.0,
+            container=ContainerSpec.from_proto(msg.container) if msg.HasField("container") else None,
         )
         spec.validate(path)
         return spec
@@ -350,6 +383,8 @@ class TaskSpec:
         )
         if not self.placement.empty:  # a plain task's message (and JSON record) stays as it was
             msg.placement.CopyFrom(self.placement.to_proto())
+        if self.container is not None:
+            msg.container.CopyFrom(self.container.to_proto())
         return msg
 
     def to_json(self) -> dict[str, Any]:

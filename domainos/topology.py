@@ -37,6 +37,9 @@ Read by ``domainctl up`` (local processes) and by ``deploy/`` (docker-compose) a
       - between: [east, west]
         bandwidth_gbps: 100
         distance_km: 1200
+    masters: 3                       # optional: master replicas (HA; default 1)
+    compose:                         # optional: only `domainctl compose` reads it
+      etcd_members: 3                # 1, 3 or 5; first ports: see ComposeSpec
 """
 
 from __future__ import annotations
@@ -310,6 +313,51 @@ class AgentPlan:
         return out
 
 
+#: Port fields of the ``compose:`` section (``domainctl compose``; ``domainctl up`` ignores them).
+COMPOSE_PORT_FIELDS = (
+    "etcd_client_port",
+    "etcd_peer_port",
+    "master_port",
+    "master_metrics_port",
+    "subdomain_port",
+    "subdomain_metrics_port",
+    "agent_metrics_port",
+    "prometheus_port",
+    "grafana_port",
+)
+
+
+@dataclass(frozen=True)
+class ComposeSpec:
+    """The docker-compose deployment (``domainctl compose``): etcd members and the first port of
+    each kind (member/replica/sub-domain/agent ``i`` adds ``i``; etcd members add ``2 * i``).
+    ``domainctl up`` ignores this section (it runs one SQLite file per daemon and free ports)."""
+
+    #: etcd members (a quorum needs an odd number: 1, 3 or 5).
+    etcd_members: int = 1
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
+    master_port: int = 7070
+    master_metrics_port: int = 9100
+    subdomain_port: int = 7101
+    subdomain_metrics_port: int = 9111
+    agent_metrics_port: int = 9201
+    prometheus_port: int = 9090
+    grafana_port: int = 3000
+
+    def validate(self) -> None:
+        if self.etcd_members not in (1, 3, 5):
+            raise ConfigError(
+                f"must be 1, 3 or 5 (an odd number keeps a quorum: 3 survive one lost member), "
+                f"got {self.etcd_members}",
+                field="compose.etcd_members",
+            )
+        for name in COMPOSE_PORT_FIELDS:
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"must be a TCP port (1-65535), got {port}", field=f"compose.{name}")
+
+
 @dataclass(frozen=True)
 class Topology:
     version: int = 1
@@ -318,6 +366,8 @@ class Topology:
     links: list[Link] = field(default_factory=list)
     #: Master replicas (high availability: one leads, the others take over when it dies).
     masters: int = 1
+    #: The docker-compose deployment's etcd members and ports (``domainctl compose`` only).
+    compose: ComposeSpec = field(default_factory=ComposeSpec)
 
     def validate(self) -> None:
         if self.version != 1:

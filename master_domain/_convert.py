@@ -285,6 +285,7 @@ def task_spec(
         reservation_id=reservation_id,
         checkpointable=spec.checkpoint is not None,
         fence_after_s=fence_after(spec, lost_grace_s),
+        container=model.ContainerSpec(spec.image) if spec.runtime == "docker" else None,
     )
 
 

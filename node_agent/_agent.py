@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -47,11 +48,13 @@ from domainos.errors import (
     Unavailable,
 )
 from domainos.ids import new_incarnation
+from domainos.jobspec import DOCKER_GPU_LABEL, DOCKER_LABEL
 from domainos.model import HealthStatus, NodeHealth, NodeInventory, NodeUsage, TaskRef, TaskSpec, TaskStatus
 from domainos.rpc import TLSFiles, TLSRefusals, create_channel, error_reason
 from domainos.topology import SimInventory
 from node_agent import _metrics
 from node_agent._config import AgentConfig
+from node_agent._docker import DockerError, DockerRuntime
 from node_agent._hardware import HardwareProbe, RealHardware, SimulatedHardware
 from node_agent._runner import TaskRunner
 from node_agent._state import (
@@ -161,6 +164,11 @@ class NodeAgent:
         self._refusals: TLSRefusals | None = None
         #: The inventory changed and no Register has carried it yet.
         self._inventory_unsent = False
+        #: The node's Docker engine (runtime docker), when enabled and it answered; else why not.
+        self._docker: DockerRuntime | None = None
+        self._docker_note = ""
+        #: Labels saying what the node runs besides processes (``domainos.io/docker``).
+        self._runtime_labels: dict[str, str] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -224,7 +232,8 @@ class NodeAgent:
         if self._hardware is None:
             self._hardware = await asyncio.to_thread(self._discover)
         hw = self._hardware
-        self._inventory = hw.inventory()
+        self._runtime_labels = await self._connect_docker()
+        self._inventory = self._labelled(hw.inventory())
         self._runner = TaskRunner(
             state_dir,
             node_id=self.node_id,
@@ -241,6 +250,8 @@ class NodeAgent:
             advertise_host=cfg.advertise_host,
             as_agent_user=cfg.tasks_as_agent_user,
             checkpoint_dir=cfg.checkpoint_dir,
+            docker=self._docker,
+            docker_note=self._docker_note,
         )
         self._planner = ReportPlanner(
             clock=self._clock,
@@ -321,6 +332,39 @@ class NodeAgent:
             data_dir=cfg.data_dir,
         )
 
+    async def _connect_docker(self) -> dict[str, str]:
+        """Connect to the Docker engine (``docker_runtime``); the node labels it earns."""
+        cfg = self.config
+        if not cfg.docker_runtime:
+            self._docker_note = "the Docker runtime is disabled on this agent (docker_runtime: false)"
+            return {}
+        docker = DockerRuntime(cfg.docker_host)
+        try:
+            info = await docker.connect()
+        except DockerError as exc:
+            docker.close()
+            self._docker_note = str(exc)
+            log.info("node %s: no Docker runtime: %s", self.node_id, exc)
+            return {}
+        self._docker = docker
+        log.info(
+            "node %s: Docker engine %s (API %s) at %s%s",
+            self.node_id,
+            info.version,
+            info.api_version,
+            cfg.docker_host,
+            ", nvidia runtime" if info.nvidia else "",
+        )
+        labels = {DOCKER_LABEL: "true"}
+        if info.nvidia:
+            labels[DOCKER_GPU_LABEL] = "true"
+        return labels
+
+    def _labelled(self, inventory: NodeInventory) -> NodeInventory:
+        if not self._runtime_labels:
+            return inventory
+        return dataclasses.replace(inventory, labels={**self._runtime_labels, **inventory.labels})
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"{name}-{self.node_id}")
         self._background.add(task)
@@ -350,6 +394,9 @@ class NodeAgent:
             self._metrics_server = None
         if self._hardware is not None:
             self._hardware.close()
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
@@ -417,7 +464,7 @@ class NodeAgent:
         if not await asyncio.to_thread(hw.refresh):
             self._send_inventory()  # one that could not be queued last time
             return False
-        old, self._inventory = self._inventory, hw.inventory()
+        old, self._inventory = self._inventory, self._labelled(hw.inventory())
         log.info(
             "node %s: inventory changed (datasets %d -> %d shards); registering it",
             self.node_id,

@@ -11,6 +11,7 @@ from domainos.config import TLSConfig, check_address, check_transport
 from domainos.errors import ConfigError, InvalidArgument
 from domainos.model import check_node_id
 from domainos.topology import SimInventory, check_block, check_datasets
+from node_agent._docker import default_docker_host
 from node_agent._runner import DEFAULT_TASK_USER, TaskUsers
 
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
@@ -98,6 +99,13 @@ class AgentConfig:
     #: workers, collectives), given to tasks as ``DOMAINOS_NODE_HOST``. Default: 127.0.0.1 when
     #: every sub-domain address is on loopback (a one-machine federation), else this host's name.
     advertise_host: str = ""
+    #: Run ``runtime: docker`` tasks as containers on the Docker engine at ``docker_host`` when one
+    #: answers there (the node is then labelled ``domainos.io/docker=true``, and
+    #: ``domainos.io/docker-gpus=true`` when the engine has the nvidia runtime). False: never.
+    docker_runtime: bool = True
+    #: The Docker engine (``unix:///path`` or ``tcp://host:port``); default ``DOCKER_HOST``, else
+    #: ``unix:///var/run/docker.sock``.
+    docker_host: str = ""
 
     def __post_init__(self) -> None:
         # Defaults that depend on the machine or on other fields (frozen: set through object).
@@ -114,6 +122,8 @@ class AgentConfig:
             object.__setattr__(self, "inventory", SimInventory())
         if not self.advertise_host:
             object.__setattr__(self, "advertise_host", default_advertise_host(self.subdomains))
+        if not self.docker_host:
+            object.__setattr__(self, "docker_host", default_docker_host())
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field for anything a daemon cannot run with."""
@@ -155,6 +165,13 @@ class AgentConfig:
         if self.block:
             check_block(self.block, "block")
         check_datasets(self.datasets, "datasets")
+        if not self.docker_host.startswith(
+            ("unix://", "tcp://", "npipe://", "ssh://", "http://", "https://")
+        ):
+            raise ConfigError(
+                f"expected unix:///path/docker.sock or tcp://host:port, got {self.docker_host!r}",
+                field="docker_host",
+            )
         self._validate_task_isolation()
         check_transport(self.tls, self.insecure)
 

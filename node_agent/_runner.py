@@ -43,6 +43,12 @@ MPS daemon runs on the node) and ``DOMAINOS_GPU_SHARE`` / ``DOMAINOS_GPU_MEMORY_
 Exit codes: the process's own, or 128 + N when signal N killed it; 127 when the program is not
 found, 126 when it cannot be executed or its directory cannot be prepared. When the main process
 exits, whatever it left in its process group is killed, so a task never outlives its record.
+
+Containers: a task whose spec has a ``container`` (``runtime: docker``) runs as one container on
+the node's Docker engine instead (:mod:`node_agent._docker`), with the same directory, log files,
+``status.json`` (which names the container), states, exit codes (``125``: the engine could not
+create or start it; an out-of-memory kill is reported as such), stops (SIGTERM, SIGKILL after the
+grace) and re-adoption. An agent without an engine refuses such a task with a message saying so.
 """
 
 from __future__ import annotations
@@ -67,9 +73,9 @@ from typing import TYPE_CHECKING, Any
 
 from domainos.clock import Clock, SystemClock
 from domainos.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
-from domainos.model import LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
+from domainos.model import ContainerSpec, LogChunk, TaskRef, TaskSpec, TaskState, TaskStatus
 from domainos.resources import Resources
-from node_agent import _shim
+from node_agent import _docker, _shim
 from node_agent._datasets import DATASETS_DIR
 from node_agent._progress import PROGRESS_FILE, ProgressFile
 
@@ -98,6 +104,12 @@ SHIM_PATH = os.path.abspath(_shim.__file__)
 POLL_S = 0.5
 #: How long the shim has to end its task after FORWARD_KILL before the agent kills both itself.
 SHIM_KILL_TIMEOUT_S = 5.0
+#: A container's task is LOST when the Docker engine does not answer for this long.
+DOCKER_LOST_AFTER_S = 60.0
+#: Pause before following a container's output again (a broken stream, an unreachable engine).
+DOCKER_RETRY_S = 0.2
+#: Times a SIGKILLed container is inspected again for an OOM kill the engine reports late.
+OOM_SETTLE_CHECKS = 30
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The task's working directory and HOME, inside its task directory.
 HOME_DIR = "home"
@@ -339,6 +351,10 @@ class _Task:
     gpu_share: tuple[int, int] | None = None
     #: Its progress file (``dsdk.report_progress``), read when the node is sampled.
     progress: ProgressFile | None = None
+    #: The id of its container (runtime docker), from the start until the agent forgets the task.
+    container_id: str = ""
+    #: The thread copying the container's output into the log files (while it runs).
+    pump: _docker.LogPump | None = None
 
 
 class TaskRunner:
@@ -374,6 +390,8 @@ class TaskRunner:
         advertise_host: str = "127.0.0.1",
         as_agent_user: bool = False,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        docker: _docker.DockerRuntime | None = None,
+        docker_note: str = "",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
@@ -445,6 +463,12 @@ class TaskRunner:
             "boot_id": _boot_id(),
         }
         self._closed = False
+        #: The node's Docker engine (connected), for tasks with a container; None: none here, and
+        #: ``docker_note`` says why (disabled, or no engine answered).
+        self.docker = docker
+        self.docker_note = docker_note or "the Docker runtime is not enabled on this agent"
+        self._sweeper: asyncio.Task[None] | None = None
+        self._cleanups: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------------ queries
 
@@ -526,6 +550,8 @@ class TaskRunner:
         self._counts[TaskState.ASSIGNED] += 1
         self._reserve(t)
         self._persist(t)
+        if spec.container is not None:
+            return await self._start_container(t, spec, user, cores, share)
 
         program = spec.command[0]
         home = task_dir / HOME_DIR
@@ -745,6 +771,305 @@ class TaskRunner:
             return True
         return False
 
+    # ------------------------------------------------------------------ containers
+
+    async def _start_container(
+        self,
+        t: _Task,
+        spec: TaskSpec,
+        user: TaskUser | None,
+        cores: Sequence[int],
+        share: tuple[int, int] | None,
+    ) -> StartResult:
+        """Start a task's container (runtime docker); FAILED with the reason when it cannot be."""
+        ref, task_dir = t.ref, t.dir
+        home = task_dir / HOME_DIR
+        failure: tuple[int, str] | None = None
+        cid = ""
+        tls_env: dict[str, str] = {}
+        try:
+            # Empty, the task user's (as a process task's); the log pump appends to them.
+            for stream in LOG_STREAMS:
+                _open_output(task_dir / stream, user).close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(task_dir / EXIT_FILE)
+            tls_env = self._prepare_task(task_dir, home, user)
+        except OSError as exc:
+            failure = (126, f"cannot prepare the task's files in {task_dir}: {exc.strerror or exc}")
+        docker = self.docker
+        if failure is None and docker is None:
+            failure = (
+                _docker.ENGINE_FAILURE_CODE,
+                f"node {self.node_id} cannot run a runtime: docker task: {self.docker_note}",
+            )
+        if failure is None and docker is not None:
+            run = self._container_run(spec, t.status.gpu_indexes, user, cores, share, home, tls_env)
+            try:
+                cid = await docker.run(run)
+            except _docker.ContainerStartError as exc:
+                failure = (exc.code, str(exc))
+            except _docker.DockerError as exc:
+                failure = (_docker.ENGINE_FAILURE_CODE, str(exc))
+        if failure is not None:
+            code, message = failure
+            log.warning("task %s failed to start: %s", ref, message)
+            with contextlib.suppress(OSError), open(task_dir / "stderr", "ab") as err:
+                err.write(f"domainos-agent: {message}\n".encode())
+            self._transition(
+                t, state=TaskState.FAILED, exit_code=code, message=message, finished_at=self._clock.time()
+            )
+            return StartResult(t.status, False)
+        t.container_id = cid
+        self.started_total += 1
+        self._transition(t, state=TaskState.RUNNING, started_at=self._clock.time())
+        log.info(
+            "task %s started: container %s of %s, gpus %s, cpus %s",
+            ref,
+            cid[:12],
+            spec.container.image if spec.container is not None else "",
+            list(t.status.gpu_indexes),
+            list(cores),
+        )
+        t.waiter = asyncio.create_task(self._wait_container(t), name=f"task-wait-{ref}")
+        if t.stop_reason:  # a stop (shutdown) arrived while the container was being started
+            t.stopper = asyncio.create_task(self._stop_container(t, t.stop_grace_s), name=f"task-stop-{ref}")
+        return StartResult(t.status, True)
+
+    def _container_run(
+        self,
+        spec: TaskSpec,
+        gpu_indexes: Sequence[int],
+        user: TaskUser | None,
+        cores: Sequence[int],
+        share: tuple[int, int] | None,
+        home: Path,
+        tls_env: Mapping[str, str],
+    ) -> _docker.ContainerRun:
+        """The container of a task: its environment (the DomainOS variables naming the paths
+        mounted into it), mounts, limits, labels and user."""
+        assert spec.container is not None
+        ref = spec.ref
+        mounts: dict[str, tuple[str, bool]] = {str(home): (_docker.CONTAINER_HOME, False)}
+        extra = {
+            "DOMAINOS_RUNTIME": "docker",
+            "DOMAINOS_NODE_HOST": self.advertise_host,
+            "DOMAINOS_REGION": self.region,
+            PROGRESS_ENV: f"{_docker.CONTAINER_HOME}/{PROGRESS_FILE}",
+            # Inside, the container's GPUs are numbered from 0; the nvidia runtime reads this one
+            # (so a job's env cannot widen it), "void" when the task has none.
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpu_indexes))),
+            "NVIDIA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indexes) or "void",
+        }
+        if self._checkpoint_fd is not None:
+            mounts[str(self.checkpoint_dir)] = (_docker.CONTAINER_CHECKPOINTS, False)
+            extra["DOMAINOS_CHECKPOINT_DIR"] = _docker.CONTAINER_CHECKPOINTS
+        if self._datasets_fd is not None:
+            mounts[str(self.datasets_dir)] = (_docker.CONTAINER_DATASETS, False)
+            extra["DOMAINOS_DATASETS_DIR"] = _docker.CONTAINER_DATASETS
+        if tls_env:
+            mounts[str(self.task_dir(ref) / TLS_DIR)] = (_docker.CONTAINER_TLS, True)
+            extra.update({k: f"{_docker.CONTAINER_TLS}/{os.path.basename(v)}" for k, v in tls_env.items()})
+        if share is not None:
+            extra.update(gpu_share_environment(*share))
+        env = task_environment(
+            spec,
+            gpu_indexes,
+            node_id=self.node_id,
+            subdomain_id=self.subdomain_id,
+            base={"HOME": _docker.CONTAINER_HOME},  # not the agent's PATH: the image has its own
+            extra=extra,
+        )
+        uid, gid = (user.uid, user.gid) if user is not None else (os.geteuid(), os.getegid())
+        return _docker.ContainerRun(
+            name=f"domainos-{self.node_id}-{ref.job_id}-{ref.task_index}.{ref.attempt}",
+            image=spec.container.image,
+            command=spec.command,
+            env=env,
+            labels={
+                _docker.LABEL_JOB: ref.job_id,
+                _docker.LABEL_INDEX: str(ref.task_index),
+                _docker.LABEL_ATTEMPT: str(ref.attempt),
+                _docker.LABEL_NODE: self.node_id,
+                _docker.LABEL_STATE_DIR: self._identity["state_dir"],
+            },
+            user=f"{uid}:{gid}",
+            memory_bytes=spec.resources.memory_bytes,
+            cpu_millis=spec.resources.cpu_millis,
+            cpuset=list(cores) if self._apply_affinity else [],
+            gpu_indexes=list(gpu_indexes),
+            mounts=mounts,
+        )
+
+    async def _wait_container(self, t: _Task) -> None:
+        """Follow the container's output until it ends; record how it ended, then remove it."""
+        docker = self.docker
+        assert docker is not None and t.container_id
+        cid = t.container_id
+        end: _docker.ContainerEnd | None = None
+        unreachable_since = 0.0
+        try:
+            while end is None:
+                t.pump = docker.follow_logs(cid, str(t.dir / "stdout"), str(t.dir / "stderr"))
+                broke = await t.pump.done
+                t.pump = None
+                try:
+                    inspected = await docker.inspect(cid)
+                except _docker.DockerError as exc:
+                    now = self._clock.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since < DOCKER_LOST_AFTER_S:
+                        await asyncio.sleep(DOCKER_RETRY_S)
+                        continue
+                    self._container_gone(t, f"the Docker engine stopped answering: {exc}")
+                    return
+                unreachable_since = 0.0
+                if inspected is None:
+                    self._container_gone(t, f"its container {cid[:12]} is gone")
+                    return
+                end = _docker.container_end(inspected)
+                if end is not None and end.exit_code == 137 and not end.oom_killed and not t.stop_reason:
+                    end = await self._oom_of(cid, end)
+                if end is None:  # the stream broke while the container runs: follow it again
+                    if broke:
+                        log.warning("task %s: log stream of container %s broke: %s", t.ref, cid[:12], broke)
+                    await asyncio.sleep(DOCKER_RETRY_S)
+        finally:
+            if t.pump is not None:  # the agent leaves the container running (shutdown)
+                t.pump.close()
+                t.pump = None
+        self._container_ended(t, end, end.finished_at or self._clock.time())
+        await docker.remove(cid)  # only once its end is recorded
+
+    async def _oom_of(self, cid: str, end: _docker.ContainerEnd) -> _docker.ContainerEnd:
+        """A container SIGKILLed by nobody here: the engine may hear of its OOM kill just after its
+        exit (they are separate events), so it is asked again a few times before being believed."""
+        docker = self.docker
+        assert docker is not None
+        for _ in range(OOM_SETTLE_CHECKS):
+            await asyncio.sleep(DOCKER_RETRY_S / 2)
+            with contextlib.suppress(_docker.DockerError):
+                inspected = await docker.inspect(cid)
+                again = _docker.container_end(inspected) if inspected is not None else None
+                if again is not None and again.oom_killed:
+                    return again
+        return end
+
+    def _container_gone(self, t: _Task, why: str) -> None:
+        log.warning("task %s: %s", t.ref, why)
+        now = self._clock.time()
+        if t.stop_reason:
+            self._transition(
+                t, state=TaskState.CANCELLED, message=f"{t.stop_reason} ({why})", finished_at=now
+            )
+        else:
+            self._transition(t, state=TaskState.LOST, message=why, finished_at=now)
+
+    def _container_ended(self, t: _Task, end: _docker.ContainerEnd, finished_at: float) -> None:
+        """The container ended: its exit code as a process's (128 + N after signal N)."""
+        code = end.exit_code
+        killed = exit_code_of(128 - code)[1] if 128 < code < 128 + 65 else ""
+        if end.oom_killed:
+            limit = t.spec.resources.memory_bytes // MIB if t.spec is not None else 0
+            killed = f"killed: out of memory (memory limit {limit} MiB)"
+        if t.stop_reason:
+            state = TaskState.CANCELLED
+            message = f"{t.stop_reason} ({killed})" if killed else t.stop_reason
+        elif code == 0:
+            state, message = TaskState.SUCCEEDED, killed
+        else:
+            state = TaskState.FAILED
+            message = killed or f"exited with code {code}"
+        if end.error:
+            message = f"{message}; {end.error}" if message else end.error
+        log.info("task %s %s: exit code %d %s", t.ref, state.name.lower(), code, message)
+        self._transition(t, state=state, exit_code=code, message=message, finished_at=finished_at)
+
+    async def _stop_container(self, t: _Task, grace_s: float) -> None:
+        """SIGTERM to the container now (its init passes it on), SIGKILL after ``grace_s``."""
+        docker, waiter = self.docker, t.waiter
+        assert docker is not None and waiter is not None
+        await docker.kill(t.container_id, "SIGTERM")
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, grace_s))
+            return
+        except TimeoutError:
+            log.info("task %s: container still running %.1fs after SIGTERM; sending SIGKILL", t.ref, grace_s)
+        await docker.kill(t.container_id, "SIGKILL")
+        await asyncio.shield(waiter)
+
+    def _recover_container(self, t: _Task, data: Mapping[str, Any]) -> None:
+        """Re-adopt a task's container (followed again under the same attempt; an ended one is
+        recorded with its exit code), or report the task LOST and remove its container."""
+        foreign = self._foreign(data)
+        docker = self.docker
+        if foreign or not t.container_id or t.status.state is not TaskState.RUNNING:
+            if docker is not None and t.container_id and not foreign:
+                self._background(docker.remove(t.container_id, force=True))
+            message = f"{LOST_ON_RESTART}: {foreign}" if foreign else LOST_ON_RESTART
+            self._transition(
+                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
+            )
+            return
+        if docker is None:
+            message = (
+                f"{LOST_ON_RESTART}: its container {t.container_id[:12]} cannot be followed: "
+                f"{self.docker_note}"
+            )
+            self._transition(
+                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
+            )
+            return
+        if (
+            t.gpu_share is None
+            and t.spec is not None
+            and t.spec.resources.gpu_share > 0
+            and t.status.gpu_indexes
+        ):
+            card = self._gpu_memory.get(t.status.gpu_indexes[0], 0)
+            t.gpu_share = (t.spec.resources.gpu_share, share_memory_bytes(t.spec.resources, card))
+        self._reserve(t)
+        self.adopted_total += 1
+        t.waiter = asyncio.create_task(self._wait_container(t), name=f"task-wait-{t.ref}")
+        log.info("task %s re-adopted: container %s", t.ref, t.container_id[:12])
+        if t.stop_reason:
+            t.stopper = asyncio.create_task(
+                self._stop_container(t, t.stop_grace_s), name=f"task-stop-{t.ref}"
+            )
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _sweep_containers(self) -> None:
+        """Remove the containers of this node and state directory that no running task owns
+        (left by an agent that died between creating one and recording it, or before removing
+        one whose end it had recorded)."""
+        docker = self.docker
+        assert docker is not None
+        try:
+            found = await docker.task_containers(self.node_id, self._identity["state_dir"])
+        except Exception as exc:
+            log.warning("cannot list this node's containers: %s", exc)
+            return
+        for c in found:
+            labels = c.get("Labels") or {}
+            try:
+                ref = TaskRef(
+                    str(labels[_docker.LABEL_JOB]),
+                    int(labels[_docker.LABEL_INDEX]),
+                    int(labels[_docker.LABEL_ATTEMPT]),
+                )
+            except (KeyError, ValueError):
+                continue
+            t = self._tasks.get(ref)
+            if t is not None and not t.status.terminal and t.container_id in ("", c.get("Id")):
+                continue  # running (or being started)
+            log.warning(
+                "removing container %s of task %s: no running task owns it", str(c.get("Id"))[:12], ref
+            )
+            await docker.remove(str(c.get("Id")), force=True)
+
     # ------------------------------------------------------------------ stop
 
     def stop(self, ref: TaskRef, *, grace_s: float, reason: str = "") -> TaskStatus:
@@ -769,6 +1094,10 @@ class TaskRunner:
             self._persist(t)  # an agent restarted before the task ends finishes the stop
             log.info("task %s: stopping (%s), grace %.1fs", ref, reason, grace_s)
             t.stopper = asyncio.create_task(self._stop(t, grace_s), name=f"task-stop-{ref}")
+        elif t.container_id and t.waiter is not None:
+            self._persist(t)
+            log.info("task %s: stopping its container (%s), grace %.1fs", ref, reason, grace_s)
+            t.stopper = asyncio.create_task(self._stop_container(t, grace_s), name=f"task-stop-{ref}")
         return t.status
 
     def reject(self, ref: TaskRef, message: str, gpu_indexes: Sequence[int] = ()) -> TaskStatus:
@@ -924,6 +1253,7 @@ class TaskRunner:
                 shim_start = int(data.get("shim_start_ticks") or 0)
                 share = data.get("gpu_share")
                 gpu_share = (int(share[0]), int(share[1])) if share else None
+                container_id = str(data.get("container_id") or "")
             except (OSError, ValueError, KeyError, TypeError, IndexError, InvalidArgument) as exc:
                 log.warning("ignoring unreadable task record %s: %s", path, exc)
                 continue
@@ -934,13 +1264,19 @@ class TaskRunner:
             t.stop_reason = str(data.get("stop_reason") or "")
             t.stop_grace_s = float(data.get("stop_grace_s") or 0.0)
             t.gpu_share = gpu_share
+            t.container_id = container_id
             self._tasks[ref] = t
             self._counts[status.state] += 1
             if not status.terminal:
-                self._recover_running(t, data, shim_pid, shim_start)
+                if container_id or (spec is not None and spec.container is not None):
+                    self._recover_container(t, data)
+                else:
+                    self._recover_running(t, data, shim_pid, shim_start)
             recovered.append(t.status)
         if recovered:
             log.info("recovered %d unacknowledged tasks from %s", len(recovered), self.tasks_dir)
+        if self.docker is not None:
+            self._sweeper = asyncio.create_task(self._sweep_containers(), name="docker-sweep")
         return recovered
 
     def _recover_running(self, t: _Task, data: Mapping[str, Any], shim_pid: int, shim_start: int) -> None:
@@ -1017,6 +1353,8 @@ class TaskRunner:
     ) -> None:
         """Stop every running task (or, with ``stop_tasks=False``, leave them running)."""
         self._closed = True
+        if self._sweeper is not None:
+            await asyncio.gather(self._sweeper, *self._cleanups, return_exceptions=True)
         if stop_tasks:
             for t in list(self._tasks.values()):
                 if not t.status.terminal:
@@ -1057,7 +1395,9 @@ class TaskRunner:
                         assert i not in whole, f"GPU {i} held whole by {whole[i]} and {ref}"
                         whole[i] = ref
             if t.status.state is TaskState.RUNNING:
-                assert t.shim is not None and t.status.pid > 0, f"task {ref}: running without a process"
+                assert (t.shim is not None and t.status.pid > 0) or t.container_id, (
+                    f"task {ref}: running without a process or container"
+                )
             if t.status.terminal and t.shim is not None:
                 assert t.shim.exited, f"task {ref}: terminal with a live supervisor"
         assert load == self._core_load, f"core load {self._core_load} != {load}"
@@ -1295,6 +1635,7 @@ class TaskRunner:
             "pid_start_ticks": t.start_ticks,
             "shim_pid": t.shim.pid if t.shim is not None else 0,
             "shim_start_ticks": t.shim.start_ticks if t.shim is not None else 0,
+            "container_id": t.container_id,
             **self._identity,
             "gpu_indexes": list(s.gpu_indexes),
             "cpu_set": list(s.cpu_set),
@@ -1325,6 +1666,7 @@ def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
         "master_address": spec.master_address,
         "job_name": spec.job_name,
         "replicas": spec.replicas,
+        "image": spec.container.image if spec.container is not None else "",
     }
 
 
@@ -1339,6 +1681,7 @@ def _spec_from_dict(ref: TaskRef, data: Mapping[str, Any]) -> TaskSpec:
         master_address=str(data.get("master_address", "")),
         job_name=str(data.get("job_name", "")),
         replicas=int(data.get("replicas", 1)),
+        container=ContainerSpec(str(data["image"])) if data.get("image") else None,
     )
 
 

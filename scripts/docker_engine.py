@@ -3,7 +3,8 @@
 Nothing here touches a system-wide engine: ``dockerd`` runs with its own socket, data root and exec
 root under one directory, with ``--bridge=none --iptables=false`` (containers use host networking;
 these machines may only send traffic to loopback). Debian's ``docker.io`` provides ``dockerd``;
-``install`` puts it (and docker-compose, debootstrap, busybox-static) in place when it is missing.
+``install`` puts it (and docker-compose, debootstrap, busybox-static, tini, and the ops tests'
+prometheus, chromium and chromium-driver) in place when it is missing.
 
     python scripts/docker_engine.py install            # apt-get install what is missing (root)
     python scripts/docker_engine.py start [--root DIR]  # prints DOCKER_HOST=unix://DIR/docker.sock
@@ -31,6 +32,12 @@ PACKAGES = {
     "docker-compose": "docker-compose",
     "debootstrap": "debootstrap",
     "busybox": "busybox-static",
+    # `init: true` in deploy/docker-compose.yml (tini as PID 1, reaping the agents' orphans)
+    "docker-init": "tini",
+    # the ops tests: promtool check rules/metrics and a real Prometheus; the console in Chromium
+    "promtool": "prometheus",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 
@@ -143,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(ns.root)
     try:
         if ns.action == "install":
+            missing = missing_packages()
             install()
-            print("installed:", ", ".join(PACKAGES.values()))
+            print("installed:", ", ".join(missing) if missing else "nothing (all present)")
         elif ns.action == "start":
             engine.start()
             print(f"DOCKER_HOST={engine.host}")

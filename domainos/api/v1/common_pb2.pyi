@@ -174,7 +174,7 @@ class NodeHealth(_message.Message):
     def __init__(self, status: _Optional[_Union[HealthStatus, str]] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas", "placement", "reservation_id", "checkpointable", "fence_after_s")
+    __slots__ = ("job_id", "task_index", "attempt", "command", "env", "resources", "tenant", "master_address", "job_name", "replicas", "placement", "reservation_id", "checkpointable", "fence_after_s", "container")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class TaskSpec(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTABLE_FIELD_NUMBER: _ClassVar[int]
     FENCE_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     task_index: int
     attempt: int
@@ -210,7 +211,14 @@ class TaskSpec(_message.Message):
     reservation_id: str
     checkpointable: bool
     fence_after_s: float
-    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ..., checkpointable: _Optional[bool] = ..., fence_after_s: _Optional[float] = ...) -> None: ...
+    container: ContainerSpec
+    def __init__(self, job_id: _Optional[str] = ..., task_index: _Optional[int] = ..., attempt: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tenant: _Optional[str] = ..., master_address: _Optional[str] = ..., job_name: _Optional[str] = ..., replicas: _Optional[int] = ..., placement: _Optional[_Union[PlacementConstraints, _Mapping]] = ..., reservation_id: _Optional[str] = ..., checkpointable: _Optional[bool] = ..., fence_after_s: _Optional[float] = ..., container: _Optional[_Union[ContainerSpec, _Mapping]] = ...) -> None: ...
+
+class ContainerSpec(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    def __init__(self, image: _Optional[str] = ...) -> None: ...
 
 class PlacementConstraints(_message.Message):
     __slots__ = ("exclude_gpu_models", "node_selector", "one_nvlink_domain", "dataset", "shard", "locality_wait_s", "group", "submitted_at", "node_id", "node_soft", "distinct_nodes")

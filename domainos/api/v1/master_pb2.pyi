@@ -223,7 +223,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, on_exit: _Optional[int] = ..., on_lost: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality", "affinity", "distinct_nodes", "checkpoint", "disconnect")
+    __slots__ = ("name", "replicas", "command", "env", "resources", "retry", "tenant", "labels", "has_retry", "priority", "exclude_gpu_models", "node_selector", "gang", "parallelism", "model", "iteration_time_s", "max_cross_domain_loss", "has_max_cross_domain_loss", "locality", "affinity", "distinct_nodes", "checkpoint", "disconnect", "container")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +268,7 @@ class JobSpec(_message.Message):
     DISTINCT_NODES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -291,7 +292,8 @@ class JobSpec(_message.Message):
     distinct_nodes: bool
     checkpoint: CheckpointPolicy
     disconnect: DisconnectPolicy
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ..., affinity: _Optional[_Union[NodeAffinity, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., disconnect: _Optional[_Union[DisconnectPolicy, _Mapping]] = ...) -> None: ...
+    container: _common_pb2.ContainerSpec
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tenant: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., has_retry: _Optional[bool] = ..., priority: _Optional[str] = ..., exclude_gpu_models: _Optional[_Iterable[str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., gang: _Optional[_Union[GangPolicy, _Mapping]] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., model: _Optional[_Union[ModelSize, _Mapping]] = ..., iteration_time_s: _Optional[float] = ..., max_cross_domain_loss: _Optional[float] = ..., has_max_cross_domain_loss: _Optional[bool] = ..., locality: _Optional[_Union[Locality, _Mapping]] = ..., affinity: _Optional[_Union[NodeAffinity, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., disconnect: _Optional[_Union[DisconnectPolicy, _Mapping]] = ..., container: _Optional[_Union[_common_pb2.ContainerSpec, _Mapping]] = ...) -> None: ...
 
 class CheckpointPolicy(_message.Message):
     __slots__ = ("enabled", "interval_s")
