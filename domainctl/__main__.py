@@ -34,6 +34,7 @@ _HANDLERS = {
     "cancel": "domainctl._commands:cmd_cancel",
     "wait": "domainctl._commands:cmd_wait",
     "info": "domainctl._commands:cmd_info",
+    "top": "domainctl._top:cmd_top",
     "up": "domainctl._local:cmd_up",
     "down": "domainctl._local:cmd_down",
     "status": "domainctl._local:cmd_status",
@@ -56,6 +57,7 @@ _EPILOG = """\
 examples:
   domainctl up --detach                     start a local federation (2 regions, 4 agents)
   domainctl domains                         regions, sub-domains, capacity
+  domainctl top                             live view: totals, sub-domains, busiest nodes, running jobs
   domainctl run --replicas 2 --cpus 0.5 --wait -- python3 -c "print(42)"
   domainctl run --tp 8 --pp 2 --dp 4 --gpu-model H100 --model-params 7B --iteration-time 2s -- python3 train.py
   domainctl submit examples/train-llm.yaml  a training job from a file (see examples/)
@@ -364,6 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
 
     add("info", "the master's identity, store and federation-wide counts")
+    p = add(
+        "top", "a live view of the federation: totals, sub-domains, busiest nodes, running jobs (q quits)"
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes (default 2)"
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
+    p.add_argument(
+        "--no-color", action="store_true", help="no colours (also $NO_COLOR; none when not a terminal)"
+    )
+    p.add_argument(
+        "--nodes", type=int, default=10, metavar="N", help="busiest nodes shown (default 10; 0: fetch none)"
+    )
+    p.add_argument("--jobs", type=int, default=10, metavar="N", help="running jobs shown (default 10)")
+    p.add_argument(
+        "--subdomains", type=int, default=20, metavar="N", help="sub-domain rows at most (default 20)"
+    )
     _add_identity_commands(add, common)
     _add_scheduling_commands(add, common)
 

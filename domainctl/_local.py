@@ -48,6 +48,9 @@ MODULES = {"master": "master_domain", "subdomain": "sub_domain", "agent": "node_
 #: Each agent is a process; past this a topology belongs on real machines (or in the benchmarks).
 MAX_LOCAL_AGENTS = 256
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
+#: The web console of the local federation's (first) master (docs/console.md); when the port is
+#: taken, any free port (the URL is printed and kept in cluster.json).
+CONSOLE_PORT = 7090
 _POLL_S = 0.05
 
 
@@ -138,6 +141,7 @@ def master_config(
     ident: str = MASTER_ID,
     listen: str = LOOPBACK_ANY_PORT,
     cluster: Sequence[str] = (),
+    console: str = "",
 ) -> dict[str, Any]:
     # The master reads the topology's scheduling data (power budgets, links) itself.
     topology = {"topology": str(pathlib.Path(topology_file).resolve())} if topology_file else {}
@@ -148,6 +152,7 @@ def master_config(
         **replicas,
         "store": paths.store_url("master", store),
         "metrics_listen": LOOPBACK_ANY_PORT,
+        **({"console_listen": console} if console else {}),
         "log_format": "json",
         "bootstrap_token_file": str(paths.admin_token.resolve()),
         **topology,
@@ -251,6 +256,16 @@ def free_loopback_ports(n: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def console_listen() -> str:
+    """The console's listen address: :data:`CONSOLE_PORT` on loopback, or any port when it is taken."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", CONSOLE_PORT))
+        except OSError:
+            return LOOPBACK_ANY_PORT
+    return f"127.0.0.1:{CONSOLE_PORT}"
 
 
 def issue_local_pki(paths: Paths, topology: Topology) -> dict[str, CertFiles]:
@@ -369,6 +384,8 @@ class Component:
     subdomain: str = ""
     listen: str = ""
     metrics: str = ""
+    #: The web console's URL (masters only).
+    console: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
@@ -379,6 +396,7 @@ class Component:
             "create_time": self.create_time,
             "log": self.log,
             "metrics": self.metrics,
+            **({"console": self.console} if self.console else {}),
             "listen": self.listen,
             "config": self.config,
             **({"subdomain": self.subdomain} if self.subdomain else {}),
@@ -505,6 +523,7 @@ class Launcher:
                 if info is not None:
                     comp.listen = str(info.get("listen") or "")
                     comp.metrics = str(info.get("metrics") or "")
+                    comp.console = str(info.get("console") or "")
                     pending.remove(comp)
             self._check_running(pending)
             if not pending:
@@ -603,6 +622,7 @@ class Launcher:
                         ident=MASTER_ID if i == 1 else f"master-{i}",
                         listen=listen,
                         cluster=cluster,
+                        console=console_listen() if i == 1 else LOOPBACK_ANY_PORT,
                     ),
                 )
             )
@@ -796,6 +816,11 @@ def summary_text(state: Mapping[str, Any], paths: Paths) -> str:
         f"  components:  {len(comps)} ({counts['master']} master, {_plural(counts['subdomain'], 'sub-domain')}, "
         f"{_plural(counts['agent'], 'agent')})",
         f"  logs:        {paths.logs}/",
+        *(
+            f"  console:     {c['console']}  (log in with the token in {paths.admin_token})"
+            for c in comps
+            if c["kind"] == "master" and c.get("console")
+        ),
         "  metrics:",
         *(
             f"    {c['name']:<{max(len(x['name']) for x in comps)}}  http://{c['metrics']}/metrics"

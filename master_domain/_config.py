@@ -30,6 +30,9 @@ class MasterConfig:
     store: str = "memory://"
     #: ``host:port`` of the Prometheus endpoint; empty disables it.
     metrics_listen: str = "127.0.0.1:0"
+    #: ``host:port`` of the web console (``docs/console.md``): HTTPS with this master's server
+    #: certificate when ``tls`` is set, plain HTTP otherwise; empty (the default) turns it off.
+    console_listen: str = ""
     log_level: str = "info"
     log_format: str = "json"
     #: How often sub-domains may send summaries (told to them in ``Welcome``).
@@ -99,6 +102,7 @@ class MasterConfig:
                 f"must be between 0 and 60 seconds, got {self.leader_wait_s}", field="leader_wait_s"
             )
         check_address(self.metrics_listen, "metrics_listen", allow_empty=True)
+        check_address(self.console_listen, "console_listen", allow_empty=True)
         if not self.store.startswith(_STORE_SCHEMES):
             raise ConfigError(
                 f"unsupported store URL {self.store!r}; allowed: sqlite:///ABS/PATH.db, memory://, "

@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import grpc.aio
 
@@ -95,7 +95,14 @@ from master_domain._jobs import (
     Tick,
 )
 from master_domain._leader import Candidate, FencedStore, Leadership
-from master_domain._metrics import MAX_GOODPUT_JOBS, MasterMetrics, MasterStats
+from master_domain._metrics import (
+    MAX_GOODPUT_JOBS,
+    MasterMetrics,
+    MasterStats,
+    QuotaStat,
+    RegionPowerStat,
+    SubdomainStat,
+)
 from master_domain._placement import Placer, Want, check_fits_federation
 from master_domain._preemption import Decision, Preemptions
 from master_domain._registry import Registry, Session, SubdomainRecord
@@ -109,6 +116,9 @@ from master_domain._sched._quota import ANY, GPU_ANY, Admit, Quota, demand_of, g
 from master_domain._sched._topology import BlockView, GpuLimit, SubDomainView, Unplaceable
 from master_domain._summary import MAX_NODES, Summary
 from master_domain._tenants import SYSTEM_TENANT, Directory, token_key
+
+if TYPE_CHECKING:
+    from master_domain.console import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +251,8 @@ class MasterDomain:
         self.address = ""
         self.advertise = ""
         self.metrics_port = 0
+        #: The web console (``console_listen``; docs/console.md), None when off.
+        self.console: ConsoleServer | None = None
         #: follower (until elected) | leader | deposed (its term ended: the process exits).
         self.role = "follower"
         self.exit_code = 0
@@ -313,6 +325,13 @@ class MasterDomain:
             if self.config.metrics_listen:
                 self.metrics_port = self._metrics.start(self.config.metrics_listen)
                 metrics = f"{self.config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
+            console = ""
+            if self.config.console_listen:
+                # Imported here: aiohttp is loaded only by a master that serves the console.
+                from master_domain.console import ConsoleServer
+
+                self.console = ConsoleServer(self, self.config.console_listen, tls)
+                console = await self.console.start()
             self._leadership = Leadership(
                 store,
                 Candidate(self.config.id, self.advertise),
@@ -343,6 +362,7 @@ class MasterDomain:
             "listen": self.address,
             "advertise": self.advertise,
             "metrics": metrics,
+            "console": console,
             "store": self.config.store,
             "role": self.role,
         }
@@ -431,6 +451,8 @@ class MasterDomain:
         for rec in self._registry:  # ends the sub-domain streams cleanly (their writers stop)
             if rec.session is not None:
                 rec.session.close("master shutting down")
+        if self.console is not None:
+            await self.console.stop()
         if self._server is not None:
             await self._server.stop(grace=0.5)
         tasks = list(self._tasks)
@@ -651,6 +673,7 @@ class MasterDomain:
             self._spawn(self._revoke_job_token(job), f"revoke-token-{job_id}")
         self._finished_state[job_id] = job.state
         self._finished_counts[job.state] += 1
+        self._metrics.job_finished(job.state.value)
         self._cache_finished(job)
         log.info("job %s finished: %s %s", job_id, job.state.value, job.message)
 
@@ -816,6 +839,8 @@ class MasterDomain:
                     if misses >= LOCALITY_TRIES:
                         break  # tasks of other shards may fit, but a pass tries a bounded number
                     continue
+                if task.attempt == 0 and not task.rejected_by:  # a first placement
+                    self._metrics.observe_queue_wait(self._clock.time() - job.created_at)
                 effects.extend(
                     self._jobs.handle(
                         Place(job_id, index, decision.subdomain_id, decision.region, decision.gpu_model)
@@ -1459,6 +1484,7 @@ class MasterDomain:
         if audit is not None:
             self.audit.added()
         self._jobs.add(job)
+        self._metrics.job_submitted()
         bisect.insort(self._ids, job.job_id)
         self._owners[job.job_id] = (tenant, job.created_by)
         log.info(
@@ -2055,10 +2081,54 @@ class MasterDomain:
                         (j.job_id, job_tenant(j), j.goodput(time.time()))
                         for j in self._jobs.goodput_jobs(MAX_GOODPUT_JOBS)
                     ],
+                    is_leader=self.is_leader,
+                    **self._capacity_stats(records),
                 )
             except RuntimeError:  # a dict changed size while being copied: try again
                 continue
         return MasterStats()
+
+    def _capacity_stats(self, records: list[SubdomainRecord]) -> dict[str, Any]:
+        """Per sub-domain, per region and per quota figures for metrics: O(sub-domains + quotas)
+        at scrape time, from the summaries and the admission books (nothing per node)."""
+        subdomains = [
+            SubdomainStat(
+                subdomain=r.subdomain_id,
+                region=r.region,
+                connected=r.connected,
+                nodes_ready=r.summary.nodes_ready,
+                nodes_suspect=r.summary.nodes_suspect,
+                nodes_dead=r.summary.nodes_dead,
+                capacity_gpus=r.summary.capacity.gpus,
+                free_gpus=r.summary.free.gpus,
+                capacity_cpu_cores=r.summary.capacity.cpu_millis / 1000,
+                free_cpu_cores=r.summary.free.cpu_millis / 1000,
+                capacity_memory_bytes=r.summary.capacity.memory_bytes,
+                free_memory_bytes=r.summary.free.memory_bytes,
+                running_tasks=r.summary.running_tasks,
+                power_draw_w=r.summary.power_draw_w,
+            )
+            for r in records
+        ]
+        power = self._admission.power
+        region_power = [
+            RegionPowerStat(
+                region=region,
+                budget_w=power.budget_w(region),
+                charged_w=power.charged_w(region),
+                measured_w=power.measured_w(region),
+                in_use_w=power.in_use_w(region),
+            )
+            for region in power.regions()
+        ]
+        quotas = [
+            QuotaStat(
+                row.quota.tenant, row.quota.region, row.quota.subdomain, cls, limit, row.used.get(cls, 0)
+            )
+            for row in self._admission.quota_rows()
+            for cls, limit in row.quota.limits.items()
+        ]
+        return {"subdomains": subdomains, "region_power": region_power, "quotas": quotas}
 
     @property
     def jobs(self) -> JobTable:

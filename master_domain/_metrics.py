@@ -7,10 +7,11 @@ only the decision-latency histogram is updated as decisions happen.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -30,6 +31,52 @@ _DECISION_BUCKETS = (
 
 #: Most jobs whose goodput is exported one by one (label cardinality stays bounded).
 MAX_GOODPUT_JOBS = 1000
+
+#: Queue-wait buckets (seconds): from submission to a task's first placement.
+_QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class SubdomainStat:
+    """One sub-domain as the master sees it (from its last summary): aggregates, never per node."""
+
+    subdomain: str
+    region: str
+    connected: bool
+    nodes_ready: int = 0
+    nodes_suspect: int = 0
+    nodes_dead: int = 0
+    capacity_gpus: int = 0
+    free_gpus: int = 0
+    capacity_cpu_cores: float = 0.0
+    free_cpu_cores: float = 0.0
+    capacity_memory_bytes: int = 0
+    free_memory_bytes: int = 0
+    running_tasks: int = 0
+    power_draw_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegionPowerStat:
+    """A region's power budget (W; ``math.inf`` when not capped) and what the scheduler counts in use."""
+
+    region: str
+    budget_w: float
+    charged_w: float
+    measured_w: float
+    in_use_w: float
+
+
+@dataclass(frozen=True)
+class QuotaStat:
+    """One quota class of one tenant's quota in one scope (``*`` = any), with its usage."""
+
+    tenant: str
+    region: str
+    subdomain: str
+    resource_class: str
+    limit: float
+    used: float
 
 
 @dataclass(frozen=True)
@@ -60,6 +107,12 @@ class MasterStats:
     stragglers: int = 0
     #: Running gang or checkpointing jobs: (job id, tenant, Goodput fields).
     job_goodput: list[tuple[str, str, dict[str, float]]] = field(default_factory=list)
+    #: This replica leads (1) or follows / was deposed (0).
+    is_leader: bool = False
+    #: Per sub-domain aggregates from the summaries, per region power, per tenant quota.
+    subdomains: list[SubdomainStat] = field(default_factory=list)
+    region_power: list[RegionPowerStat] = field(default_factory=list)
+    quotas: list[QuotaStat] = field(default_factory=list)
 
 
 class _MasterCollector(Collector):
@@ -159,6 +212,131 @@ class _MasterCollector(Collector):
             "Ready nodes, summed over the connected sub-domains' summaries.",
             value=stats.nodes_ready,
         )
+        yield GaugeMetricFamily(
+            "domainos_master_is_leader",
+            "1 while this master replica leads the federation (schedules), else 0.",
+            value=1.0 if stats.is_leader else 0.0,
+        )
+        yield from _subdomain_families(stats.subdomains)
+        yield from _power_families(stats.region_power)
+        yield from _quota_families(stats.quotas)
+
+
+_SD_LABELS = ["region", "subdomain"]
+
+
+def _subdomain_families(subdomains: list[SubdomainStat]) -> Iterator[Metric]:
+    def gauge(name: str, doc: str, value: Callable[[SubdomainStat], float]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=_SD_LABELS)
+        for sd in subdomains:
+            family.add_metric([sd.region, sd.subdomain], value(sd))
+        return family
+
+    yield gauge(
+        "domainos_master_subdomain_connected",
+        "1 while the sub-domain's stream to the master is up, 0 while it is known but away.",
+        lambda sd: 1.0 if sd.connected else 0.0,
+    )
+    nodes = GaugeMetricFamily(
+        "domainos_master_subdomain_nodes",
+        "Nodes of each sub-domain by state, from its last summary.",
+        labels=[*_SD_LABELS, "state"],
+    )
+    for sd in subdomains:
+        for state, n in (("ready", sd.nodes_ready), ("suspect", sd.nodes_suspect), ("dead", sd.nodes_dead)):
+            nodes.add_metric([sd.region, sd.subdomain, state], n)
+    yield nodes
+    yield gauge(
+        "domainos_master_subdomain_capacity_gpus",
+        "Whole GPUs of the sub-domain's ready nodes (allocatable), from its last summary.",
+        lambda sd: sd.capacity_gpus,
+    )
+    yield gauge(
+        "domainos_master_subdomain_free_gpus",
+        "Whole GPUs free on the sub-domain's ready nodes, from its last summary.",
+        lambda sd: sd.free_gpus,
+    )
+    yield gauge(
+        "domainos_master_subdomain_capacity_cpu_cores",
+        "CPU cores of the sub-domain's ready nodes (allocatable), from its last summary.",
+        lambda sd: sd.capacity_cpu_cores,
+    )
+    yield gauge(
+        "domainos_master_subdomain_free_cpu_cores",
+        "CPU cores not requested by tasks on the sub-domain's ready nodes, from its last summary.",
+        lambda sd: sd.free_cpu_cores,
+    )
+    yield gauge(
+        "domainos_master_subdomain_capacity_memory_bytes",
+        "Memory of the sub-domain's ready nodes (allocatable), from its last summary.",
+        lambda sd: sd.capacity_memory_bytes,
+    )
+    yield gauge(
+        "domainos_master_subdomain_free_memory_bytes",
+        "Memory not requested by tasks on the sub-domain's ready nodes, from its last summary.",
+        lambda sd: sd.free_memory_bytes,
+    )
+    yield gauge(
+        "domainos_master_subdomain_running_tasks",
+        "Tasks running in the sub-domain, from its last summary.",
+        lambda sd: sd.running_tasks,
+    )
+    yield gauge(
+        "domainos_master_subdomain_power_draw_watts",
+        "Measured board power of the sub-domain's nodes (GPUs), from its last summary.",
+        lambda sd: sd.power_draw_w,
+    )
+
+
+def _power_families(regions: list[RegionPowerStat]) -> Iterator[Metric]:
+    budget = GaugeMetricFamily(
+        "domainos_master_region_power_budget_watts",
+        "The region's GPU power budget (topology power_budget_kw); regions without a cap are absent.",
+        labels=["region"],
+    )
+    in_use = GaugeMetricFamily(
+        "domainos_master_region_power_in_use_watts",
+        "Power the scheduler counts as used in the region: max(charged, measured + not yet measured).",
+        labels=["region"],
+    )
+    charged = GaugeMetricFamily(
+        "domainos_master_region_power_charged_watts",
+        "Power charged to the region by the scheduler for its placed tasks (GPU TDP estimates).",
+        labels=["region"],
+    )
+    measured = GaugeMetricFamily(
+        "domainos_master_region_power_measured_watts",
+        "Power draw the region's sub-domains measured, summed from their last summaries.",
+        labels=["region"],
+    )
+    for r in regions:
+        if math.isfinite(r.budget_w):
+            budget.add_metric([r.region], r.budget_w)
+        in_use.add_metric([r.region], r.in_use_w)
+        charged.add_metric([r.region], r.charged_w)
+        measured.add_metric([r.region], r.measured_w)
+    yield from (budget, in_use, charged, measured)
+
+
+def _quota_families(quotas: list[QuotaStat]) -> Iterator[Metric]:
+    labels = ["tenant", "region", "subdomain", "resource_class"]
+    limit = GaugeMetricFamily(
+        "domainos_master_quota_limit",
+        "A tenant's quota per scope (region, subdomain; * = any) and resource class (cpu in "
+        "millicores, memory in bytes, gpu:<model> and gpu-share:<model> in GPUs or share percent).",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        "domainos_master_quota_used",
+        "What the tenant has charged inside the quota's scope, per resource class (units as the limit).",
+        labels=labels,
+    )
+    for q in quotas:
+        key = [q.tenant, q.region, q.subdomain, q.resource_class]
+        limit.add_metric(key, q.limit)
+        used.add_metric(key, q.used)
+    yield limit
+    yield used
 
 
 class MasterMetrics:
@@ -173,10 +351,39 @@ class MasterMetrics:
             registry=self.registry,
             buckets=_DECISION_BUCKETS,
         )
+        self._queue_wait = Histogram(
+            "domainos_master_task_queue_wait_seconds",
+            "Time from a job's submission to the first placement of each of its tasks (first "
+            "attempts of plain tasks; gangs and retries are not counted).",
+            registry=self.registry,
+            buckets=_QUEUE_WAIT_BUCKETS,
+        )
+        self._submitted = Counter(
+            "domainos_master_jobs_submitted",
+            "Jobs accepted by this master (duplicates of a request id not counted).",
+            registry=self.registry,
+        )
+        self._finished = Counter(
+            "domainos_master_jobs_finished",
+            "Jobs that reached a terminal state while this master led, by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in ("succeeded", "failed", "cancelled"):
+            self._finished.labels(state)  # present at 0 before the first one, so rate() works
         self._server: object | None = None
 
     def observe_decision(self, seconds: float) -> None:
         self._decision.observe(seconds)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(max(seconds, 0.0))
+
+    def job_submitted(self) -> None:
+        self._submitted.inc()
+
+    def job_finished(self, state: str) -> None:
+        self._finished.labels(state.lower()).inc()
 
     def start(self, address: str) -> int:
         """Serve ``/metrics`` on ``address``; returns the bound port."""

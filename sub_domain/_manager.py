@@ -36,7 +36,7 @@ from domainos.store import AsyncStore, Op, delete_op, open_store, put_op
 
 from ._config import SubDomainConfig
 from ._health import HealthConfig, HealthPolicy, Verdict
-from ._metrics import LagHistogram, MetricsServer, MetricsSnapshot
+from ._metrics import DETECTION_BUCKETS, LagHistogram, MetricsServer, MetricsSnapshot
 from ._registry import (
     DEAD,
     READY,
@@ -164,6 +164,9 @@ class SubDomainManager:
         self.stalled_s = 0.0
         #: Receive time minus each report's ``sent_at``.
         self.report_lag = LagHistogram()
+        #: Nodes declared dead, and from the last message heard from each to its death.
+        self.node_failures = 0
+        self.detection = LagHistogram(DETECTION_BUCKETS)
         self._nonces = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -312,6 +315,7 @@ class SubDomainManager:
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Numbers for the collector (called on the metrics thread: plain lookups only)."""
         lag_buckets, lag_sum = self.report_lag.snapshot()
+        detection_buckets, detection_sum = self.detection.snapshot()
         return MetricsSnapshot(
             subdomain_id=self.config.id,
             nodes={s: self.registry.count(s) for s in STATES},
@@ -338,6 +342,9 @@ class SubDomainManager:
             tasks_drained=self.tasks.drained,
             report_lag_buckets=lag_buckets,
             report_lag_sum=lag_sum,
+            node_failures=self.node_failures,
+            detection_buckets=detection_buckets,
+            detection_sum=detection_sum,
         )
 
     # -- store -----------------------------------------------------------------------------------
@@ -587,7 +594,9 @@ class SubDomainManager:
             elif isinstance(ev, NodeDead):
                 log.warning("node %s dead: %s", ev.node_id, ev.why)
                 node = self.registry.get(ev.node_id)
+                self.node_failures += 1
                 if node is not None:
+                    self.detection.observe(node.state_since - node.last_report)
                     out.append(PersistNode(ev.node_id, self._node_record(node)))
                 out += self.tasks.node_dead(ev.node_id, ev.why, now)
                 out += self.reservations.lost_holds(

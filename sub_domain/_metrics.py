@@ -26,6 +26,11 @@ LAG_BUCKETS: tuple[float, ...] = (
 )
 
 
+#: Upper bounds (s) of the node-failure detection buckets: from the last message heard from a node to
+#: its death (the design's goal is within 5 s with the default timeouts).
+DETECTION_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
+
+
 class LagHistogram:
     """Report lag (receive time minus the agent's ``sent_at``): per-bucket counts and a sum.
 
@@ -84,6 +89,10 @@ class MetricsSnapshot:
     #: Report lag: cumulative ``(le, count)`` buckets and the sum (see :class:`LagHistogram`).
     report_lag_buckets: list[tuple[str, float]] = field(default_factory=list)
     report_lag_sum: float = 0.0
+    #: Nodes declared dead, and the time from the last message heard from each to its death.
+    node_failures: int = 0
+    detection_buckets: list[tuple[str, float]] = field(default_factory=list)
+    detection_sum: float = 0.0
 
 
 class SubDomainCollector(Collector):
@@ -181,6 +190,21 @@ class SubDomainCollector(Collector):
         )
         stalled.add_metric([], s.loop_stalled_s)
         yield stalled
+        failures = CounterMetricFamily(
+            "domainos_subdomain_node_failures",
+            "Nodes declared dead (silent past the probe, or their stream ended and they did not "
+            "register again in time).",
+        )
+        failures.add_metric([], s.node_failures)
+        yield failures
+        if s.detection_buckets:
+            yield HistogramMetricFamily(
+                "domainos_subdomain_node_failure_detection_seconds",
+                "Per dead node: time from the last message heard from it to its death (the failure "
+                "detection latency; stalls of the sub-domain itself included).",
+                buckets=s.detection_buckets,
+                sum_value=s.detection_sum,
+            )
         if s.report_lag_buckets:
             yield HistogramMetricFamily(
                 "domainos_subdomain_report_lag_seconds",
