@@ -66,7 +66,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -736,14 +736,7 @@ class TaskRunner:
         gone = f"{LOST_UNSUPERVISED} (supervisor pid {shim.pid})"
         if killed:
             gone += "; the task was killed"
-        log.warning("task %s: %s", t.ref, gone)
-        now = self._clock.time()
-        if t.stop_reason:
-            self._transition(
-                t, state=TaskState.CANCELLED, message=f"{t.stop_reason} ({gone})", finished_at=now
-            )
-        else:
-            self._transition(t, state=TaskState.LOST, message=gone, finished_at=now)
+        self._task_gone(t, gone)
 
     def _ended(self, t: _Task, returncode: int, finished_at: float, *, notify: bool = True) -> None:
         """The task's main process ended with ``returncode`` (asyncio's: -N for signal N)."""
@@ -920,11 +913,11 @@ class TaskRunner:
                     if now - unreachable_since < DOCKER_LOST_AFTER_S:
                         await asyncio.sleep(DOCKER_RETRY_S)
                         continue
-                    self._container_gone(t, f"the Docker engine stopped answering: {exc}")
+                    self._task_gone(t, f"the Docker engine stopped answering: {exc}")
                     return
                 unreachable_since = 0.0
                 if inspected is None:
-                    self._container_gone(t, f"its container {cid[:12]} is gone")
+                    self._task_gone(t, f"its container {cid[:12]} is gone")
                     return
                 end = _docker.container_end(inspected)
                 if end is not None and end.exit_code == 137 and not end.oom_killed and not t.stop_reason:
@@ -954,7 +947,9 @@ class TaskRunner:
                     return again
         return end
 
-    def _container_gone(self, t: _Task, why: str) -> None:
+    def _task_gone(self, t: _Task, why: str) -> None:
+        """A task whose process or container went without an exit status: CANCELLED when a stop was
+        under way, else LOST."""
         log.warning("task %s: %s", t.ref, why)
         now = self._clock.time()
         if t.stop_reason:
@@ -1006,30 +1001,16 @@ class TaskRunner:
             if docker is not None and t.container_id and not foreign:
                 self._background(docker.remove(t.container_id, force=True))
             message = f"{LOST_ON_RESTART}: {foreign}" if foreign else LOST_ON_RESTART
-            self._transition(
-                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
-            )
+            self._lost_on_restart(t, message)
             return
         if docker is None:
             message = (
                 f"{LOST_ON_RESTART}: its container {t.container_id[:12]} cannot be followed: "
                 f"{self.docker_note}"
             )
-            self._transition(
-                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
-            )
+            self._lost_on_restart(t, message)
             return
-        if (
-            t.gpu_share is None
-            and t.spec is not None
-            and t.spec.resources.gpu_share > 0
-            and t.status.gpu_indexes
-        ):
-            card = self._gpu_memory.get(t.status.gpu_indexes[0], 0)
-            t.gpu_share = (t.spec.resources.gpu_share, share_memory_bytes(t.spec.resources, card))
-        self._reserve(t)
-        self.adopted_total += 1
-        t.waiter = asyncio.create_task(self._wait_container(t), name=f"task-wait-{t.ref}")
+        self._readopt(t, self._wait_container(t))
         log.info("task %s re-adopted: container %s", t.ref, t.container_id[:12])
         if t.stop_reason:
             t.stopper = asyncio.create_task(
@@ -1295,9 +1276,7 @@ class TaskRunner:
             if same_boot and self._kill_task_group(t):
                 log.warning("task %s: killed pid %d left by the previous agent process", ref, pid)
             message = f"{LOST_ON_RESTART}: {foreign}" if foreign else LOST_ON_RESTART
-            self._transition(
-                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
-            )
+            self._lost_on_restart(t, message)
             return
         if shim is None:
             ended = _read_exit(t.dir, pid)
@@ -1310,11 +1289,24 @@ class TaskRunner:
             if killed:
                 message += "; the task was killed"
             log.warning("task %s: %s", ref, message)
-            self._transition(
-                t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
-            )
+            self._lost_on_restart(t, message)
             return
         t.shim = shim
+        self._readopt(t, self._wait(t))
+        log.info("task %s re-adopted: pid %d, supervisor pid %d", ref, pid, shim.pid)
+        if t.stop_reason:
+            log.info("task %s: finishing the stop the previous agent began (%s)", ref, t.stop_reason)
+            t.stopper = asyncio.create_task(self._stop(t, t.stop_grace_s), name=f"task-stop-{ref}")
+
+    def _lost_on_restart(self, t: _Task, message: str) -> None:
+        """Record a recovered task LOST (the master hears of it with the recovered statuses)."""
+        self._transition(
+            t, state=TaskState.LOST, message=message, finished_at=self._clock.time(), notify=False
+        )
+
+    def _readopt(self, t: _Task, wait: Coroutine[Any, Any, None]) -> None:
+        """Follow a recovered running task again, a process or a container alike: its GPU share
+        (worked out again for a record written without one), its reservation and its waiter."""
         if (
             t.gpu_share is None
             and t.spec is not None
@@ -1325,11 +1317,7 @@ class TaskRunner:
             t.gpu_share = (t.spec.resources.gpu_share, share_memory_bytes(t.spec.resources, card))
         self._reserve(t)
         self.adopted_total += 1
-        t.waiter = asyncio.create_task(self._wait(t), name=f"task-wait-{ref}")
-        log.info("task %s re-adopted: pid %d, supervisor pid %d", ref, pid, shim.pid)
-        if t.stop_reason:
-            log.info("task %s: finishing the stop the previous agent began (%s)", ref, t.stop_reason)
-            t.stopper = asyncio.create_task(self._stop(t, t.stop_grace_s), name=f"task-stop-{ref}")
+        t.waiter = asyncio.create_task(wait, name=f"task-wait-{t.ref}")
 
     def _foreign(self, data: Mapping[str, Any]) -> str:
         """Why a record was not this agent's to re-adopt ("" when it was)."""

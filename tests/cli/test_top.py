@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,7 +16,9 @@ from domainctl.__main__ import main
 from domainos.resources import Resources
 from dsdk import ClusterInfo, Goodput, Job, JobSpec, JobState, Node, Region, SubDomain
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "e2e"))
+from e2e_helpers import domainctl_env, run_domainctl
+
 GiB = 2**30
 NOW = 1_800_000_000.0
 
@@ -303,19 +304,10 @@ regions:
 class Ctl:
     def __init__(self, home: pathlib.Path) -> None:
         self.home = home
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(home)}
-        self.env.pop("DOMAINOS_MASTER", None)
-        self.env.pop("NO_COLOR", None)
+        self.env = domainctl_env(home, "NO_COLOR")
 
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "domainctl", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            cwd=str(ROOT),
-        )
+        proc = run_domainctl(*args, env=self.env, timeout=timeout)
         print(f"$ domainctl {' '.join(args)}  [exit {proc.returncode}]\n{proc.stdout}{proc.stderr}")
         return proc
 

@@ -37,7 +37,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "e2e"))
+from e2e_helpers import ROOT, domainctl_env, run_domainctl, wait_for
+
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "domainos.rules.yml"
 RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
@@ -322,14 +324,10 @@ class LocalFederation:
         self.home = base / "home"
         self.topology = base / "topology.yaml"
         self.topology.write_text(TOPOLOGY)
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(self.home)}
-        self.env.pop("DOMAINOS_MASTER", None)
+        self.env = domainctl_env(self.home)
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "domainctl", *args],
-            capture_output=True, text=True, env=self.env, timeout=timeout, cwd=str(ROOT),
-        )  # fmt: skip
+        return run_domainctl(*args, env=self.env, timeout=timeout)
 
     def up(self) -> None:
         proc = self.ctl(
@@ -365,14 +363,7 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
 
 
 def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.25)
+    return wait_for(cond, timeout, what, interval=0.25)
 
 
 def scrape_config(components: list[dict[str, Any]], rules: pathlib.Path) -> dict[str, Any]:

@@ -14,20 +14,18 @@ import pathlib
 import shutil
 import ssl
 import struct
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from e2e_helpers import domainctl_env, run_domainctl, wait_for
 
 from domainctl import _render
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 MARKER = "console-e2e-marker"
@@ -35,32 +33,16 @@ MARKER = "console-e2e-marker"
 pytestmark = [pytest.mark.e2e]
 
 
-def wait_for(cond: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
-
-
 class Fed:
     """A `domainctl up --detach` federation (the default topology: 2 regions x 1 sub-domain x 2 agents)."""
 
     def __init__(self, home: pathlib.Path) -> None:
         self.home = home
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(home)}
-        self.env.pop("DOMAINOS_MASTER", None)
-        self.env.pop("DOMAINOS_TOKEN", None)
+        self.env = domainctl_env(home, "DOMAINOS_TOKEN")
         self.up_output = ""
 
     def ctl(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "domainctl", *args],
-            capture_output=True, text=True, env=env or self.env, timeout=120, cwd=str(ROOT),
-        )  # fmt: skip
+        proc = run_domainctl(*args, env=env or self.env)
         print(f"$ domainctl {' '.join(args)}  [exit {proc.returncode}]\n{proc.stdout}{proc.stderr}")
         if check:
             assert proc.returncode == 0, proc.stderr
@@ -261,6 +243,16 @@ def test_console_in_headless_chromium(fed: Fed, tmp_path: pathlib.Path) -> None:
         q = driver.find_element
         qs = driver.find_elements
 
+        def text_of(css: str) -> str | None:
+            """An element's text read in one step: live updates replace rows and cards, so an element
+            found first and read after may be gone (stale) by then."""
+            return cast(
+                "str | None",
+                driver.execute_script(
+                    "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+                ),
+            )
+
         # A wrong token: the error is shown and the page stays on the login form.
         wait_for(lambda: q(By.ID, "login-view").is_displayed(), 10, "the login form")
         q(By.ID, "token").send_keys("dos_000000000000_" + "y" * 43)
@@ -277,8 +269,7 @@ def test_console_in_headless_chromium(fed: Fed, tmp_path: pathlib.Path) -> None:
         assert {e.get_attribute("data-region") for e in qs(By.CSS_SELECTOR, ".region")} == {"east", "west"}
 
         def shown(sid: str, name: str) -> str:
-            card = q(By.CSS_SELECTOR, f".subdomain[data-subdomain='{sid}']")
-            return str(card.find_element(By.CSS_SELECTOR, f"[data-field='{name}']").text)
+            return str(text_of(f".subdomain[data-subdomain='{sid}'] [data-field='{name}']"))
 
         def as_domainctl_shows(regions: list[dict[str, Any]]) -> bool:
             for region in regions:
@@ -315,10 +306,8 @@ def test_console_in_headless_chromium(fed: Fed, tmp_path: pathlib.Path) -> None:
         # The job list updates live: no reload (the marker set on this page survives).
         driver.execute_script("window.location.hash = '#/jobs'; window.__same_page = 'yes'")
         row = f"#jobs-table tr[data-job='{job}'] [data-field='state']"
-        first = wait_for(
-            lambda: qs(By.CSS_SELECTOR, row) and qs(By.CSS_SELECTOR, row)[0].text, 10, "the job row"
-        )
-        wait_for(lambda: q(By.CSS_SELECTOR, row).text == "SUCCEEDED", 30, f"{job} SUCCEEDED (was {first})")
+        first = wait_for(lambda: text_of(row), 10, "the job row")
+        wait_for(lambda: text_of(row) == "SUCCEEDED", 30, f"{job} SUCCEEDED (was {first})")
         assert driver.execute_script("return window.__same_page") == "yes"
         shots.append(_screenshot(driver, tmp_path, "jobs"))
         # ... and so does the domain tree: the job's share is free again, as domainctl says.

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
-from test_e2e_jobs import ROOT, Federation, wait_for
+from e2e_helpers import ROOT
+from test_e2e_jobs import Federation, wait_for
 
 import dsdk
 from dsdk import collective

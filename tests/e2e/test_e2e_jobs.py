@@ -13,30 +13,17 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
+from e2e_helpers import domainctl_env, run_domainctl, wait_for
 
 import dsdk
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e]
-
-
-def wait_for(cond: Any, timeout: float, what: str = "", interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or cond}")
-        time.sleep(interval)
 
 
 class Federation:
@@ -46,16 +33,12 @@ class Federation:
         self.home = home
         #: A topology file's text (None: the built-in default).
         self.topology = topology
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(home)}
-        self.env.pop("DOMAINOS_MASTER", None)
+        self.env = domainctl_env(home)
         self.store = store
         self.extra_pids: list[int] = []
 
     def ctl(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "domainctl", *args],
-            capture_output=True, text=True, env=self.env, timeout=timeout, cwd=str(ROOT),
-        )  # fmt: skip
+        proc = run_domainctl(*args, env=self.env, timeout=timeout)
         print(f"$ domainctl {' '.join(args)}  [exit {proc.returncode}]\n{proc.stdout}{proc.stderr}")
         if check:
             assert proc.returncode == 0, proc.stderr

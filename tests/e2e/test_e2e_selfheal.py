@@ -11,7 +11,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from test_e2e_jobs import ROOT, Federation, wait_for
+from e2e_helpers import ROOT
+from test_e2e_jobs import Federation, wait_for
 
 import dsdk
 

@@ -7,7 +7,6 @@ no ``__main__`` yet.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
+from e2e_helpers import ROOT, domainctl_env, run_domainctl, wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
 for _module in ("master_domain", "sub_domain", "node_agent"):
@@ -26,29 +25,14 @@ for _module in ("master_domain", "sub_domain", "node_agent"):
         pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"{_module} has no __main__ yet")]
 
 
-def wait_for(cond: Any, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
 class Ctl:
     def __init__(self, home: pathlib.Path) -> None:
         self.home = home
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "DOMAINOS_HOME": str(home)}
-        self.env.pop("DOMAINOS_MASTER", None)
+        self.env = domainctl_env(home)
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         started = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "domainctl", *args],
-            capture_output=True, text=True, env=self.env, timeout=timeout, cwd=str(ROOT),
-        )  # fmt: skip
+        proc = run_domainctl(*args, env=self.env, timeout=timeout)
         print(f"$ domainctl {' '.join(args)}  [{time.perf_counter() - started:.2f}s, exit {proc.returncode}]")
         print(proc.stdout, end="")
         print(proc.stderr, end="", file=sys.stderr)

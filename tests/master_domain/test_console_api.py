@@ -4,16 +4,15 @@ tests/e2e/test_console.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from master_helpers import LoopThread
 
 import dsdk
 from master_domain import MasterDomain
@@ -21,24 +20,6 @@ from master_domain._config import MasterConfig
 from master_domain.console import _server
 
 pytestmark = pytest.mark.timeout(120)
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An event loop in a thread: masters live there while blocking clients call them."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 def _config(tmp: pathlib.Path, ident: str, wait: float) -> MasterConfig:

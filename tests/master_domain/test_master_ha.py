@@ -5,15 +5,14 @@ and fencing -- a master whose term ended can no longer write and steps down."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import pathlib
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
+from master_helpers import LoopThread
 
 import dsdk
 from domainos.api.v1 import master_pb2
@@ -24,29 +23,6 @@ from master_domain._config import MasterConfig
 from master_domain._leader import LEADER_KEY, FencedStore, NotLeader
 
 pytestmark = pytest.mark.timeout(120)
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An event loop in a thread: a master lives there while blocking clients call it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise AssertionError(f"no answer within {timeout}s") from None
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 def master_config(tmp: pathlib.Path, **kw: Any) -> MasterConfig:

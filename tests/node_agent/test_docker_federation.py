@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import pathlib
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,21 +21,9 @@ from node_agent import AgentConfig, NodeAgent
 from sub_domain import SubDomainConfig, SubDomainManager
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "master_domain"))
-from master_helpers import bearer_channel  # an admin's channel
+from master_helpers import bearer_channel, wait_async  # an admin's channel; polling
 
 pytestmark = pytest.mark.docker
-
-
-async def until(cond: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_a_docker_job_runs_through_the_federation_on_docker_nodes_only(
@@ -98,7 +85,7 @@ def test_a_docker_job_runs_through_the_federation_on_docker_nodes_only(
                 resp = await stub.ListDomains(master_pb2.ListDomainsRequest())
                 return any(s.summary.nodes_ready == 2 for r in resp.regions for s in r.subdomains)
 
-            await until(ready, what="2 nodes ready")
+            await wait_async(ready, 30.0, what="2 nodes ready")
             spec = parse_spec(
                 {
                     "runtime": "docker",
@@ -116,7 +103,7 @@ def test_a_docker_job_runs_through_the_federation_on_docker_nodes_only(
                 assert job.state != master_pb2.JOB_STATE_FAILED, job
                 return job if job.state == master_pb2.JOB_STATE_SUCCEEDED else None
 
-            job = await until(done, what="the docker job succeeded")
+            job = await wait_async(done, 30.0, what="the docker job succeeded")
             assert {t.node_id for t in job.tasks} == {"dock"}
             assert job.spec.container.image == TEST_IMAGE
             logs = await stub.ReadLogs(master_pb2.ReadLogsRequest(job_id=job_id, task_index=-1))

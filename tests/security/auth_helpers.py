@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import pathlib
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -19,6 +17,8 @@ import grpc.aio
 HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE.parent / "master_domain") not in sys.path:  # the fake sub-domain
     sys.path.insert(0, str(HERE.parent / "master_domain"))
+
+from master_helpers import LoopThread  # noqa: E402
 
 from domainos.api.v1 import common_pb2, master_pb2, master_pb2_grpc  # noqa: E402
 from domainos.clock import Clock  # noqa: E402
@@ -143,29 +143,6 @@ async def started(
     finally:
         await channel.close()
         await master.shutdown()
-
-
-class LoopThread:
-    """An event loop in a daemon thread: servers live there while blocking clients (the DSDK,
-    the CLI) call them from the test thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="auth-tests", daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise AssertionError(f"no answer within {timeout}s") from None
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 class MasterThread:
