@@ -312,9 +312,17 @@ def test_console_in_headless_chromium(fed: Fed, tmp_path: pathlib.Path) -> None:
         shots.append(_screenshot(driver, tmp_path, "jobs"))
         # ... and so does the domain tree: the job's share is free again, as domainctl says.
         driver.execute_script("window.location.hash = '#/domains'")
-        idle = json.loads(fed.ctl("domains", "-o", "json"))
+        # Sub-domains report the freed share in their next summary (about a second later).
+        idle = wait_for(
+            lambda: (
+                (d := json.loads(fed.ctl("domains", "-o", "json")))
+                and all(sd["running_tasks"] == 0 for r in d for sd in r["subdomains"])
+                and d
+            ),
+            15,
+            "domainctl domains: no task running",
+        )
         wait_for(lambda: as_domainctl_shows(idle), 15, "the capacity after the job")
-        assert all(sd["running_tasks"] == 0 for r in idle for sd in r["subdomains"])
         assert driver.execute_script("return window.__same_page") == "yes"
         driver.execute_script("window.location.hash = '#/jobs'")
 

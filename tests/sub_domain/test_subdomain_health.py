@@ -247,6 +247,7 @@ async def test_a_critical_xid_cordons_and_drains_the_node_and_survives_a_restart
             await a2.connect()
             await a2.report(usage=gpu_usage())
             await await_for(lambda: mgr2.nodes_ready == 1)
+            await await_for(lambda: len(master.hellos) == 2)  # its stream to the master is up too
             node = mgr2.registry.get("n1")
             assert node is not None and node.cordon is not None and node.view_state == "cordoned"
             view = (await admin(master, S.NODE_ACTION_UNCORDON, reason="GPU replaced")).node
