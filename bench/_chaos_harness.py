@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,8 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import yaml
 
 from bench._etcd_cluster import EtcdCluster
+from domainctl._local import free_loopback_ports
+from domainctl._procs import log_tail
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,19 +125,6 @@ class Scenario:
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _child_env() -> dict[str, str]:
@@ -243,10 +231,7 @@ class Daemon:
             self.proc.wait()
 
     def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def log_records(self) -> Iterator[dict[str, Any]]:
         """Every JSON log line it wrote (every start)."""
@@ -438,7 +423,7 @@ class ChaosFederation:
         self.shared.chmod(0o1777)  # tasks may run as another user
         self.completion_log = self.shared / "completions.log"
         n_sd = scenario.subdomains
-        ports = free_ports(3 + 3 + n_sd)
+        ports = free_loopback_ports(3 + 3 + n_sd)
         self.master_ports, self.proxy_ports, self.sd_ports = ports[:3], ports[3:6], ports[6:]
         self.proxy_addrs = [f"127.0.0.1:{p}" for p in self.proxy_ports]
         self.proxy = PartitionProxy(

@@ -16,12 +16,14 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from domainctl._local import free_loopback_ports
+from domainctl._procs import log_tail
 
 __all__ = ["EtcdCluster", "etcd_binary"]
 
@@ -37,24 +39,8 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd", path=os.path.dirname(sys.executable))
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def _tail(path: Path) -> str:
+    return log_tail(path, 20) or "(no log)"
 
 
 class EtcdCluster:
@@ -86,7 +72,7 @@ class EtcdCluster:
         self.size = size
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
-        ports = _free_ports(2 * size)
+        ports = free_loopback_ports(2 * size)
         self.names = [f"m{i + 1}" for i in range(size)]
         self.client_ports = ports[:size]
         self.peer_ports = ports[size:]

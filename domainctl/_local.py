@@ -252,7 +252,7 @@ def free_loopback_ports(n: int) -> list[int]:
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
+        return [int(sock.getsockname()[1]) for sock in socks]
     finally:
         for sock in socks:
             sock.close()

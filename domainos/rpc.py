@@ -337,13 +337,26 @@ def translate_rpc_error(
     return error_from_status(name, details)
 
 
-def error_reason(exc: grpc.RpcError) -> str:
-    """The server's :attr:`~domainos.errors.DomainOSError.reason` sent with a status ("" = none)."""
+def _trailer(exc: grpc.RpcError, name: str) -> str:
     trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     for key, value in trailers or ():
-        if key == REASON_KEY:
+        if key == name:
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return ""
+
+
+def error_reason(exc: grpc.RpcError) -> str:
+    """The server's :attr:`~domainos.errors.DomainOSError.reason` sent with a status ("" = none)."""
+    return _trailer(exc, REASON_KEY)
+
+
+#: Trailing metadata naming the leader's client address on a follower master's refusal.
+LEADER_KEY = "domainos-leader"
+
+
+def leader_hint(exc: grpc.RpcError) -> str:
+    """The leader a follower master named when it refused a call ("" = none known)."""
+    return _trailer(exc, LEADER_KEY)
 
 
 #: Most bytes of a status message on the wire. gRPC percent-encodes it (a 4-byte character becomes

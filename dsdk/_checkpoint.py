@@ -385,8 +385,10 @@ class Checkpointer:
                 self._error = exc
         except BaseException as exc:  # never lose an error in a thread
             log.exception("background checkpoint write of step %s failed", step)
+            err = Internal(f"checkpoint step {step}: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc  # raised later, on the caller's thread: keep what failed here
             with self._lock:
-                self._error = Internal(f"checkpoint step {step}: {type(exc).__name__}: {exc}")
+                self._error = err
 
     def _write(self, step: int, saved_at: float, header: bytes, buffers: list[Any]) -> None:
         """Write, flush, commit, prune (in that order: see the module's docstring)."""

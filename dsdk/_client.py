@@ -18,7 +18,7 @@ from domainos.clock import Clock, SystemClock
 from domainos.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domainos.ids import new_request_id
 from domainos.jobspec import JobSpec
-from domainos.rpc import TLSFiles, create_sync_channel, error_reason, translate_rpc_error
+from domainos.rpc import TLSFiles, create_sync_channel, error_reason, leader_hint, translate_rpc_error
 
 from ._address import resolve_address, resolve_tls
 from ._admin import ROLE_NUMBERS, AuditEntry, Explanation, NewToken, Principal, Quota, Tenant, TokenInfo
@@ -199,11 +199,7 @@ class Client:
             self.target, self._stub = target, stub
 
     def _follow_leader(self, exc: grpc.RpcError, target: str) -> None:
-        hint = ""
-        trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-        for key, value in trailers or ():
-            if key == "domainos-leader":
-                hint = value if isinstance(value, str) else value.decode()
+        hint = leader_hint(exc)
         if hint and hint != target:
             log.info("master %s is a follower; the leader is %s", target, hint)
             if hint not in self.addresses:

@@ -424,7 +424,9 @@ class Pool:
                 await asyncio.sleep(1.0)
                 continue
             except Exception as exc:  # the client was closed under the pool
-                self._fail_all(FailedPrecondition(f"the pool's client is gone: {exc}"))
+                err = FailedPrecondition(f"the pool's client is gone: {exc}")
+                err.__cause__ = exc
+                self._fail_all(err)
                 return
             for ep in eps:
                 key = (ep.task_index, ep.attempt)

@@ -12,7 +12,7 @@ from domainos.api.v1 import common_pb2, master_pb2, subdomain_pb2
 from domainos.errors import InvalidArgument
 from domainos.jobspec import JobSpec, task_constraints
 from master_domain._datasets import DatasetRecord, ShardInfo, ShardReplica
-from master_domain._jobs import Job, JobState, Task, TaskReport, TaskState
+from master_domain._jobs import Job, JobState, Task, TaskReport, TaskState, lost_after
 from master_domain._rendezvous import Endpoint
 from master_domain._sched import _reserve
 
@@ -243,10 +243,10 @@ def fence_after(spec: JobSpec, grace_s: float) -> float:
     pol = spec.disconnect
     if pol is not None and not pol.replace:
         return 0.0
-    lost_after = pol.lost_after_s if pol is not None and pol.lost_after_s else grace_s
-    if lost_after <= 0:
+    after = lost_after(spec, grace_s)
+    if after <= 0:
         return 0.0
-    return max(lost_after / 2, lost_after - FENCE_MARGIN_S)
+    return max(after / 2, after - FENCE_MARGIN_S)
 
 
 def task_spec(

@@ -81,6 +81,13 @@ STRAGGLER_RATIO = 0.5
 STRAGGLER_CLEAR = 0.8
 
 
+def lost_after(spec: JobSpec, grace_s: float) -> float:
+    """How long a job's tasks in an unreachable sub-domain are left alone: its
+    ``disconnect.lost_after``, else the master's ``grace_s``."""
+    pol = spec.disconnect
+    return pol.lost_after_s if pol is not None and pol.lost_after_s else grace_s
+
+
 @dataclass(slots=True)
 class Task:
     """One replica of a job at its current attempt."""
@@ -904,8 +911,7 @@ class JobTable:
     @staticmethod
     def lost_after(job: Job, grace_s: float) -> float:
         """How long the job's tasks in an unreachable sub-domain are left alone."""
-        pol = job.spec.disconnect
-        return pol.lost_after_s if pol is not None and pol.lost_after_s else grace_s
+        return lost_after(job.spec, grace_s)
 
     def away_due(self, sd: str, grace_s: float) -> float:
         """Seconds of absence after which :class:`SubdomainLost` has something to do for ``sd``

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domainos.errors import Unavailable
+from domainos.rpc import LEADER_KEY as LEADER_KEY  # re-exported: the wire name lives in rpc
 from domainos.store import (
     ELECTION_PREFIX,
     AsyncStore,
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: The election every master replica takes part in.
 ELECTION = "master"
-#: Trailing metadata naming the leader's client address on a follower's refusal.
-LEADER_KEY = "domainos-leader"
 
 
 class NotLeader(Unavailable):

@@ -1790,7 +1790,8 @@ class MasterDomain:
                 session.forget(rid)
                 log.warning("sub-domain %s did not answer NodeAdmin %s in time", rec.subdomain_id, rid)
                 return None
-            except DomainOSError:
+            except DomainOSError as exc:
+                log.warning("sub-domain %s could not be asked NodeAdmin %s: %s", rec.subdomain_id, rid, exc)
                 return None
 
         answers = await asyncio.gather(*(ask(r) for r in records))

@@ -303,6 +303,7 @@ class DockerRuntime:
             import docker  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise DockerError(f"the docker SDK is not installed ({exc})") from exc
+        client = None
         try:
             client = docker.DockerClient(
                 base_url=self.host,
@@ -313,6 +314,9 @@ class DockerRuntime:
             engine = client.api.info()
             version = client.api.version()
         except Exception as exc:
+            if client is not None:  # its connection pool: nothing else would close it
+                with contextlib.suppress(Exception):
+                    client.close()
             raise DockerError(f"no Docker engine answers at {self.host}: {_explain(exc)}") from exc
         self._client = client
         self.info = EngineInfo(

@@ -52,6 +52,8 @@ W_WARNING_XID = 0.4
 W_FAILURES = 0.6
 #: Most failures remembered per node (the window is also bounded in time).
 MAX_FAILURES_KEPT = 64
+#: Degrees from where heat starts to count to where it counts fully.
+_HEAT_SPAN_C = GPU_TEMPERATURE_LIMIT_C - GPU_TEMPERATURE_WARN_C
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,9 @@ class HealthPolicy:
                 return None
             signs = self._nodes[node_id] = _NodeSigns()
         critical: list[str] = []
+        ecc_rise = 0
+        throttled: list[str] = []
+        throttle_bits = 0
         for g in usage.gpus:
             i = g.index
             if g.xid_count > signs.xid_last.get(i, 0):
@@ -139,10 +144,15 @@ class HealthPolicy:
                 signs.acked_xids[i] = min(signs.acked_xids.get(i, 0), g.xid_count)
             last = signs.ecc_last.get(i)
             if last is not None and g.ecc_corrected > last:
-                signs.ecc_rises.append((now, g.ecc_corrected - last))
+                ecc_rise += g.ecc_corrected - last
             signs.ecc_last[i] = g.ecc_corrected
             if signs.acked_dbe.get(i, 0) > g.ecc_uncorrected:
                 signs.acked_dbe[i] = g.ecc_uncorrected
+            if g.throttle_reasons & BAD_THROTTLE_MASK:
+                throttled.append(f"gpu{i}")
+                throttle_bits |= g.throttle_reasons & BAD_THROTTLE_MASK
+        if ecc_rise:  # one entry per report (not per GPU): the window's sum is all that is read
+            signs.ecc_rises.append((now, ecc_rise))
         # Critical: a critical Xid or an uncorrectable ECC count beyond what was acknowledged.
         for f in critical_findings(usage.gpus):
             g = f.gpu
@@ -152,14 +162,9 @@ class HealthPolicy:
             if seen > acked.get(g.index, 0):
                 critical.append(f.text)
         hottest = max((g.temperature_c for g in usage.gpus), default=0.0)
-        span = GPU_TEMPERATURE_LIMIT_C - GPU_TEMPERATURE_WARN_C
-        signs.heat = min(1.0, max(0.0, (hottest - GPU_TEMPERATURE_WARN_C) / span))
-        throttled = [f"gpu{g.index}" for g in usage.gpus if g.throttle_reasons & BAD_THROTTLE_MASK]
-        reasons_bits = 0
-        for g in usage.gpus:
-            reasons_bits |= g.throttle_reasons & BAD_THROTTLE_MASK
+        signs.heat = min(1.0, max(0.0, (hottest - GPU_TEMPERATURE_WARN_C) / _HEAT_SPAN_C))
         signs.throttled = (
-            f"{', '.join(throttled)} throttled ({throttle_text(reasons_bits)})" if throttled else ""
+            f"{', '.join(throttled)} throttled ({throttle_text(throttle_bits)})" if throttled else ""
         )
         if critical:
             self.acknowledge(node_id, usage)
@@ -226,7 +231,7 @@ class HealthPolicy:
             reasons.append(f"{ecc} corrected ECC errors in {cfg.window_s:.0f}s")
         if signs.heat:
             risk += W_HEAT * signs.heat
-            reasons.append(f"GPU temperature {GPU_TEMPERATURE_WARN_C + signs.heat * 10:.0f} C")
+            reasons.append(f"GPU temperature {GPU_TEMPERATURE_WARN_C + signs.heat * _HEAT_SPAN_C:.0f} C")
         if signs.throttled:
             risk += W_THROTTLE
             reasons.append(signs.throttled)

